@@ -1,0 +1,140 @@
+"""Compact JWS envelopes (RFC 7515, ``alg: EdDSA`` per RFC 8037) around JSON claims.
+
+Verification order is fixed: size, shape, protected header, key lookup, signature over the
+exact received bytes, and only then the claims are parsed, strictly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ._b64 import b64url_decode, b64url_encode
+from ._errors import (
+    BadSignature,
+    MalformedClaims,
+    MalformedEnvelope,
+    OversizedEnvelope,
+    OwnerMismatch,
+)
+from ._json import strict_loads
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from datetime import datetime
+
+    from ._keyring import Keyring
+    from ._keys import Identity, TrustedKey
+
+ALG = "EdDSA"
+DEFAULT_MAX_BYTES = 1024 * 1024
+_MAX_HEADER_BYTES = 512
+_SIGNATURE_BYTES = 64
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedEnvelope:
+    """An envelope whose signature verified and whose claims name the key's owner."""
+
+    claims: dict[str, Any]
+    signer: TrustedKey
+    token: bytes
+
+
+def encode_claims(claims: Mapping[str, Any]) -> bytes:
+    """Serialize claims as compact UTF-8 JSON; NaN and Infinity are refused."""
+    try:
+        text = json.dumps(claims, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return text.encode()
+    except (ValueError, TypeError) as exc:
+        raise MalformedClaims(f"claims are not JSON: {exc}") from exc
+
+
+def _protected_header(kid: str) -> bytes:
+    return b64url_encode(json.dumps({"alg": ALG, "kid": kid}, separators=(",", ":")).encode())
+
+
+def sign_payload(payload: bytes, identity: Identity) -> bytes:
+    """Sign already-serialized JSON claims; return the compact JWS as bytes."""
+    signing_input = _protected_header(identity.kid) + b"." + b64url_encode(payload)
+    return signing_input + b"." + b64url_encode(identity.sign(signing_input))
+
+
+def sign_claims(claims: Mapping[str, Any], identity: Identity) -> bytes:
+    """Sign a claims mapping; ``source`` and ``tenant`` must name ``identity``'s owner."""
+    principal = identity.principal
+    if claims.get("source") != principal.source or claims.get("tenant") != principal.tenant:
+        raise OwnerMismatch(f"claims must name source {principal.source!r}", kid=identity.kid)
+    return sign_payload(encode_claims(claims), identity)
+
+
+def message_id(token: bytes) -> str:
+    """A de-duplication id bound to the signed bytes (Ed25519 is deterministic)."""
+    return b64url_encode(hashlib.sha256(token).digest()).decode()
+
+
+def _split(token: bytes, max_bytes: int) -> tuple[bytes, bytes, bytes]:
+    if not isinstance(token, bytes | bytearray | memoryview):
+        raise MalformedEnvelope(f"expected bytes, got {type(token).__name__}")
+    if len(token) > max_bytes:
+        raise OversizedEnvelope(f"{len(token)} bytes > limit {max_bytes}")
+    parts = bytes(token).split(b".")
+    if len(parts) != 3:
+        raise MalformedEnvelope(f"a compact JWS has 3 parts, got {len(parts)}")
+    header, payload, signature = parts
+    if len(header) > _MAX_HEADER_BYTES:
+        raise MalformedEnvelope("protected header too large")
+    return header, payload, signature
+
+
+def _read_kid(header_b64: bytes) -> str:
+    try:
+        header = strict_loads(b64url_decode(header_b64), max_depth=1)
+    except ValueError as exc:
+        raise MalformedEnvelope(f"protected header: {exc}") from exc
+    if not isinstance(header, dict) or set(header) != {"alg", "kid"}:
+        raise MalformedEnvelope("protected header must have exactly 'alg' and 'kid'")
+    if header["alg"] != ALG:
+        raise MalformedEnvelope(f"alg must be {ALG!r}, got {header['alg']!r}")
+    kid = header["kid"]
+    if not isinstance(kid, str) or not kid:
+        raise MalformedEnvelope("kid must be a non-empty string")
+    return kid
+
+
+def verify_envelope(
+    token: bytes,
+    keyring: Keyring,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_depth: int = 32,
+    now: datetime | None = None,
+) -> VerifiedEnvelope:
+    """Verify ``token`` and return its claims, or raise an :class:`EnvelopeError` subclass."""
+    header_b64, payload_b64, signature_b64 = _split(token, max_bytes)
+    kid = _read_kid(header_b64)
+    key = keyring.resolve(kid, now)
+    try:
+        signature = b64url_decode(signature_b64)
+    except ValueError as exc:
+        raise MalformedEnvelope(f"signature: {exc}", kid=kid) from exc
+    if len(signature) != _SIGNATURE_BYTES:
+        raise MalformedEnvelope("an Ed25519 signature is 64 bytes", kid=kid)
+    if not key.public_key.verify(header_b64 + b"." + payload_b64, signature):
+        raise BadSignature("signature does not verify", kid=kid)
+    try:
+        claims = strict_loads(b64url_decode(payload_b64), max_depth=max_depth)
+    except ValueError as exc:
+        raise MalformedClaims(str(exc), kid=kid) from exc
+    if not isinstance(claims, dict):
+        raise MalformedClaims("claims must be a JSON object", kid=kid)
+    principal = key.principal
+    if claims.get("source") != principal.source or claims.get("tenant") != principal.tenant:
+        raise OwnerMismatch(
+            f"source {claims.get('source')!r} / tenant {claims.get('tenant')!r} "
+            f"is not the key owner {principal.source!r}",
+            kid=kid,
+        )
+    return VerifiedEnvelope(claims=claims, signer=key, token=bytes(token))

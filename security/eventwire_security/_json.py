@@ -1,0 +1,61 @@
+"""Strict JSON: UTF-8, no duplicate keys, no NaN/Infinity, no lone surrogates, bounded depth."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+_LONE_SURROGATE_HINT = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {key!r}")
+            seen.add(key)
+    return result
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _check(value: Any, max_depth: int, check_surrogates: bool) -> None:
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = list(item.values())
+            if check_surrogates:
+                children.extend(item.keys())
+        elif isinstance(item, list):
+            children = item
+        else:
+            if check_surrogates and isinstance(item, str):
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValueError("lone surrogate in string") from None
+            continue
+        if depth >= max_depth:
+            raise ValueError(f"nesting deeper than {max_depth}")
+        stack.extend((child, depth + 1) for child in children)
+
+
+def strict_loads(data: bytes, *, max_depth: int) -> Any:
+    """Parse ``data`` as strict JSON or raise ``ValueError`` saying why."""
+    try:
+        text = data.decode("utf-8")
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"invalid UTF-8: {exc.reason}") from None
+    except RecursionError:
+        raise ValueError("nesting too deep") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"invalid JSON: {exc.msg} at {exc.pos}") from None
+    _check(value, max_depth, bool(_LONE_SURROGATE_HINT.search(data)))
+    return value
