@@ -1,1 +1,81 @@
-"""eventwire"""
+"""eventwire: signed, durable events between AI agents over NATS JetStream."""
+
+from eventwire_security import Identity, Keyring, Principal, TrustedKey
+
+from ._agent import Agent
+from ._bus import Bus, PublishAck, connect
+from ._codec import Rejection, SecurityStats
+from ._consumer import Subscription, SubscriptionStats
+from ._errors import (
+    ConnectionFailed,
+    EventTooLarge,
+    EventwireError,
+    InvalidEvent,
+    NoResponders,
+    NotRunning,
+    PublishFailed,
+    RemoteError,
+    ReplyRejected,
+    RequestFailed,
+    RequestTimeout,
+    ServerError,
+    StreamConfigError,
+    WrongTenant,
+)
+from ._event import Event, Publishable
+from ._kinds import (
+    AgentLifecycle,
+    CustomEvent,
+    ErrorReported,
+    EventData,
+    HelpRequested,
+    KnowledgeShared,
+    StatusUpdate,
+    TaskCompleted,
+)
+from ._registry import AgentInfo
+from ._server import EmbeddedServer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Agent",
+    "AgentInfo",
+    "AgentLifecycle",
+    "Bus",
+    "ConnectionFailed",
+    "CustomEvent",
+    "EmbeddedServer",
+    "ErrorReported",
+    "Event",
+    "EventData",
+    "EventTooLarge",
+    "EventwireError",
+    "HelpRequested",
+    "Identity",
+    "InvalidEvent",
+    "Keyring",
+    "KnowledgeShared",
+    "NoResponders",
+    "NotRunning",
+    "Principal",
+    "PublishAck",
+    "PublishFailed",
+    "Publishable",
+    "Rejection",
+    "RemoteError",
+    "ReplyRejected",
+    "RequestFailed",
+    "RequestTimeout",
+    "SecurityStats",
+    "ServerError",
+    "StatusUpdate",
+    "StreamConfigError",
+    "Subscription",
+    "SubscriptionStats",
+    "TaskCompleted",
+    "TrustedKey",
+    "WrongTenant",
+    "__version__",
+    "connect",
+]

@@ -1,0 +1,357 @@
+"""The bus: one connection to NATS (or an embedded server), the events stream, and the
+operations agents use: publish, subscribe, request, and the registry."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Self
+
+import nats
+import nats.errors
+import nats.js.errors
+
+from eventwire_security import DEFAULT_MAX_BYTES, Keyring, check_name
+
+from ._codec import Codec
+from ._consumer import Subscription, durable_name
+from ._direct import request, serve_requests
+from ._errors import ConnectionFailed, NotRunning, PublishFailed
+from ._registry import list_agents, open_registry
+from ._server import EmbeddedServer
+from ._streams import ensure_stream, events_stream_config, events_stream_name
+from ._subjects import DEFAULT_ROOT, check_token
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
+    from types import TracebackType
+
+    from nats.aio.client import Client as NatsClient
+    from nats.aio.subscription import Subscription as NatsSubscription
+    from nats.js import JetStreamContext
+    from nats.js.kv import KeyValue
+
+    from eventwire_security import Identity
+
+    from ._codec import SecurityStats, Signed
+    from ._direct import RequestHandler
+    from ._event import Event, Publishable
+    from ._registry import AgentInfo
+
+log = logging.getLogger("eventwire.bus")
+DEFAULT_REGISTRY_TTL = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class PublishAck:
+    """JetStream stored the event: where, at which sequence, and whether it was a duplicate."""
+
+    event_id: str
+    subject: str
+    stream: str
+    seq: int
+    duplicate: bool
+
+
+def connect(
+    url: str | None = None,
+    *,
+    tenant: str = "default",
+    keyring: Keyring | None = None,
+    root: str = DEFAULT_ROOT,
+    store_dir: str | None = None,
+    registry_ttl: float = DEFAULT_REGISTRY_TTL,
+    replicas: int = 1,
+    name: str = "eventwire",
+) -> Bus:
+    """A :class:`Bus` to use as ``async with connect(...) as bus``.
+
+    With no ``url`` an embedded ``nats-server -js`` is started on a free 127.0.0.1 port
+    (data in ``store_dir`` or a temporary directory) and stopped on exit.
+    """
+    return Bus(
+        url,
+        tenant=tenant,
+        keyring=keyring if keyring is not None else Keyring(),
+        root=root,
+        store_dir=store_dir,
+        registry_ttl=registry_ttl,
+        replicas=replicas,
+        name=name,
+    )
+
+
+class Bus:
+    """A connection for one tenant. Create it with :func:`connect`."""
+
+    def __init__(
+        self,
+        url: str | None,
+        *,
+        tenant: str,
+        keyring: Keyring,
+        root: str,
+        store_dir: str | None,
+        registry_ttl: float,
+        replicas: int,
+        name: str,
+    ) -> None:
+        self.tenant = check_name("tenant", tenant)
+        self.root = check_token(root, field="root")
+        self.keyring = keyring
+        self.stream = events_stream_name(root)
+        self._url = url
+        self._store_dir = store_dir
+        self._registry_ttl = registry_ttl
+        self._replicas = replicas
+        self._name = name
+        self._server: EmbeddedServer | None = None
+        self._nc: NatsClient | None = None
+        self._js: JetStreamContext | None = None
+        self._codec: Codec | None = None
+        self._registry: KeyValue | None = None
+        self._subscriptions: list[Subscription] = []
+        self._responders: list[NatsSubscription] = []
+
+    @property
+    def url(self) -> str:
+        if self._server is not None:
+            return self._server.url
+        if self._url is None:
+            raise NotRunning("bus is not connected")
+        return self._url
+
+    @property
+    def server(self) -> EmbeddedServer | None:
+        """The embedded server, when the bus started one."""
+        return self._server
+
+    @property
+    def security(self) -> SecurityStats:
+        """How many events were verified and how many refused, by reason."""
+        return self._codec_or_raise().stats
+
+    def _codec_or_raise(self) -> Codec:
+        if self._codec is None:
+            raise NotRunning("bus is not connected")
+        return self._codec
+
+    def _js_or_raise(self) -> JetStreamContext:
+        if self._js is None:
+            raise NotRunning("bus is not connected")
+        return self._js
+
+    def _nc_or_raise(self) -> NatsClient:
+        if self._nc is None or self._nc.is_closed:
+            raise NotRunning("bus is not connected")
+        return self._nc
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self._open()
+        except BaseException:
+            await self._close()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._close()
+
+    async def _open(self) -> None:
+        if self._url is None:
+            self._server = EmbeddedServer(store_dir=self._store_dir)
+            await self._server.start()
+        self._nc = await _connect_nats(self.url, self._name)
+        self._js = self._nc.jetstream()
+        self._codec = Codec(
+            tenant=self.tenant,
+            root=self.root,
+            keyring=self.keyring,
+            max_bytes=min(DEFAULT_MAX_BYTES, self._nc.max_payload),
+        )
+        await ensure_stream(self._js, events_stream_config(self.root, replicas=self._replicas))
+
+    async def _close(self) -> None:
+        subscriptions, self._subscriptions = self._subscriptions, []
+        for subscription in subscriptions:
+            await subscription.stop()
+        if self._nc is not None and not self._nc.is_closed:
+            with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
+                await self._nc.drain()
+            await self._nc.close()
+        if self._codec is not None:
+            self._codec.close()
+        if self._server is not None:
+            await self._server.stop()
+        self._nc = self._js = self._codec = self._registry = None
+
+    async def publish(
+        self,
+        item: Publishable,
+        *,
+        identity: Identity,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        partition_key: str | None = None,
+        timeout: float = 5.0,
+    ) -> PublishAck:
+        """Sign ``item`` as ``identity`` and store it; returns once JetStream acknowledged it."""
+        signed = self._codec_or_raise().sign(
+            item,
+            identity,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            partition_key=partition_key,
+        )
+        js = self._js_or_raise()
+        try:
+            ack = await js.publish(
+                signed.wire_subject,
+                signed.token,
+                timeout=timeout,
+                stream=self.stream,
+                headers={"Nats-Msg-Id": signed.msg_id},
+            )
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise _publish_error(exc, signed.subject) from exc
+        return PublishAck(signed.event_id, signed.subject, ack.stream, ack.seq, bool(ack.duplicate))
+
+    async def publish_many(
+        self, items: Sequence[Publishable], *, identity: Identity, window: int = 512
+    ) -> list[PublishAck]:
+        """Sign (in parallel threads) and publish ``items`` pipelined, ``window`` unacked at most.
+
+        Returns the acks in order; raises :class:`PublishFailed` if any event was not stored.
+        """
+        signed = await self._codec_or_raise().sign_many(items, identity)
+        js = self._js_or_raise()
+        acks: list[PublishAck] = []
+        for start in range(0, len(signed), window):
+            acks.extend(await self._publish_window(js, signed[start : start + window]))
+        return acks
+
+    async def _publish_window(
+        self, js: JetStreamContext, batch: Sequence[Signed]
+    ) -> list[PublishAck]:
+        futures = []
+        for item in batch:
+            headers = {"Nats-Msg-Id": item.msg_id}
+            futures.append(
+                await js.publish_async(
+                    item.wire_subject, item.token, stream=self.stream, headers=headers
+                )
+            )
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        acks = []
+        for item, result in zip(batch, results, strict=True):
+            if isinstance(result, nats.errors.Error | asyncio.TimeoutError):
+                raise _publish_error(result, item.subject) from result
+            if isinstance(result, BaseException):
+                raise result
+            acks.append(
+                PublishAck(
+                    item.event_id, item.subject, result.stream, result.seq, bool(result.duplicate)
+                )
+            )
+        return acks
+
+    def subscribe(
+        self,
+        pattern: str,
+        handler: Callable[[Event], Awaitable[None]],
+        *,
+        durable: str,
+        max_in_flight: int = 1,
+        batch: int = 64,
+        start: Literal["all", "new"] = "all",
+    ) -> Subscription:
+        """A durable subscription: ``async with bus.subscribe(...)`` or ``await sub.start()``.
+
+        Instances using the same ``durable`` name share the work. The bus stops every
+        subscription it made when it closes.
+        """
+        subscription = Subscription(
+            js=self._js_or_raise(),
+            codec=self._codec_or_raise(),
+            stream=self.stream,
+            pattern=pattern,
+            handler=handler,
+            durable=durable_name(check_token(durable, field="durable"), pattern),
+            max_in_flight=max_in_flight,
+            batch=batch,
+            start=start,
+        )
+        self._subscriptions.append(subscription)
+        return subscription
+
+    async def request(
+        self, target: str, item: Publishable, *, identity: Identity, timeout: float = 5.0
+    ) -> Event:
+        """Ask agent ``target`` directly and return its verified reply."""
+        return await request(
+            self._nc_or_raise(), self._codec_or_raise(), identity, target, item, timeout=timeout
+        )
+
+    async def serve_requests(self, identity: Identity, handler: RequestHandler) -> NatsSubscription:
+        """Answer direct requests to ``identity``'s agent with ``handler``'s return value."""
+        sub = await serve_requests(self._nc_or_raise(), self._codec_or_raise(), identity, handler)
+        self._responders.append(sub)
+        return sub
+
+    async def registry(self) -> KeyValue:
+        if self._registry is None:
+            self._registry = await open_registry(self._js_or_raise(), self.root, self._registry_ttl)
+        return self._registry
+
+    @property
+    def registry_ttl(self) -> float:
+        return self._registry_ttl
+
+    async def agents(self, *, capability: str | None = None) -> list[AgentInfo]:
+        """Live agents of this tenant (verified entries), optionally those with a capability."""
+        found = await list_agents(await self.registry(), self._codec_or_raise())
+        if capability is None:
+            return found
+        return [info for info in found if capability in info.capabilities]
+
+
+async def _connect_nats(url: str, name: str) -> NatsClient:
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats: %r", exc)
+
+    async def on_disconnected() -> None:
+        log.warning("nats: disconnected from %s", url)
+
+    async def on_reconnected() -> None:
+        log.info("nats: reconnected to %s", url)
+
+    try:
+        return await nats.connect(
+            url,
+            name=name,
+            connect_timeout=5,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            error_cb=on_error,
+            disconnected_cb=on_disconnected,
+            reconnected_cb=on_reconnected,
+        )
+    except (TimeoutError, nats.errors.Error, OSError) as exc:
+        raise ConnectionFailed(f"cannot connect to {url}: {exc!r}") from exc
+
+
+def _publish_error(exc: BaseException, subject: str) -> PublishFailed:
+    if isinstance(exc, nats.js.errors.NoStreamResponseError):
+        return PublishFailed("no stream answered (no responders)", subject=subject)
+    if isinstance(exc, nats.js.errors.APIError):
+        return PublishFailed(str(exc.description), subject=subject, code=exc.err_code)
+    if isinstance(exc, nats.errors.TimeoutError | asyncio.TimeoutError):
+        return PublishFailed("timed out waiting for the stream's ack", subject=subject)
+    return PublishFailed(repr(exc), subject=subject)

@@ -1,0 +1,195 @@
+"""A durable pull consumer loop: fetch, verify in parallel, dispatch in order, ack by outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Self
+
+import nats.errors
+import nats.js.errors
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from ._codec import Rejection
+from ._errors import NotRunning, StreamConfigError
+from ._subjects import check_pattern, to_wire
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+    from types import TracebackType
+
+    from nats.aio.msg import Msg
+    from nats.js import JetStreamContext
+
+    from ._codec import Codec
+    from ._event import Event
+
+log = logging.getLogger("eventwire.consumer")
+_RETRY_DELAY = 1.0
+_FETCH_TIMEOUT = 1.0
+_BACKOFF_MAX = 5.0
+
+
+@dataclass
+class SubscriptionStats:
+    delivered: int = 0
+    handled: int = 0
+    failed: int = 0
+    rejected: int = 0
+
+
+def durable_name(owner: str, pattern: str) -> str:
+    """A stable consumer name for ``owner`` consuming ``pattern``."""
+    digest = hashlib.sha256(pattern.encode()).hexdigest()[:12]
+    return f"{owner}-{digest}"
+
+
+class Subscription:
+    """Delivers events matching ``pattern`` to ``handler`` from a durable consumer.
+
+    Success acks; an exception naks with a delay; an event that fails verification is
+    terminated and never reaches the handler. ``max_in_flight`` bounds concurrent handlers;
+    with 1 (the default) events are handled one at a time in stream order.
+    """
+
+    def __init__(
+        self,
+        *,
+        js: JetStreamContext,
+        codec: Codec,
+        stream: str,
+        pattern: str,
+        handler: Callable[[Event], Awaitable[None]],
+        durable: str,
+        max_in_flight: int = 1,
+        batch: int = 64,
+        start: Literal["all", "new"] = "all",
+        ack_wait: float = 30.0,
+    ) -> None:
+        if max_in_flight < 1 or batch < 1:
+            raise ValueError("max_in_flight and batch must be at least 1")
+        self.pattern = check_pattern(pattern)
+        self.durable = durable
+        self.stats = SubscriptionStats()
+        self._js = js
+        self._codec = codec
+        self._stream = stream
+        self._handler = handler
+        self._max_in_flight = max_in_flight
+        self._batch = max(batch, max_in_flight)
+        self._start = start
+        self._ack_wait = ack_wait
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._fetching = False
+
+    def _config(self) -> ConsumerConfig:
+        return ConsumerConfig(
+            durable_name=self.durable,
+            name=self.durable,
+            description=f"eventwire: {self.pattern}",
+            filter_subject=to_wire(self._codec.root, self.pattern),
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self._ack_wait,
+            max_ack_pending=max(1000, self._batch * 4),
+            deliver_policy=DeliverPolicy.ALL if self._start == "all" else DeliverPolicy.NEW,
+        )
+
+    async def start(self) -> None:
+        if self._task is not None:
+            raise NotRunning("subscription already started")
+        try:
+            await self._js.add_consumer(self._stream, self._config())
+        except nats.js.errors.BadRequestError as exc:
+            raise StreamConfigError(
+                f"consumer {self.durable!r} exists with other settings: {exc.description}"
+            ) from None
+        psub = await self._js.pull_subscribe_bind(self.durable, stream=self._stream)
+        self._task = asyncio.create_task(self._run(psub), name=f"eventwire:{self.durable}")
+
+    async def stop(self) -> None:
+        """Stop fetching, let in-flight handlers finish, then unsubscribe. Safe twice."""
+        self._stopping = True
+        task, self._task = self._task, None
+        if task is None:
+            return
+        if self._fetching:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def _run(self, psub: JetStreamContext.PullSubscription) -> None:
+        failures = 0
+        try:
+            async with asyncio.TaskGroup() as group:
+                while not self._stopping:
+                    try:
+                        await self._step(psub, group)
+                        failures = 0
+                    except (nats.errors.Error, OSError) as exc:
+                        failures += 1
+                        delay = min(_BACKOFF_MAX, 0.1 * 2**failures)
+                        log.warning("consumer %s: %r; retrying in %.1fs", self.durable, exc, delay)
+                        await asyncio.sleep(delay)
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await psub.unsubscribe()
+
+    async def _step(
+        self, psub: JetStreamContext.PullSubscription, group: asyncio.TaskGroup
+    ) -> None:
+        self._fetching = True
+        try:
+            msgs = await psub.fetch(self._batch, timeout=_FETCH_TIMEOUT)
+        except nats.errors.TimeoutError:
+            return
+        finally:
+            self._fetching = False
+        results = await self._codec.open_many([(m.data, m.subject) for m in msgs])
+        for index, (msg, result) in enumerate(zip(msgs, results, strict=True)):
+            if self._stopping:
+                for rest in msgs[index:]:
+                    await rest.nak()
+                return
+            self.stats.delivered += 1
+            if isinstance(result, Rejection):
+                self.stats.rejected += 1
+                await msg.term()
+            elif self._max_in_flight == 1:
+                await self._handle(msg, result)
+            else:
+                await self._slots.acquire()
+                group.create_task(self._handle_in_slot(msg, result))
+
+    async def _handle_in_slot(self, msg: Msg, event: Event) -> None:
+        try:
+            await self._handle(msg, event)
+        finally:
+            self._slots.release()
+
+    async def _handle(self, msg: Msg, event: Event) -> None:
+        try:
+            await self._handler(event)
+        except Exception:
+            self.stats.failed += 1
+            log.exception("handler for %s failed on event %s", self.pattern, event.id)
+            await msg.nak(delay=_RETRY_DELAY)
+            return
+        self.stats.handled += 1
+        await msg.ack()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()

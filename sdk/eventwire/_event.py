@@ -1,0 +1,138 @@
+"""The CloudEvents 1.0 event as it travels, with eventwire's extension attributes."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+
+from pydantic import BaseModel, ConfigDict, JsonValue, PrivateAttr, StrictInt, StrictStr
+from pydantic import ValidationError as PydanticValidationError
+
+from ._errors import InvalidEvent
+from ._ids import uuid7
+from ._kinds import KINDS, EventData
+
+if TYPE_CHECKING:
+    import builtins
+
+    from eventwire_security import Principal
+
+DEFAULT_TTL_SECONDS = 24 * 3600
+_K = TypeVar("_K", bound=EventData)
+
+
+class Publishable(Protocol):
+    """What ``publish`` accepts: an :class:`EventData` kind or a :class:`CustomEvent`."""
+
+    @property
+    def event_type(self) -> str: ...
+
+    def subject(self) -> str: ...
+
+    def data(self) -> Any: ...
+
+
+class Event(BaseModel):
+    """A verified event. ``source`` is ``tenant/agent`` and was checked against the signer."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    specversion: Literal["1.0"]
+    id: StrictStr
+    source: StrictStr
+    type: StrictStr
+    subject: StrictStr
+    time: datetime
+    datacontenttype: Literal["application/json"]
+    data: JsonValue
+    tenant: StrictStr
+    iat: StrictInt
+    exp: StrictInt
+    correlationid: StrictStr
+    causationid: StrictStr | None = None
+    traceparent: StrictStr | None = None
+    partitionkey: StrictStr | None = None
+
+    _kid: str = PrivateAttr(default="")
+
+    @property
+    def signer_kid(self) -> str:
+        """The ``kid`` of the key that signed this event (empty for an unsigned draft)."""
+        return self._kid
+
+    @property
+    def agent(self) -> str:
+        return self.source.partition("/")[2]
+
+    @property
+    def body(self) -> EventData | None:
+        """The typed data for a known kind, ``None`` for custom types."""
+        kind = KINDS.get(self.type)
+        return None if kind is None else self.parse(kind)
+
+    def parse(self, kind: builtins.type[_K]) -> _K:
+        """Parse ``data`` as ``kind``; :class:`InvalidEvent` if it does not fit."""
+        if self.type != kind.event_type:
+            raise InvalidEvent(
+                f"event type is {self.type!r}, not {kind.event_type!r}", field="type"
+            )
+        try:
+            return kind.model_validate(self.data, strict=False)
+        except PydanticValidationError as exc:
+            raise InvalidEvent(_first_error(exc), field="data") from None
+
+
+def _first_error(exc: PydanticValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"])
+    return f"{where}: {error['msg']}" if where else str(error["msg"])
+
+
+def build_claims(
+    item: Publishable,
+    principal: Principal,
+    *,
+    correlation_id: str | None = None,
+    causation_id: str | None = None,
+    partition_key: str | None = None,
+    traceparent: str | None = None,
+    ttl: int = DEFAULT_TTL_SECONDS,
+) -> dict[str, Any]:
+    """The claims of a new event from ``principal``: id, time, correlation, expiry."""
+    event_id = uuid7()
+    now = time.time()
+    claims: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": principal.source,
+        "type": item.event_type,
+        "subject": item.subject(),
+        "time": datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z"),
+        "datacontenttype": "application/json",
+        "data": item.data(),
+        "tenant": principal.tenant,
+        "iat": int(now),
+        "exp": int(now) + ttl,
+        "correlationid": correlation_id or event_id,
+    }
+    for name, value in (
+        ("causationid", causation_id),
+        ("partitionkey", partition_key),
+        ("traceparent", traceparent),
+    ):
+        if value is not None:
+            if not isinstance(value, str) or not value:
+                raise InvalidEvent("must be a non-empty string", field=name)
+            claims[name] = value
+    return claims
+
+
+def event_from_claims(claims: dict[str, Any], kid: str) -> Event:
+    """Validate verified claims into an :class:`Event`; :class:`InvalidEvent` if they do not fit."""
+    try:
+        event = Event.model_validate(claims)
+    except PydanticValidationError as exc:
+        raise InvalidEvent(_first_error(exc)) from None
+    event._kid = kid
+    return event

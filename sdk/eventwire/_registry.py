@@ -1,0 +1,119 @@
+"""The agent registry: a KV bucket of signed entries that expire when heartbeats stop."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import nats.js.errors
+from nats.js.api import KeyValueConfig, StorageType
+
+from eventwire_security import EnvelopeError, sign_claims, verify_envelope
+
+if TYPE_CHECKING:
+    from nats.js import JetStreamContext
+    from nats.js.kv import KeyValue
+
+    from eventwire_security import Identity
+
+    from ._codec import Codec
+
+log = logging.getLogger("eventwire.registry")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentInfo:
+    """One live agent instance as it announced itself (signature verified)."""
+
+    name: str
+    tenant: str
+    instance: str
+    capabilities: tuple[str, ...]
+    kid: str
+    started_at: datetime
+    last_seen: datetime
+
+
+def registry_bucket(root: str) -> str:
+    return f"{root}-agents"
+
+
+async def open_registry(js: JetStreamContext, root: str, ttl: float) -> KeyValue:
+    """Create (or bind to) the registry bucket; entries expire ``ttl`` seconds after a put."""
+    bucket = registry_bucket(root)
+    try:
+        return await js.key_value(bucket)
+    except nats.js.errors.BucketNotFoundError:
+        config = KeyValueConfig(bucket=bucket, history=1, ttl=ttl, storage=StorageType.FILE)
+        return await js.create_key_value(config)
+
+
+async def announce(
+    kv: KeyValue,
+    identity: Identity,
+    *,
+    instance: str,
+    capabilities: tuple[str, ...],
+    started_at: float,
+) -> None:
+    """Put (or refresh) this instance's signed entry: a heartbeat."""
+    principal = identity.principal
+    claims = {
+        "source": principal.source,
+        "tenant": principal.tenant,
+        "instance": instance,
+        "capabilities": list(capabilities),
+        "started": started_at,
+        "iat": time.time(),
+    }
+    await kv.put(f"{principal.agent}.{instance}", sign_claims(claims, identity))
+
+
+async def withdraw(kv: KeyValue, agent: str, instance: str) -> None:
+    await kv.purge(f"{agent}.{instance}")
+
+
+async def list_agents(kv: KeyValue, codec: Codec) -> list[AgentInfo]:
+    """Every live, correctly signed entry of this tenant; bad entries are counted and skipped."""
+    try:
+        keys = await kv.keys()
+    except nats.js.errors.NoKeysError:
+        return []
+    found: list[AgentInfo] = []
+    for key in keys:
+        try:
+            entry = await kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            continue  # expired between keys() and get()
+        info = _parse_entry(entry.value or b"", codec)
+        if info is not None:
+            found.append(info)
+    return sorted(found, key=lambda info: (info.name, info.started_at))
+
+
+def _parse_entry(token: bytes, codec: Codec) -> AgentInfo | None:
+    try:
+        envelope = verify_envelope(token, codec.keyring, max_bytes=codec.max_bytes)
+        claims = envelope.claims
+        principal = envelope.signer.principal
+        if principal.tenant != codec.tenant:
+            return None
+        return AgentInfo(
+            name=principal.agent,
+            tenant=principal.tenant,
+            instance=str(claims["instance"]),
+            capabilities=tuple(str(c) for c in claims["capabilities"]),
+            kid=envelope.signer.kid,
+            started_at=datetime.fromtimestamp(float(claims["started"]), UTC),
+            last_seen=datetime.fromtimestamp(float(claims["iat"]), UTC),
+        )
+    except EnvelopeError as exc:
+        codec.stats.rejected[exc.reason] += 1
+        log.warning("registry entry refused: %s", exc)
+    except (KeyError, TypeError, ValueError) as exc:
+        codec.stats.rejected["invalid-registry-entry"] += 1
+        log.warning("registry entry malformed: %r", exc)
+    return None
