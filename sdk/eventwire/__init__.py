@@ -1,5 +1,7 @@
 """eventwire: signed, durable events between AI agents over NATS JetStream."""
 
+import logging
+
 from eventwire_security import Identity, Keyring, Principal, TrustedKey
 
 from ._agent import Agent
@@ -37,6 +39,9 @@ from ._registry import AgentInfo
 from ._server import EmbeddedServer
 
 __version__ = "0.1.0"
+
+# A library logs; the application decides where logs go.
+logging.getLogger("eventwire").addHandler(logging.NullHandler())
 
 __all__ = [
     "Agent",

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Literal, Self
 import nats
 import nats.errors
 import nats.js.errors
+from nats.aio.client import Client as NatsClient
 
 from eventwire_security import DEFAULT_MAX_BYTES, Keyring, check_name
 
@@ -28,14 +29,13 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
     from types import TracebackType
 
-    from nats.aio.client import Client as NatsClient
     from nats.aio.subscription import Subscription as NatsSubscription
     from nats.js import JetStreamContext
     from nats.js.kv import KeyValue
 
     from eventwire_security import Identity
 
-    from ._codec import SecurityStats, Signed
+    from ._codec import Rejection, SecurityStats, Signed
     from ._direct import RequestHandler
     from ._event import Event, Publishable
     from ._registry import AgentInfo
@@ -65,11 +65,14 @@ def connect(
     registry_ttl: float = DEFAULT_REGISTRY_TTL,
     replicas: int = 1,
     name: str = "eventwire",
+    on_reject: Callable[[Rejection], None] | None = None,
+    connect_timeout: float = 10.0,
 ) -> Bus:
     """A :class:`Bus` to use as ``async with connect(...) as bus``.
 
     With no ``url`` an embedded ``nats-server -js`` is started on a free 127.0.0.1 port
-    (data in ``store_dir`` or a temporary directory) and stopped on exit.
+    (data in ``store_dir`` or a temporary directory) and stopped on exit. ``on_reject`` is
+    called on the event loop for every received message refused before a handler saw it.
     """
     return Bus(
         url,
@@ -80,6 +83,8 @@ def connect(
         registry_ttl=registry_ttl,
         replicas=replicas,
         name=name,
+        on_reject=on_reject,
+        connect_timeout=connect_timeout,
     )
 
 
@@ -97,6 +102,8 @@ class Bus:
         registry_ttl: float,
         replicas: int,
         name: str,
+        on_reject: Callable[[Rejection], None] | None = None,
+        connect_timeout: float = 10.0,
     ) -> None:
         self.tenant = check_name("tenant", tenant)
         self.root = check_token(root, field="root")
@@ -107,6 +114,8 @@ class Bus:
         self._registry_ttl = registry_ttl
         self._replicas = replicas
         self._name = name
+        self._on_reject = on_reject
+        self._connect_timeout = connect_timeout
         self._server: EmbeddedServer | None = None
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
@@ -168,13 +177,14 @@ class Bus:
         if self._url is None:
             self._server = EmbeddedServer(store_dir=self._store_dir)
             await self._server.start()
-        self._nc = await _connect_nats(self.url, self._name)
+        self._nc = await _connect_nats(self.url, self._name, self._connect_timeout)
         self._js = self._nc.jetstream()
         self._codec = Codec(
             tenant=self.tenant,
             root=self.root,
             keyring=self.keyring,
             max_bytes=min(DEFAULT_MAX_BYTES, self._nc.max_payload),
+            on_reject=self._on_reject,
         )
         await ensure_stream(self._js, events_stream_config(self.root, replicas=self._replicas))
 
@@ -189,7 +199,7 @@ class Bus:
         if self._codec is not None:
             self._codec.close()
         if self._server is not None:
-            await self._server.stop()
+            await self._server.close()
         self._nc = self._js = self._codec = self._registry = None
 
     async def publish(
@@ -322,7 +332,9 @@ class Bus:
         return [info for info in found if capability in info.capabilities]
 
 
-async def _connect_nats(url: str, name: str) -> NatsClient:
+async def _connect_nats(url: str, name: str, timeout: float) -> NatsClient:
+    """Connect within ``timeout``; once connected, reconnect forever (servers restart)."""
+
     async def on_error(exc: Exception) -> None:
         log.warning("nats: %r", exc)
 
@@ -332,19 +344,25 @@ async def _connect_nats(url: str, name: str) -> NatsClient:
     async def on_reconnected() -> None:
         log.info("nats: reconnected to %s", url)
 
+    nc = NatsClient()
     try:
-        return await nats.connect(
-            url,
-            name=name,
-            connect_timeout=5,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            error_cb=on_error,
-            disconnected_cb=on_disconnected,
-            reconnected_cb=on_reconnected,
-        )
-    except (TimeoutError, nats.errors.Error, OSError) as exc:
-        raise ConnectionFailed(f"cannot connect to {url}: {exc!r}") from exc
+        async with asyncio.timeout(timeout):
+            await nc.connect(
+                url,
+                name=name,
+                connect_timeout=max(1, min(int(timeout), 2)),
+                max_reconnect_attempts=-1,
+                # nats-py annotates int but sleeps for a float; half a second shortens failover.
+                reconnect_time_wait=0.5,  # type: ignore[arg-type]
+                error_cb=on_error,
+                disconnected_cb=on_disconnected,
+                reconnected_cb=on_reconnected,
+            )
+    except (nats.errors.Error, OSError, TimeoutError) as exc:
+        with contextlib.suppress(nats.errors.Error):
+            await nc.close()
+        raise ConnectionFailed(f"cannot connect to {url} within {timeout}s: {exc!r}") from exc
+    return nc
 
 
 def _publish_error(exc: BaseException, subject: str) -> PublishFailed:

@@ -30,7 +30,7 @@ from ._event import build_claims, event_from_claims
 from ._subjects import from_wire, to_wire
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from eventwire_security import Identity, Keyring
 
@@ -73,8 +73,17 @@ class SecurityStats:
 class Codec:
     """Signs and verifies for one tenant under one subject root."""
 
-    def __init__(self, *, tenant: str, root: str, keyring: Keyring, max_bytes: int) -> None:
+    def __init__(
+        self,
+        *,
+        tenant: str,
+        root: str,
+        keyring: Keyring,
+        max_bytes: int,
+        on_reject: Callable[[Rejection], None] | None = None,
+    ) -> None:
         self.tenant = tenant
+        self.on_reject = on_reject
         self.root = root
         self.keyring = keyring
         self.max_bytes = max_bytes
@@ -180,6 +189,8 @@ class Codec:
                 result.detail,
                 result.kid,
             )
+            if self.on_reject is not None:
+                self.on_reject(result)
         else:
             self.stats.verified += 1
 

@@ -171,8 +171,21 @@ class EmbeddedServer:
                 proc.kill()
             await proc.wait()
 
+    async def close(self) -> None:
+        """Stop the server and remove its temporary store, if it made one."""
+        try:
+            await self.stop()
+        finally:
+            if self._tmp is not None:
+                self._tmp.cleanup()
+                self._tmp = None
+
     async def __aenter__(self) -> Self:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.close()
+            raise
         return self
 
     async def __aexit__(
@@ -181,12 +194,7 @@ class EmbeddedServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        try:
-            await self.stop()
-        finally:
-            if self._tmp is not None:
-                self._tmp.cleanup()
-                self._tmp = None
+        await self.close()
 
 
 def _read_client_port(ports_dir: Path, pid: int) -> int | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -22,6 +23,14 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    # json.loads turns out-of-range literals such as 1e400 into inf: refuse them like Infinity.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number out of range: {text[:32]}")
+    return value
 
 
 def _check(value: Any, max_depth: int, check_surrogates: bool) -> None:
@@ -50,7 +59,12 @@ def strict_loads(data: bytes, *, max_depth: int) -> Any:
     """Parse ``data`` as strict JSON or raise ``ValueError`` saying why."""
     try:
         text = data.decode("utf-8")
-        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        value = json.loads(
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constant,
+            parse_float=_finite_float,
+        )
     except UnicodeDecodeError as exc:
         raise ValueError(f"invalid UTF-8: {exc.reason}") from None
     except RecursionError:

@@ -21,6 +21,7 @@ from eventwire_security import (
     OwnerMismatch,
     Principal,
     UnknownKey,
+    sign_claims,
     verify_envelope,
 )
 
@@ -46,10 +47,6 @@ def _identity(tenant: str, agent: str) -> Identity:
 
 def b64(data: bytes) -> bytes:
     return base64.urlsafe_b64encode(data).rstrip(b"=")
-
-
-def unb64(data: bytes) -> bytes:
-    return base64.urlsafe_b64decode(data + b"=" * (-len(data) % 4))
 
 
 @pytest.fixture(scope="session")
@@ -94,6 +91,18 @@ def claims_of() -> Callable[..., dict[str, Any]]:
 
 
 @pytest.fixture(scope="session")
+def payload(alice: Identity, claims_of: Callable[..., dict[str, Any]]) -> bytes:
+    """Alice's claims as JSON bytes, for envelopes forged around them."""
+    return json.dumps(claims_of(alice)).encode()
+
+
+@pytest.fixture(scope="session")
+def token(alice: Identity, claims_of: Callable[..., dict[str, Any]]) -> bytes:
+    """A valid envelope signed by alice."""
+    return sign_claims(claims_of(alice), alice)
+
+
+@pytest.fixture(scope="session")
 def forge() -> Callable[..., bytes]:
     """Build a compact JWS from raw parts, signed by ``signer`` over the exact signing input.
 
@@ -125,7 +134,9 @@ def forge() -> Callable[..., bytes]:
 def refused() -> Callable[..., EnvelopeError]:
     """Assert ``verify_envelope`` refuses ``token`` with exactly ``cls`` and its reason code."""
 
-    def check(token: object, keyring: Keyring, cls: type[EnvelopeError], **kw: Any) -> EnvelopeError:
+    def check(
+        token: object, keyring: Keyring, cls: type[EnvelopeError], **kw: Any
+    ) -> EnvelopeError:
         with pytest.raises(cls) as info:
             verify_envelope(token, keyring, **kw)  # type: ignore[arg-type]
         exc = info.value

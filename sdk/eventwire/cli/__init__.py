@@ -1,0 +1,32 @@
+"""The ``eventwire`` command line: a thin shell over the library."""
+
+from __future__ import annotations
+
+import typer
+
+from ._bench import bench
+from ._demo import demo
+
+app = typer.Typer(
+    name="eventwire",
+    help="Signed, durable events between AI agents over NATS JetStream.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.command(help="Run agents on an embedded server and print a verified timeline.")(demo)
+app.command(help="Measure eventwire against raw nats-py on the same server.")(bench)
+
+
+@app.command()
+def version() -> None:
+    """Print the eventwire version."""
+    from eventwire import __version__
+
+    typer.echo(__version__)
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,183 @@
+"""``eventwire bench``: eventwire against raw nats-py and hand-signed PyNaCl, on one server.
+
+The measuring is plain async code (:func:`run_bench`), the command only prints it, so
+``benchmarks/run_bench.py`` and tests can call the same thing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated
+
+import nats
+import nats.errors
+import typer
+from rich.console import Console
+
+from eventwire import EmbeddedServer, EventwireError
+
+from ._bench_cases import eventwire_case, hand_signed_case, raw_case
+from ._bench_latency import (
+    eventwire_request_reply,
+    hand_signed_request_reply,
+    import_times,
+    raw_request_reply,
+)
+from ._bench_report import (
+    EVENTWIRE,
+    HAND_SIGNED,
+    RAW,
+    BenchResults,
+    Latency,
+    Throughput,
+    records,
+    render,
+    size_label,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from nats.aio.client import Client
+    from nats.js import JetStreamContext
+
+DEFAULT_COUNT = 20_000
+QUICK_COUNT = 5_000
+DEFAULT_REQUESTS = 500
+QUICK_REQUESTS = 200
+_WARMUP_COUNT = 1_000
+_COUNT_HELP = (
+    f"Messages per case and size (default {DEFAULT_COUNT:,}; {QUICK_COUNT:,} with --quick)."
+)
+_REQUESTS_HELP = (
+    f"Request-reply round trips per variant (default {DEFAULT_REQUESTS}; "
+    f"{QUICK_REQUESTS} with --quick)."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BenchConfig:
+    """What to run: ``url=None`` starts an embedded server for the run."""
+
+    url: str | None = None
+    count: int = DEFAULT_COUNT
+    requests: int = DEFAULT_REQUESTS
+    sizes: tuple[int, ...] = (256, 4096)
+    window: int = 512
+    batch: int = 256
+    import_runs: int = 5
+    modules: tuple[str, ...] = ("nats", "eventwire")
+
+    @classmethod
+    def of(
+        cls, *, url: str | None, quick: bool, count: int | None, requests: int | None
+    ) -> BenchConfig:
+        if count is None:
+            count = QUICK_COUNT if quick else DEFAULT_COUNT
+        if requests is None:
+            requests = QUICK_REQUESTS if quick else DEFAULT_REQUESTS
+        return cls(url=url, count=count, requests=requests, import_runs=3 if quick else 5)
+
+
+def _silent(_: str) -> None:
+    return None
+
+
+async def run_bench(config: BenchConfig, progress: Callable[[str], None] = _silent) -> BenchResults:
+    """Run every case once on one server and return the measurements."""
+    progress("timing imports in fresh interpreters")
+    imports = await import_times(config.modules, config.import_runs) if config.modules else []
+    async with contextlib.AsyncExitStack() as stack:
+        url = config.url
+        if url is None:
+            url = (await stack.enter_async_context(EmbeddedServer())).url
+        nc = await nats.connect(url, name="eventwire-bench", connect_timeout=5)
+        stack.push_async_callback(nc.close)
+        js = nc.jetstream(publish_async_max_pending=config.window)
+        throughput = await _throughput(config, url, js, progress)
+        latency = await _latency(config, url, nc, js, progress)
+    return BenchResults(url, config.url is None, throughput, latency, imports)
+
+
+async def _throughput(
+    config: BenchConfig, url: str, js: JetStreamContext, progress: Callable[[str], None]
+) -> list[Throughput]:
+    if config.count <= 0:
+        return []
+    progress("warming up")
+    await raw_case(js, config.sizes[0], min(config.count, _WARMUP_COUNT), batch=config.batch)
+    results = []
+    for size in config.sizes:
+        for case in (RAW, HAND_SIGNED, EVENTWIRE):
+            progress(f"{case} {size_label(size)} x {config.count}")
+            if case == RAW:
+                seconds = await raw_case(js, size, config.count, batch=config.batch)
+            elif case == HAND_SIGNED:
+                seconds = await hand_signed_case(js, size, config.count, batch=config.batch)
+            else:
+                seconds = await eventwire_case(
+                    url, js, size, config.count, window=config.window, batch=config.batch
+                )
+            results.append(Throughput(case, size, config.count, seconds))
+    return results
+
+
+async def _latency(
+    config: BenchConfig,
+    url: str,
+    nc: Client,
+    js: JetStreamContext,
+    progress: Callable[[str], None],
+) -> list[Latency]:
+    if config.requests <= 0:
+        return []
+    progress(f"request-reply x {config.requests}")
+    return [
+        await raw_request_reply(nc, config.requests),
+        await hand_signed_request_reply(nc, config.requests),
+        await eventwire_request_reply(url, js, config.requests),
+    ]
+
+
+def bench(
+    url: Annotated[
+        str | None,
+        typer.Option(help="NATS server URL; by default an embedded nats-server is started."),
+    ] = None,
+    quick: Annotated[
+        bool,
+        typer.Option("--quick", help="Fewer messages and requests: done in well under a minute."),
+    ] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="One JSON object per line per measurement.")
+    ] = False,
+    count: Annotated[
+        int | None,
+        typer.Option(min=1, help=_COUNT_HELP),
+    ] = None,
+    requests: Annotated[
+        int | None,
+        typer.Option(min=1, help=_REQUESTS_HELP),
+    ] = None,
+) -> None:
+    """Measure eventwire against raw nats-py and hand-signed PyNaCl on the same server."""
+    config = BenchConfig.of(url=url, quick=quick, count=count, requests=requests)
+    err = Console(stderr=True)
+
+    def progress(message: str) -> None:
+        if not json_output:
+            err.print(f"[dim]... {message}[/dim]")
+
+    try:
+        results = asyncio.run(run_bench(config, progress))
+    except (EventwireError, nats.errors.Error, OSError, TimeoutError) as exc:
+        err.print(f"[red]bench failed:[/red] {exc!r}")
+        raise typer.Exit(1) from None
+    if json_output:
+        for record in records(results):
+            typer.echo(json.dumps(record))
+    else:
+        render(results, Console())
