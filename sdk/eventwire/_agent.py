@@ -78,6 +78,7 @@ class Agent:
         self._on_request: RequestHandler | None = None
         self._bus: Bus | None = None
         self._stop = asyncio.Event()
+        self._serving = False
 
     @property
     def tenant(self) -> str:
@@ -108,6 +109,11 @@ class Agent:
         found = list(self._handlers)
         found += [p for p in default_patterns(self.capabilities) if p not in self._handlers]
         return found
+
+    @property
+    def serving(self) -> bool:
+        """Whether the agent is subscribed, registered and announced."""
+        return self._serving
 
     @property
     def bus(self) -> Bus:
@@ -175,8 +181,10 @@ class Agent:
             )
             heartbeat = asyncio.create_task(self._heartbeat(started), name=f"heartbeat:{self.name}")
             await self._announce_phase("started")
+            self._serving = True
             yield self
         finally:
+            self._serving = False
             await self._shutdown(subscriptions, heartbeat)
 
     async def _shutdown(
@@ -201,7 +209,7 @@ class Agent:
                 agent=self.name,
                 phase="started" if phase == "started" else "stopped",
                 instance=self.instance,
-                capabilities=self.capabilities,
+                capabilities=list(self.capabilities),
             )
         )
 

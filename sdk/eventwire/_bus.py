@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
     from nats.aio.subscription import Subscription as NatsSubscription
     from nats.js import JetStreamContext
+    from nats.js.api import PubAck
     from nats.js.kv import KeyValue
 
     from eventwire_security import Identity
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("eventwire.bus")
 DEFAULT_REGISTRY_TTL = 15.0
+_SIGN_CHUNK = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,41 +238,33 @@ class Bus:
     async def publish_many(
         self, items: Sequence[Publishable], *, identity: Identity, window: int = 512
     ) -> list[PublishAck]:
-        """Sign (in parallel threads) and publish ``items`` pipelined, ``window`` unacked at most.
+        """Sign and publish ``items`` pipelined, at most ``window`` awaiting their ack.
 
-        Returns the acks in order; raises :class:`PublishFailed` if any event was not stored.
+        Signatures of the next chunk are computed on worker threads while the current one
+        is sent. Returns the acks in order; raises :class:`PublishFailed` if any event was
+        not stored (the others may have been: each ack names its event).
         """
-        signed = await self._codec_or_raise().sign_many(items, identity)
-        js = self._js_or_raise()
-        acks: list[PublishAck] = []
-        for start in range(0, len(signed), window):
-            acks.extend(await self._publish_window(js, signed[start : start + window]))
-        return acks
-
-    async def _publish_window(
-        self, js: JetStreamContext, batch: Sequence[Signed]
-    ) -> list[PublishAck]:
-        futures = []
-        for item in batch:
-            headers = {"Nats-Msg-Id": item.msg_id}
-            futures.append(
-                await js.publish_async(
-                    item.wire_subject, item.token, stream=self.stream, headers=headers
-                )
-            )
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        acks = []
-        for item, result in zip(batch, results, strict=True):
-            if isinstance(result, nats.errors.Error | asyncio.TimeoutError):
-                raise _publish_error(result, item.subject) from result
-            if isinstance(result, BaseException):
-                raise result
-            acks.append(
-                PublishAck(
-                    item.event_id, item.subject, result.stream, result.seq, bool(result.duplicate)
-                )
-            )
-        return acks
+        codec, js = self._codec_or_raise(), self._js_or_raise()
+        slots = asyncio.Semaphore(window)
+        sent: list[tuple[Signed, asyncio.Future[PubAck]]] = []
+        chunks = [items[i : i + _SIGN_CHUNK] for i in range(0, len(items), _SIGN_CHUNK)]
+        async with asyncio.TaskGroup() as group:
+            upcoming = [group.create_task(codec.sign_many(chunk, identity)) for chunk in chunks[:1]]
+            for index in range(len(chunks)):
+                signed = await upcoming[index]
+                if index + 1 < len(chunks):
+                    upcoming.append(group.create_task(codec.sign_many(chunks[index + 1], identity)))
+                for item in signed:
+                    await slots.acquire()
+                    future = await js.publish_async(
+                        item.wire_subject,
+                        item.token,
+                        stream=self.stream,
+                        headers={"Nats-Msg-Id": item.msg_id},
+                    )
+                    future.add_done_callback(lambda _: slots.release())
+                    sent.append((item, future))
+        return await _collect_acks(sent)
 
     def subscribe(
         self,
@@ -332,6 +326,22 @@ class Bus:
         return [info for info in found if capability in info.capabilities]
 
 
+async def _collect_acks(sent: list[tuple[Signed, asyncio.Future[PubAck]]]) -> list[PublishAck]:
+    results = await asyncio.gather(*(future for _, future in sent), return_exceptions=True)
+    acks = []
+    for (item, _), result in zip(sent, results, strict=True):
+        if isinstance(result, nats.errors.Error | asyncio.TimeoutError):
+            raise _publish_error(result, item.subject) from result
+        if isinstance(result, BaseException):
+            raise result
+        acks.append(
+            PublishAck(
+                item.event_id, item.subject, result.stream, result.seq, bool(result.duplicate)
+            )
+        )
+    return acks
+
+
 async def _connect_nats(url: str, name: str, timeout: float) -> NatsClient:
     """Connect within ``timeout``; once connected, reconnect forever (servers restart)."""
 
@@ -339,7 +349,8 @@ async def _connect_nats(url: str, name: str, timeout: float) -> NatsClient:
         log.warning("nats: %r", exc)
 
     async def on_disconnected() -> None:
-        log.warning("nats: disconnected from %s", url)
+        if not (nc.is_closed or nc.is_draining):
+            log.warning("nats: disconnected from %s", url)
 
     async def on_reconnected() -> None:
         log.info("nats: reconnected to %s", url)

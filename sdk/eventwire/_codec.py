@@ -19,10 +19,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from eventwire_security import (
     EnvelopeError,
     MalformedClaims,
+    UnverifiedEnvelope,
+    compact,
     encode_claims,
     message_id,
-    sign_payload,
-    verify_envelope,
+    read_envelope,
+    signing_input,
 )
 
 from ._errors import EventTooLarge, InvalidEvent, WrongTenant
@@ -71,7 +73,11 @@ class SecurityStats:
 
 
 class Codec:
-    """Signs and verifies for one tenant under one subject root."""
+    """Signs and verifies for one tenant under one subject root.
+
+    The Ed25519 work of a batch runs on worker threads (libsodium releases the GIL) while
+    the event loop does the rest; results keep their order.
+    """
 
     def __init__(
         self,
@@ -88,17 +94,16 @@ class Codec:
         self.keyring = keyring
         self.max_bytes = max_bytes
         self.stats = SecurityStats()
-        workers = max(2, min(4, os.cpu_count() or 2))
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="eventwire-crypto")
-        self._workers = workers
+        # The event loop keeps one core busy; the crypto gets the others (at least one).
+        self._workers = max(1, min(4, (os.cpu_count() or 2) - 1))
+        self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="eventwire-crypto")
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def sign(
-        self, item: Publishable, identity: Identity, *, subject: str | None = None, **context: Any
-    ) -> Signed:
-        """Sign ``item`` as ``identity``; ``subject`` overrides the item's (direct calls)."""
+    def _prepare(
+        self, item: Publishable, identity: Identity, subject: str | None, context: dict[str, Any]
+    ) -> tuple[dict[str, Any], bytes]:
         if identity.principal.tenant != self.tenant:
             raise WrongTenant(identity.principal.tenant, self.tenant)
         claims = build_claims(item, identity.principal, **context)
@@ -108,7 +113,9 @@ class Codec:
             payload = encode_claims(claims)
         except MalformedClaims as exc:
             raise InvalidEvent(exc.detail, field="data") from None
-        token = sign_payload(payload, identity)
+        return claims, signing_input(payload, identity.kid)
+
+    def _signed(self, claims: dict[str, Any], token: bytes, msg_id: str) -> Signed:
         if len(token) > self.max_bytes:
             raise EventTooLarge(len(token), self.max_bytes)
         return Signed(
@@ -116,65 +123,93 @@ class Codec:
             subject=claims["subject"],
             wire_subject=to_wire(self.root, claims["subject"]),
             token=token,
-            msg_id=message_id(token),
+            msg_id=msg_id,
         )
+
+    def sign(
+        self, item: Publishable, identity: Identity, *, subject: str | None = None, **context: Any
+    ) -> Signed:
+        """Sign ``item`` as ``identity``; ``subject`` overrides the item's (direct calls)."""
+        claims, data = self._prepare(item, identity, subject, context)
+        token = compact(data, identity.sign(data))
+        return self._signed(claims, token, message_id(token))
 
     async def sign_many(
         self, items: Sequence[Publishable], identity: Identity, **context: Any
     ) -> list[Signed]:
+        """Sign ``items`` in order, the signatures computed on worker threads."""
         if len(items) < _PARALLEL_FROM:
             return [self.sign(item, identity, **context) for item in items]
+        prepared = [self._prepare(item, identity, None, context) for item in items]
+        inputs = [data for _, data in prepared]
         loop = asyncio.get_running_loop()
-        chunks = _chunks(list(items), self._workers)
-        sign = functools.partial(self._sign_chunk, identity, context)
+        sign = functools.partial(_sign_chunk, identity)
         parts = await asyncio.gather(
-            *(loop.run_in_executor(self._pool, sign, chunk) for chunk in chunks)
+            *(
+                loop.run_in_executor(self._pool, sign, chunk)
+                for chunk in _chunks(inputs, self._workers)
+            )
         )
-        return [signed for part in parts for signed in part]
+        tokens = [token for part in parts for token in part]
+        return [
+            self._signed(claims, token, msg_id)
+            for (claims, _), (token, msg_id) in zip(prepared, tokens, strict=True)
+        ]
 
-    def _sign_chunk(
-        self, identity: Identity, context: dict[str, Any], items: list[Publishable]
-    ) -> list[Signed]:
-        return [self.sign(item, identity, **context) for item in items]
-
-    def _open_chunk(self, items: list[tuple[bytes, str]]) -> list[Event | Rejection]:
-        return [self.open(token, subject) for token, subject in items]
-
-    def open(self, token: bytes, wire_subject: str) -> Event | Rejection:
-        """Verify, then parse, then check tenant and subject. Never raises for bad input."""
-        kid: str | None = None
+    def _read(self, token: bytes, wire_subject: str) -> UnverifiedEnvelope | Rejection:
         try:
-            envelope = verify_envelope(token, self.keyring, max_bytes=self.max_bytes)
-            kid = envelope.signer.kid
-            claims = envelope.claims
-            if claims.get("tenant") != self.tenant:
-                return Rejection("wrong-tenant", f"tenant {claims.get('tenant')!r}", wire_subject)
-            if from_wire(self.root, wire_subject) != claims.get("subject"):
-                return Rejection(
-                    "subject-mismatch",
-                    f"signed subject {claims.get('subject')!r} arrived on {wire_subject!r}",
-                    wire_subject,
-                    kid,
-                )
-            return event_from_claims(claims, kid)
+            return read_envelope(token, self.keyring, max_bytes=self.max_bytes)
         except EnvelopeError as exc:
             return Rejection(exc.reason, exc.detail, wire_subject, exc.kid)
+
+    def _finish(
+        self, envelope: UnverifiedEnvelope, valid: bool, wire_subject: str
+    ) -> Event | Rejection:
+        kid = envelope.signer.kid
+        try:
+            claims = envelope.open(valid).claims
+        except EnvelopeError as exc:
+            return Rejection(exc.reason, exc.detail, wire_subject, kid)
+        if claims.get("tenant") != self.tenant:
+            return Rejection("wrong-tenant", f"tenant {claims.get('tenant')!r}", wire_subject, kid)
+        if from_wire(self.root, wire_subject) != claims.get("subject"):
+            return Rejection(
+                "subject-mismatch",
+                f"signed subject {claims.get('subject')!r} arrived on {wire_subject!r}",
+                wire_subject,
+                kid,
+            )
+        try:
+            return event_from_claims(claims, kid)
         except InvalidEvent as exc:
             return Rejection("invalid-event", str(exc), wire_subject, kid)
 
+    def open(self, token: bytes, wire_subject: str) -> Event | Rejection:
+        """Verify, then parse, then check tenant and subject. Never raises for bad input."""
+        envelope = self._read(token, wire_subject)
+        if isinstance(envelope, Rejection):
+            return envelope
+        return self._finish(envelope, envelope.signature_valid(), wire_subject)
+
     async def open_many(self, items: Sequence[tuple[bytes, str]]) -> list[Event | Rejection]:
-        """Open in parallel threads when there are several, keeping the order."""
+        """Open in order; the signatures of several are checked on worker threads."""
         if len(items) < _PARALLEL_FROM:
             results = [self.open(token, subject) for token, subject in items]
         else:
+            read = [self._read(token, subject) for token, subject in items]
+            pending = [env for env in read if not isinstance(env, Rejection)]
             loop = asyncio.get_running_loop()
             parts = await asyncio.gather(
                 *(
-                    loop.run_in_executor(self._pool, self._open_chunk, chunk)
-                    for chunk in _chunks(list(items), self._workers)
+                    loop.run_in_executor(self._pool, _check_chunk, chunk)
+                    for chunk in _chunks(pending, self._workers)
                 )
             )
-            results = [result for part in parts for result in part]
+            verdicts = iter([valid for part in parts for valid in part])
+            results = [
+                env if isinstance(env, Rejection) else self._finish(env, next(verdicts), subject)
+                for env, (_, subject) in zip(read, items, strict=True)
+            ]
         for result in results:
             self.record(result)
         return results
@@ -193,6 +228,17 @@ class Codec:
                 self.on_reject(result)
         else:
             self.stats.verified += 1
+
+
+def _sign_chunk(identity: Identity, inputs: list[bytes]) -> list[tuple[bytes, str]]:
+    """Worker thread: signatures, tokens and message ids (libsodium and sha256 drop the GIL)."""
+    tokens = [compact(data, identity.sign(data)) for data in inputs]
+    return [(token, message_id(token)) for token in tokens]
+
+
+def _check_chunk(envelopes: list[UnverifiedEnvelope]) -> list[bool]:
+    """Worker thread: the signature checks."""
+    return [envelope.signature_valid() for envelope in envelopes]
 
 
 def _chunks(items: list[_T], count: int) -> list[list[_T]]:

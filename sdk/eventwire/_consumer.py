@@ -28,9 +28,16 @@ if TYPE_CHECKING:
     from ._event import Event
 
 log = logging.getLogger("eventwire.consumer")
+_Batch = tuple[list["Msg"], list["Event | Rejection"]]
 _RETRY_DELAY = 1.0
 _FETCH_TIMEOUT = 1.0
 _BACKOFF_MAX = 5.0
+
+
+async def _nak_all(msgs: list[Msg]) -> None:
+    for msg in msgs:
+        with contextlib.suppress(nats.errors.Error):
+            await msg.nak()
 
 
 @dataclass
@@ -85,7 +92,8 @@ class Subscription:
         self._slots = asyncio.Semaphore(max_in_flight)
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._fetching = False
+        self._fetcher: asyncio.Task[None] | None = None
+        self._failures = 0
 
     def _config(self) -> ConsumerConfig:
         return ConsumerConfig(
@@ -95,7 +103,8 @@ class Subscription:
             filter_subject=to_wire(self._codec.root, self.pattern),
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self._ack_wait,
-            max_ack_pending=max(1000, self._batch * 4),
+            # room for the batches queued for dispatch plus the one being fetched
+            max_ack_pending=max(1000, self._batch * 8 + self._max_in_flight),
             deliver_policy=DeliverPolicy.ALL if self._start == "all" else DeliverPolicy.NEW,
         )
 
@@ -117,53 +126,80 @@ class Subscription:
         task, self._task = self._task, None
         if task is None:
             return
-        if self._fetching:
-            task.cancel()
+        if self._fetcher is not None:
+            self._fetcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
     async def _run(self, psub: JetStreamContext.PullSubscription) -> None:
-        failures = 0
+        # The fetcher verifies batch N+1 (on worker threads) while batch N is dispatched.
+        ready: asyncio.Queue[_Batch | None] = asyncio.Queue(2)
         try:
             async with asyncio.TaskGroup() as group:
-                while not self._stopping:
-                    try:
-                        await self._step(psub, group)
-                        failures = 0
-                    except (nats.errors.Error, OSError) as exc:
-                        failures += 1
-                        delay = min(_BACKOFF_MAX, 0.1 * 2**failures)
-                        log.warning("consumer %s: %r; retrying in %.1fs", self.durable, exc, delay)
-                        await asyncio.sleep(delay)
+                self._fetcher = group.create_task(self._fetch_loop(psub, ready))
+                await self._dispatch_loop(ready, group)
         finally:
+            self._fetcher = None
+            while not ready.empty():
+                batch = ready.get_nowait()
+                await _nak_all(batch[0] if batch else [])
             with contextlib.suppress(nats.errors.Error):
                 await psub.unsubscribe()
 
-    async def _step(
-        self, psub: JetStreamContext.PullSubscription, group: asyncio.TaskGroup
+    async def _fetch_loop(
+        self, psub: JetStreamContext.PullSubscription, ready: asyncio.Queue[_Batch | None]
     ) -> None:
-        self._fetching = True
+        msgs: list[Msg] = []
+        try:
+            while not self._stopping:
+                msgs = await self._fetch(psub)
+                if msgs:
+                    results = await self._codec.open_many([(m.data, m.subject) for m in msgs])
+                    await ready.put((msgs, results))
+                    msgs = []
+        finally:
+            await _nak_all(msgs)  # fetched, not queued: let another instance have them now
+            with contextlib.suppress(asyncio.QueueFull):
+                ready.put_nowait(None)  # wake the dispatcher
+
+    async def _fetch(self, psub: JetStreamContext.PullSubscription) -> list[Msg]:
         try:
             msgs = await psub.fetch(self._batch, timeout=_FETCH_TIMEOUT)
         except nats.errors.TimeoutError:
-            return
-        finally:
-            self._fetching = False
-        results = await self._codec.open_many([(m.data, m.subject) for m in msgs])
-        for index, (msg, result) in enumerate(zip(msgs, results, strict=True)):
-            if self._stopping:
-                for rest in msgs[index:]:
-                    await rest.nak()
+            return []
+        except (nats.errors.Error, OSError) as exc:
+            self._failures += 1
+            delay = min(_BACKOFF_MAX, 0.1 * 2**self._failures)
+            log.warning("consumer %s: %r; retrying in %.1fs", self.durable, exc, delay)
+            await asyncio.sleep(delay)
+            return []
+        self._failures = 0
+        return msgs
+
+    async def _dispatch_loop(
+        self, ready: asyncio.Queue[_Batch | None], group: asyncio.TaskGroup
+    ) -> None:
+        while not (self._stopping and ready.empty()):
+            batch = await ready.get()
+            if batch is None:
                 return
-            self.stats.delivered += 1
-            if isinstance(result, Rejection):
-                self.stats.rejected += 1
-                await msg.term()
-            elif self._max_in_flight == 1:
-                await self._handle(msg, result)
-            else:
-                await self._slots.acquire()
-                group.create_task(self._handle_in_slot(msg, result))
+            msgs, results = batch
+            for index, (msg, result) in enumerate(zip(msgs, results, strict=True)):
+                if self._stopping:
+                    await _nak_all(msgs[index:])
+                    break
+                await self._deliver(msg, result, group)
+
+    async def _deliver(self, msg: Msg, result: Event | Rejection, group: asyncio.TaskGroup) -> None:
+        self.stats.delivered += 1
+        if isinstance(result, Rejection):
+            self.stats.rejected += 1
+            await msg.term()
+        elif self._max_in_flight == 1:
+            await self._handle(msg, result)
+        else:
+            await self._slots.acquire()
+            group.create_task(self._handle_in_slot(msg, result))
 
     async def _handle_in_slot(self, msg: Msg, event: Event) -> None:
         try:

@@ -61,13 +61,20 @@ async def request(
     if isinstance(reply, Rejection):
         raise ReplyRejected(reply.detail, target=target, reason=reply.reason)
     if reply.source != Principal(tenant, target).source:
-        raise ReplyRejected(f"signed by {reply.source}", target=target, reason="wrong-responder")
+        raise _refuse(codec, "wrong-responder", f"signed by {reply.source}", target)
     error = _remote_error(reply)
     if error is not None and (reply.causationid in (signed.event_id, None)):
         raise RemoteError(error.message, target=target, code=error.code)
     if reply.causationid != signed.event_id:
-        raise ReplyRejected("reply is for another request", target=target, reason="wrong-request")
+        raise _refuse(codec, "wrong-request", "reply is for another request", target)
     return reply
+
+
+def _refuse(codec: Codec, reason: str, detail: str, target: str) -> ReplyRejected:
+    """Count a verified reply that is still not acceptable, and build the error to raise."""
+    wire = to_wire(codec.root, reply_subject(codec.tenant, target))
+    codec.record(Rejection(reason, detail, wire))
+    return ReplyRejected(detail, target=target, reason=reason)
 
 
 def _remote_error(reply: Event) -> ErrorReported | None:
@@ -117,4 +124,9 @@ async def serve_requests(
         )
         await msg.respond(reply.token)
 
-    return await nc.subscribe(wire, queue=principal.agent, cb=on_request)
+    sub = await nc.subscribe(wire, queue=principal.agent, cb=on_request)
+    # Make sure the server has the subscription before callers are told we serve. One
+    # flush is not enough with nats-py 2.16: its PING can overtake the buffered SUB.
+    await nc.flush()
+    await nc.flush()
+    return sub

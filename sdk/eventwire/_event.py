@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, TypeVar
 
-from pydantic import BaseModel, ConfigDict, JsonValue, PrivateAttr, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    JsonValue,
+    PrivateAttr,
+    SkipValidation,
+    StrictInt,
+    StrictStr,
+)
 from pydantic import ValidationError as PydanticValidationError
 
 from ._errors import InvalidEvent
@@ -19,6 +29,16 @@ if TYPE_CHECKING:
     from eventwire_security import Principal
 
 DEFAULT_TTL_SECONDS = 24 * 3600
+_RFC3339 = re.compile(r"\A\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})\Z")
+
+
+def _rfc3339(value: object) -> datetime:
+    """CloudEvents ``time``: an RFC 3339 timestamp string with an offset, nothing looser."""
+    if not isinstance(value, str) or not _RFC3339.match(value):
+        raise ValueError("must be an RFC 3339 timestamp with offset, e.g. 2026-01-01T00:00:00Z")
+    return datetime.fromisoformat(value)
+
+
 _K = TypeVar("_K", bound=EventData)
 
 
@@ -43,9 +63,10 @@ class Event(BaseModel):
     source: StrictStr
     type: StrictStr
     subject: StrictStr
-    time: datetime
+    time: Annotated[datetime, BeforeValidator(_rfc3339)]
     datacontenttype: Literal["application/json"]
-    data: JsonValue
+    # Parsed from strict JSON, so already a JSON value: not walked again.
+    data: SkipValidation[JsonValue]
     tenant: StrictStr
     iat: StrictInt
     exp: StrictInt
@@ -78,7 +99,7 @@ class Event(BaseModel):
                 f"event type is {self.type!r}, not {kind.event_type!r}", field="type"
             )
         try:
-            return kind.model_validate(self.data, strict=False)
+            return kind.model_validate(self.data)
         except PydanticValidationError as exc:
             raise InvalidEvent(_first_error(exc), field="data") from None
 
@@ -114,9 +135,10 @@ def build_claims(
         "tenant": principal.tenant,
         "iat": int(now),
         "exp": int(now) + ttl,
-        "correlationid": correlation_id or event_id,
+        "correlationid": event_id if correlation_id is None else correlation_id,
     }
     for name, value in (
+        ("correlationid", correlation_id),
         ("causationid", causation_id),
         ("partitionkey", partition_key),
         ("traceparent", traceparent),

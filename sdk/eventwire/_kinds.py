@@ -6,12 +6,12 @@ Each kind knows its CloudEvents ``type`` and the logical subject it is published
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from ._errors import InvalidEvent
-from ._subjects import check_subject, check_token
+from ._subjects import MAX_TOKENS, check_subject, check_token
 
 TYPE_PREFIX = "io.eventwire."
 
@@ -21,7 +21,10 @@ def _token(value: str) -> str:
 
 
 def _dotted(value: str) -> str:
-    for part in value.split("."):
+    parts = value.split(".")
+    if len(parts) > MAX_TOKENS - 1:  # the family token comes first
+        raise ValueError(f"at most {MAX_TOKENS - 1} dot-separated tokens")
+    for part in parts:
         check_token(part, field="token")
     return value
 
@@ -37,6 +40,16 @@ class EventData(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
     event_type: ClassVar[str]
 
+    if not TYPE_CHECKING:  # type checkers keep pydantic's typed constructor
+
+        def __init__(self, **data: Any) -> None:
+            try:
+                super().__init__(**data)
+            except ValidationError as exc:
+                error = exc.errors()[0]
+                where = ".".join(str(part) for part in error["loc"])
+                raise InvalidEvent(f"{type(self).__name__}: {error['msg']}", field=where) from None
+
     def subject(self) -> str:
         raise NotImplementedError
 
@@ -51,7 +64,7 @@ class KnowledgeShared(EventData):
     topic: DottedTokens
     content: str
     confidence: float | None = Field(default=None, ge=0.0, le=1.0, allow_inf_nan=False)
-    tags: tuple[str, ...] = ()
+    tags: list[str] = Field(default_factory=list, strict=False)  # tuples welcome
 
     def subject(self) -> str:
         return f"knowledge.{self.topic}"
@@ -113,7 +126,7 @@ class AgentLifecycle(EventData):
     agent: Token
     phase: Literal["started", "stopped"]
     instance: str
-    capabilities: tuple[str, ...] = ()
+    capabilities: list[str] = Field(default_factory=list, strict=False)
 
     def subject(self) -> str:
         return f"agent.lifecycle.{self.phase}"

@@ -3,11 +3,15 @@
 from ._envelope import (
     ALG,
     DEFAULT_MAX_BYTES,
+    UnverifiedEnvelope,
     VerifiedEnvelope,
+    compact,
     encode_claims,
     message_id,
+    read_envelope,
     sign_claims,
     sign_payload,
+    signing_input,
     verify_envelope,
 )
 from ._errors import (
@@ -45,11 +49,15 @@ __all__ = [
     "SecurityError",
     "TrustedKey",
     "UnknownKey",
+    "UnverifiedEnvelope",
     "VerifiedEnvelope",
     "check_name",
+    "compact",
     "encode_claims",
     "message_id",
+    "read_envelope",
     "sign_claims",
     "sign_payload",
+    "signing_input",
     "verify_envelope",
 ]

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 
-_ALPHABET = re.compile(rb"\A[A-Za-z0-9_-]*\Z")
+_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
+_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_VALUE = {char: index for index, char in enumerate(_ALPHABET)}
+# The unused low bits of the last character must be zero, else two encodings name one value.
+_UNUSED_BITS_MASK = {2: 0b1111, 3: 0b11}
 
 
 def b64url_encode(data: bytes) -> bytes:
@@ -14,14 +17,16 @@ def b64url_encode(data: bytes) -> bytes:
 
 
 def b64url_decode(data: bytes) -> bytes:
-    """Decode unpadded base64url; raise ``ValueError`` on padding, bad characters or bad length."""
-    if not _ALPHABET.match(data) or len(data) % 4 == 1:
+    """Decode unpadded, canonical base64url; ``ValueError`` on anything else."""
+    remainder = len(data) % 4
+    if remainder == 1 or b"+" in data or b"/" in data or b"=" in data:
         raise ValueError("not unpadded base64url")
-    try:
-        decoded = base64.urlsafe_b64decode(data + b"=" * (-len(data) % 4))
-    except binascii.Error as exc:
-        raise ValueError(str(exc)) from exc
-    if b64url_encode(decoded) != data:
-        # Non-canonical trailing bits: two encodings would name the same bytes.
+    mask = _UNUSED_BITS_MASK.get(remainder)
+    if mask is not None and _VALUE.get(data[-1], 0) & mask:
         raise ValueError("non-canonical base64url")
-    return decoded
+    try:
+        return binascii.a2b_base64(
+            data.translate(_TO_STANDARD) + b"=" * (-remainder % 4), strict_mode=True
+        )
+    except binascii.Error as exc:
+        raise ValueError(f"not unpadded base64url: {exc}") from None

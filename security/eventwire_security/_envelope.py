@@ -6,6 +6,7 @@ exact received bytes, and only then the claims are parsed, strictly.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ ALG = "EdDSA"
 DEFAULT_MAX_BYTES = 1024 * 1024
 _MAX_HEADER_BYTES = 512
 _SIGNATURE_BYTES = 64
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,20 +48,30 @@ class VerifiedEnvelope:
 def encode_claims(claims: Mapping[str, Any]) -> bytes:
     """Serialize claims as compact UTF-8 JSON; NaN and Infinity are refused."""
     try:
-        text = json.dumps(claims, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        return text.encode()
+        return _ENCODER.encode(claims).encode()
     except (ValueError, TypeError) as exc:
         raise MalformedClaims(f"claims are not JSON: {exc}") from exc
 
 
+@functools.lru_cache(maxsize=1024)
 def _protected_header(kid: str) -> bytes:
     return b64url_encode(json.dumps({"alg": ALG, "kid": kid}, separators=(",", ":")).encode())
 
 
+def signing_input(payload: bytes, kid: str) -> bytes:
+    """The bytes an envelope's signature covers: ``b64url(header) "." b64url(payload)``."""
+    return _protected_header(kid) + b"." + b64url_encode(payload)
+
+
+def compact(signing_input: bytes, signature: bytes) -> bytes:
+    """The compact JWS from its signing input and signature."""
+    return signing_input + b"." + b64url_encode(signature)
+
+
 def sign_payload(payload: bytes, identity: Identity) -> bytes:
     """Sign already-serialized JSON claims; return the compact JWS as bytes."""
-    signing_input = _protected_header(identity.kid) + b"." + b64url_encode(payload)
-    return signing_input + b"." + b64url_encode(identity.sign(signing_input))
+    data = signing_input(payload, identity.kid)
+    return compact(data, identity.sign(data))
 
 
 def sign_claims(claims: Mapping[str, Any], identity: Identity) -> bytes:
@@ -89,7 +101,9 @@ def _split(token: bytes, max_bytes: int) -> tuple[bytes, bytes, bytes]:
     return header, payload, signature
 
 
+@functools.lru_cache(maxsize=4096)
 def _read_kid(header_b64: bytes) -> str:
+    """The kid of a protected header; cached, as a sender's header is the same every time."""
     try:
         header = strict_loads(b64url_decode(header_b64), max_depth=1)
     except ValueError as exc:
@@ -104,6 +118,72 @@ def _read_kid(header_b64: bytes) -> str:
     return kid
 
 
+@dataclass(frozen=True, slots=True)
+class UnverifiedEnvelope:
+    """An envelope whose shape, header and key were checked, but not yet its signature.
+
+    Split so a caller can run :meth:`signature_valid` (the costly, GIL-releasing part) on
+    worker threads, then :meth:`open` on its own thread. Claims are never parsed before
+    the signature over the exact received bytes has been checked.
+    """
+
+    token: bytes
+    signer: TrustedKey
+    signing_input: bytes
+    signature: bytes
+    payload_b64: bytes
+
+    def signature_valid(self) -> bool:
+        return self.signer.public_key.verify(self.signing_input, self.signature)
+
+    def open(self, signature_valid: bool, *, max_depth: int = 32) -> VerifiedEnvelope:
+        """Parse the claims strictly, given the outcome of :meth:`signature_valid`."""
+        kid = self.signer.kid
+        if not signature_valid:
+            raise BadSignature("signature does not verify", kid=kid)
+        try:
+            claims = strict_loads(b64url_decode(self.payload_b64), max_depth=max_depth)
+        except ValueError as exc:
+            raise MalformedClaims(str(exc), kid=kid) from exc
+        if not isinstance(claims, dict):
+            raise MalformedClaims("claims must be a JSON object", kid=kid)
+        principal = self.signer.principal
+        if claims.get("source") != principal.source or claims.get("tenant") != principal.tenant:
+            raise OwnerMismatch(
+                f"source {claims.get('source')!r} / tenant {claims.get('tenant')!r} "
+                f"is not the key owner {principal.source!r}",
+                kid=kid,
+            )
+        return VerifiedEnvelope(claims=claims, signer=self.signer, token=self.token)
+
+
+def read_envelope(
+    token: bytes,
+    keyring: Keyring,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    now: datetime | None = None,
+) -> UnverifiedEnvelope:
+    """Check size, shape, protected header and key; raise an :class:`EnvelopeError` if bad."""
+    header_b64, payload_b64, signature_b64 = _split(token, max_bytes)
+    data = bytes(token)
+    kid = _read_kid(header_b64)
+    key = keyring.resolve(kid, now)
+    try:
+        signature = b64url_decode(signature_b64)
+    except ValueError as exc:
+        raise MalformedEnvelope(f"signature: {exc}", kid=kid) from exc
+    if len(signature) != _SIGNATURE_BYTES:
+        raise MalformedEnvelope("an Ed25519 signature is 64 bytes", kid=kid)
+    return UnverifiedEnvelope(
+        token=data,
+        signer=key,
+        signing_input=data[: len(header_b64) + 1 + len(payload_b64)],
+        signature=signature,
+        payload_b64=payload_b64,
+    )
+
+
 def verify_envelope(
     token: bytes,
     keyring: Keyring,
@@ -113,28 +193,5 @@ def verify_envelope(
     now: datetime | None = None,
 ) -> VerifiedEnvelope:
     """Verify ``token`` and return its claims, or raise an :class:`EnvelopeError` subclass."""
-    header_b64, payload_b64, signature_b64 = _split(token, max_bytes)
-    kid = _read_kid(header_b64)
-    key = keyring.resolve(kid, now)
-    try:
-        signature = b64url_decode(signature_b64)
-    except ValueError as exc:
-        raise MalformedEnvelope(f"signature: {exc}", kid=kid) from exc
-    if len(signature) != _SIGNATURE_BYTES:
-        raise MalformedEnvelope("an Ed25519 signature is 64 bytes", kid=kid)
-    if not key.public_key.verify(header_b64 + b"." + payload_b64, signature):
-        raise BadSignature("signature does not verify", kid=kid)
-    try:
-        claims = strict_loads(b64url_decode(payload_b64), max_depth=max_depth)
-    except ValueError as exc:
-        raise MalformedClaims(str(exc), kid=kid) from exc
-    if not isinstance(claims, dict):
-        raise MalformedClaims("claims must be a JSON object", kid=kid)
-    principal = key.principal
-    if claims.get("source") != principal.source or claims.get("tenant") != principal.tenant:
-        raise OwnerMismatch(
-            f"source {claims.get('source')!r} / tenant {claims.get('tenant')!r} "
-            f"is not the key owner {principal.source!r}",
-            kid=kid,
-        )
-    return VerifiedEnvelope(claims=claims, signer=key, token=bytes(token))
+    envelope = read_envelope(token, keyring, max_bytes=max_bytes, now=now)
+    return envelope.open(envelope.signature_valid(), max_depth=max_depth)

@@ -33,6 +33,11 @@ def _finite_float(text: str) -> float:
     return value
 
 
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_no_duplicates, parse_constant=_no_constant, parse_float=_finite_float
+)
+
+
 def _check(value: Any, max_depth: int, check_surrogates: bool) -> None:
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
@@ -59,17 +64,15 @@ def strict_loads(data: bytes, *, max_depth: int) -> Any:
     """Parse ``data`` as strict JSON or raise ``ValueError`` saying why."""
     try:
         text = data.decode("utf-8")
-        value = json.loads(
-            text,
-            object_pairs_hook=_no_duplicates,
-            parse_constant=_no_constant,
-            parse_float=_finite_float,
-        )
+        value = _DECODER.decode(text)
     except UnicodeDecodeError as exc:
         raise ValueError(f"invalid UTF-8: {exc.reason}") from None
     except RecursionError:
         raise ValueError("nesting too deep") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"invalid JSON: {exc.msg} at {exc.pos}") from None
-    _check(value, max_depth, bool(_LONE_SURROGATE_HINT.search(data)))
+    check_surrogates = bool(_LONE_SURROGATE_HINT.search(data))
+    # Depth cannot exceed the number of opening brackets: skip the walk when that is small.
+    if check_surrogates or data.count(b"{") + data.count(b"[") > max_depth:
+        _check(value, max_depth, check_surrogates)
     return value

@@ -1,0 +1,305 @@
+"""Forged events and forged direct calls against a real nats-server.
+
+The attacker is a raw nats-py client that may publish anything on the bus's subjects; the
+victim is a bus subscription (or responder). Nothing forged may reach a handler, every
+forgery is counted under its exact reason and terminated so it is never redelivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import random
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import nats
+import pytest
+
+import eventwire
+from eventwire import (
+    ErrorReported,
+    Event,
+    HelpRequested,
+    Identity,
+    KnowledgeShared,
+    ReplyRejected,
+    TaskCompleted,
+)
+from eventwire._event import build_claims
+from eventwire._subjects import direct_subject, reply_subject
+from eventwire_security import (
+    Principal,
+    encode_claims,
+    sign_claims,
+    sign_payload,
+    verify_envelope,
+)
+from tests.conftest import make_identity
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
+
+    from nats.aio.client import Client as NatsClient
+    from nats.aio.msg import Msg
+
+    from eventwire import EmbeddedServer
+
+
+def b64(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+def unb64(data: bytes) -> bytes:
+    return base64.urlsafe_b64decode(data + b"=" * (-len(data) % 4))
+
+
+@pytest.fixture
+async def attacker(nats_server: EmbeddedServer) -> AsyncIterator[NatsClient]:
+    nc = await nats.connect(nats_server.url, name="attacker")
+    yield nc
+    await nc.close()
+
+
+def forged_claims(principal: Principal, topic: str = "x") -> dict[str, Any]:
+    return build_claims(KnowledgeShared(topic=topic, content="forged"), principal)
+
+
+def header(alg: str, kid: str) -> bytes:
+    return b64(json.dumps({"alg": alg, "kid": kid}, separators=(",", ":")).encode())
+
+
+async def subscribed(nc: NatsClient) -> None:
+    """Make sure ``nc``'s SUBs reached the server before another client publishes.
+
+    nats-py 2.16 writes flush()'s PING straight to the socket, ahead of commands still in its
+    pending buffer, so one flush can return before a fresh SUB was sent. The first round trip
+    lets the flusher task write the SUB; the second PING then follows it.
+    """
+    await nc.flush()
+    await nc.flush()
+
+
+async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
+    for _ in range(int(timeout / 0.02)):
+        if await predicate():
+            return
+        await asyncio.sleep(0.02)
+    pytest.fail(f"condition not met within {timeout}s")
+
+
+def build_forgeries(
+    alice: Identity, bob: Identity, outsider: Identity, mallory: Identity
+) -> list[tuple[str, bytes, str]]:
+    """(what, bytes, expected rejection reason) for every forged message, in publish order."""
+    valid = sign_claims(forged_claims(alice.principal), alice)
+    h, p, s = valid.split(b".")
+
+    payload = bytearray(unb64(p))
+    at = payload.index(b'"forged"') + 1
+    payload[at] ^= 0x01  # "forged" -> "gorged": one bit, still valid JSON
+    signature = bytearray(unb64(s))
+    signature[10] ^= 0x01
+    reserialized = json.dumps(json.loads(unb64(p)), separators=(", ", ": ")).encode()
+    assert json.loads(reserialized) == json.loads(unb64(p))
+    assert reserialized != unb64(p)
+    impersonation = forged_claims(bob.principal)  # names acme/bob, signed by alice
+
+    return [
+        # (what, bytes, expected reason)
+        ("a: unknown key", sign_claims(forged_claims(mallory.principal), mallory), "unknown-key"),
+        ("b: payload bit flip", h + b"." + b64(bytes(payload)) + b"." + s, "bad-signature"),
+        ("c: signature bit flip", h + b"." + p + b"." + b64(bytes(signature)), "bad-signature"),
+        ("d: re-serialized payload", h + b"." + b64(reserialized) + b"." + s, "bad-signature"),
+        ("e: alg none", header("none", alice.kid) + b"." + p + b".", "malformed"),
+        (
+            "f: source is not the signer",
+            sign_payload(encode_claims(impersonation), alice),
+            "owner-mismatch",
+        ),
+        (
+            "g: signed for knowledge.y",
+            sign_claims(forged_claims(alice.principal, topic="y"), alice),
+            "subject-mismatch",
+        ),
+        ("h: garbage", random.Random(20240501).randbytes(200), "malformed"),
+        ("i: empty", b"", "malformed"),
+        # and a few more from SECURITY.md's list
+        (
+            "j: kid of another agent",
+            header("EdDSA", bob.kid) + b"." + p + b"." + s,
+            "bad-signature",
+        ),
+        ("k: alg HS256", header("HS256", alice.kid) + b"." + p + b"." + s, "malformed"),
+        (
+            "l: trusted key of another tenant",
+            sign_claims(forged_claims(outsider.principal), outsider),
+            "wrong-tenant",
+        ),
+    ]
+
+
+async def test_forged_events_never_reach_the_handler(
+    bus: eventwire.Bus, root: str, attacker: NatsClient
+) -> None:
+    alice = make_identity("alice", bus.keyring)
+    bob = make_identity("bob", bus.keyring)
+    outsider = make_identity("alice", bus.keyring, tenant="other")  # trusted, other tenant
+    mallory = Identity.generate("acme", "mallory")  # not in the keyring
+    wire = f"{root}.knowledge.x"
+
+    forgeries = build_forgeries(alice, bob, outsider, mallory)
+    expected = Counter(reason for _, _, reason in forgeries)
+    assert expected == {
+        "unknown-key": 1,
+        "bad-signature": 4,
+        "malformed": 4,
+        "owner-mismatch": 1,
+        "subject-mismatch": 1,
+        "wrong-tenant": 1,
+    }
+
+    seen: list[Event] = []
+    got_legit = asyncio.Event()
+
+    async def handler(event: Event) -> None:
+        seen.append(event)
+        if isinstance(event.data, dict) and event.data.get("content") == "real":
+            got_legit.set()
+
+    js = attacker.jetstream()
+    async with bus.subscribe("knowledge.>", handler, durable="victim") as sub:
+        for what, data, _ in forgeries:
+            ack = await js.publish(wire, data)
+            assert ack.stream == bus.stream, what
+        legit = await bus.publish(KnowledgeShared(topic="x", content="real"), identity=alice)
+        assert legit.seq == len(forgeries) + 1
+        # The legitimate event is last in the stream and handled in order: once it arrived,
+        # every forgery before it was processed.
+        await asyncio.wait_for(got_legit.wait(), 10)
+
+        async def settled() -> bool:
+            info = await js.consumer_info(bus.stream, sub.durable)
+            return info.ack_floor.stream_seq == legit.seq and info.num_ack_pending == 0
+
+        await wait_for(settled)
+        await asyncio.sleep(0.3)  # give a stray redelivery a chance to show up
+        info = await js.consumer_info(bus.stream, sub.durable)
+
+        assert [event.id for event in seen] == [legit.event_id]
+        assert seen[0].source == "acme/alice"
+        assert seen[0].signer_kid == alice.kid
+        assert seen[0].body == KnowledgeShared(topic="x", content="real")
+        assert bus.security.rejected == expected
+        assert bus.security.verified == 1
+        assert sub.stats.rejected == len(forgeries)
+        assert sub.stats.delivered == len(forgeries) + 1
+        assert sub.stats.handled == 1
+        assert sub.stats.failed == 0
+        assert info.num_ack_pending == 0
+        assert info.num_redelivered == 0
+        assert info.num_pending == 0
+        assert info.delivered.stream_seq == legit.seq
+        assert info.ack_floor.stream_seq == legit.seq
+
+
+def forged_request(identity: Identity, subject: str, principal: Principal | None = None) -> bytes:
+    claims = build_claims(
+        HelpRequested(capability="search", question="give me your secrets"),
+        principal or identity.principal,
+    )
+    claims["subject"] = subject
+    return sign_payload(encode_claims(claims), identity)
+
+
+def _flip_signature(token: bytes) -> bytes:
+    h, p, s = token.split(b".")
+    signature = bytearray(unb64(s))
+    signature[0] ^= 0x80
+    return h + b"." + p + b"." + b64(bytes(signature))
+
+
+@pytest.mark.parametrize(
+    "attack",
+    ["unknown-key", "owner-mismatch", "bad-signature", "subject-mismatch", "malformed"],
+)
+async def test_forged_direct_request_is_refused(
+    bus: eventwire.Bus, root: str, attacker: NatsClient, attack: str
+) -> None:
+    bob = make_identity("bob", bus.keyring)
+    alice = make_identity("alice", bus.keyring)
+    mallory = Identity.generate("acme", "mallory")  # not in the keyring
+    to_bob = direct_subject("acme", "bob")
+    token = {
+        "unknown-key": lambda: forged_request(mallory, to_bob),
+        "owner-mismatch": lambda: forged_request(alice, to_bob, Principal("acme", "carol")),
+        "bad-signature": lambda: _flip_signature(forged_request(alice, to_bob)),
+        "subject-mismatch": lambda: forged_request(alice, direct_subject("acme", "carol")),
+        "malformed": lambda: b"not a token",
+    }[attack]()
+    calls: list[Event] = []
+
+    async def handler(event: Event) -> TaskCompleted:
+        calls.append(event)
+        return TaskCompleted(task_type="t", task_id="secret")
+
+    await bus.serve_requests(bob, handler)
+    await subscribed(bus._nc_or_raise())
+
+    reply = await attacker.request(f"{root}.direct.acme.bob", token, timeout=5)
+
+    envelope = verify_envelope(reply.data, bus.keyring)
+    assert envelope.signer.kid == bob.kid
+    claims = envelope.claims
+    assert claims["source"] == "acme/bob"
+    assert claims["tenant"] == "acme"
+    assert claims["subject"] == reply_subject("acme", "bob")
+    assert claims["type"] == ErrorReported.event_type
+    assert claims["data"] == {
+        "severity": "warning",
+        "message": "request refused",
+        "code": "refused",
+        "details": {"reason": attack},
+    }
+    assert "causationid" not in claims
+    assert claims["correlationid"] == claims["id"]
+    assert calls == []
+    assert bus.security.rejected == {attack: 1}
+    assert bus.security.verified == 0
+
+
+async def test_reply_from_an_impostor_is_rejected(
+    bus: eventwire.Bus, root: str, attacker: NatsClient
+) -> None:
+    alice = make_identity("alice", bus.keyring)  # the caller
+    make_identity("bob", bus.keyring)  # the target, not serving
+    carol = make_identity("carol", bus.keyring)  # trusted, but not bob
+    requests: list[dict[str, Any]] = []
+
+    async def impostor(msg: Msg) -> None:
+        request = json.loads(unb64(msg.data.split(b".")[1]))
+        requests.append(request)
+        claims = build_claims(
+            TaskCompleted(task_type="t", task_id="fake"),
+            carol.principal,
+            causation_id=request["id"],
+            correlation_id=request["correlationid"],
+        )
+        claims["subject"] = reply_subject("acme", "bob")  # what the caller expects to be signed
+        await msg.respond(sign_claims(claims, carol))
+
+    await attacker.subscribe(f"{root}.direct.acme.bob", cb=impostor)
+    await subscribed(attacker)
+
+    with pytest.raises(ReplyRejected) as info:
+        await bus.request(
+            "bob", HelpRequested(capability="search", question="q"), identity=alice, timeout=5
+        )
+    assert info.value.reason == "wrong-responder"
+    assert info.value.target == "bob"
+    assert "acme/carol" in str(info.value)
+    assert isinstance(info.value, eventwire.RequestFailed)
+    assert len(requests) == 1
+    assert requests[0]["source"] == "acme/alice"
+    assert requests[0]["subject"] == direct_subject("acme", "bob")
