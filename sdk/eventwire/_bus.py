@@ -73,8 +73,9 @@ def connect(
     """A :class:`Bus` to use as ``async with connect(...) as bus``.
 
     With no ``url`` an embedded ``nats-server -js`` is started on a free 127.0.0.1 port
-    (data in ``store_dir`` or a temporary directory) and stopped on exit. ``on_reject`` is
-    called on the event loop for every received message refused before a handler saw it.
+    (data in ``store_dir`` or a temporary directory) and stopped on exit.
+    ``on_reject`` is called on the event loop for every received message refused before a
+    handler saw it.
     """
     return Bus(
         url,
@@ -228,7 +229,6 @@ class Bus:
                 signed.wire_subject,
                 signed.token,
                 timeout=timeout,
-                stream=self.stream,
                 headers={"Nats-Msg-Id": signed.msg_id},
             )
         except (TimeoutError, nats.errors.Error) as exc:
@@ -240,30 +240,28 @@ class Bus:
     ) -> list[PublishAck]:
         """Sign and publish ``items`` pipelined, at most ``window`` awaiting their ack.
 
-        Signatures of the next chunk are computed on worker threads while the current one
-        is sent. Returns the acks in order; raises :class:`PublishFailed` if any event was
-        not stored (the others may have been: each ack names its event).
+        Items are signed a chunk at a time, so a bad item raises before its chunk is sent
+        but after earlier chunks were. Returns the acks in order; raises
+        :class:`PublishFailed` if any event was not stored (the others may have been).
         """
         codec, js = self._codec_or_raise(), self._js_or_raise()
         slots = asyncio.Semaphore(window)
         sent: list[tuple[Signed, asyncio.Future[PubAck]]] = []
-        chunks = [items[i : i + _SIGN_CHUNK] for i in range(0, len(items), _SIGN_CHUNK)]
-        async with asyncio.TaskGroup() as group:
-            upcoming = [group.create_task(codec.sign_many(chunk, identity)) for chunk in chunks[:1]]
-            for index in range(len(chunks)):
-                signed = await upcoming[index]
-                if index + 1 < len(chunks):
-                    upcoming.append(group.create_task(codec.sign_many(chunks[index + 1], identity)))
-                for item in signed:
+        try:
+            for start in range(0, len(items), _SIGN_CHUNK):
+                for item in codec.sign_many(items[start : start + _SIGN_CHUNK], identity):
                     await slots.acquire()
                     future = await js.publish_async(
-                        item.wire_subject,
-                        item.token,
-                        stream=self.stream,
-                        headers={"Nats-Msg-Id": item.msg_id},
+                        item.wire_subject, item.token, headers={"Nats-Msg-Id": item.msg_id}
                     )
                     future.add_done_callback(lambda _: slots.release())
                     sent.append((item, future))
+        except BaseException as exc:
+            for _, future in sent:
+                future.cancel()  # the caller gets the error; nobody waits for these acks
+            if isinstance(exc, nats.errors.Error | asyncio.TimeoutError):
+                raise _publish_error(exc, items[len(sent)].subject()) from exc
+            raise
         return await _collect_acks(sent)
 
     def subscribe(
@@ -282,6 +280,7 @@ class Bus:
         subscription it made when it closes.
         """
         subscription = Subscription(
+            nc=self._nc_or_raise(),
             js=self._js_or_raise(),
             codec=self._codec_or_raise(),
             stream=self.stream,

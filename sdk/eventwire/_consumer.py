@@ -15,12 +15,14 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from ._codec import Rejection
 from ._errors import NotRunning, StreamConfigError
+from ._pull import Pull
 from ._subjects import check_pattern, to_wire
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
     from types import TracebackType
 
+    from nats.aio.client import Client
     from nats.aio.msg import Msg
     from nats.js import JetStreamContext
 
@@ -28,10 +30,7 @@ if TYPE_CHECKING:
     from ._event import Event
 
 log = logging.getLogger("eventwire.consumer")
-_Batch = tuple[list["Msg"], list["Event | Rejection"]]
 _RETRY_DELAY = 1.0
-_FETCH_TIMEOUT = 1.0
-_BACKOFF_MAX = 5.0
 
 
 async def _nak_all(msgs: list[Msg]) -> None:
@@ -65,6 +64,7 @@ class Subscription:
     def __init__(
         self,
         *,
+        nc: Client,
         js: JetStreamContext,
         codec: Codec,
         stream: str,
@@ -81,7 +81,9 @@ class Subscription:
         self.pattern = check_pattern(pattern)
         self.durable = durable
         self.stats = SubscriptionStats()
+        self._nc = nc
         self._js = js
+        self._pull: Pull | None = None
         self._codec = codec
         self._stream = stream
         self._handler = handler
@@ -92,8 +94,6 @@ class Subscription:
         self._slots = asyncio.Semaphore(max_in_flight)
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._fetcher: asyncio.Task[None] | None = None
-        self._failures = 0
 
     def _config(self) -> ConsumerConfig:
         return ConsumerConfig(
@@ -117,8 +117,10 @@ class Subscription:
             raise StreamConfigError(
                 f"consumer {self.durable!r} exists with other settings: {exc.description}"
             ) from None
-        psub = await self._js.pull_subscribe_bind(self.durable, stream=self._stream)
-        self._task = asyncio.create_task(self._run(psub), name=f"eventwire:{self.durable}")
+        pull = Pull(self._nc, stream=self._stream, consumer=self.durable, batch=self._batch)
+        await pull.open()
+        self._pull = pull
+        self._task = asyncio.create_task(self._run(pull), name=f"eventwire:{self.durable}")
 
     async def stop(self) -> None:
         """Stop fetching, let in-flight handlers finish, then unsubscribe. Safe twice."""
@@ -126,75 +128,35 @@ class Subscription:
         task, self._task = self._task, None
         if task is None:
             return
-        if self._fetcher is not None:
-            self._fetcher.cancel()
+        if self._pull is not None:
+            await _nak_all(await self._pull.close())
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    async def _run(self, psub: JetStreamContext.PullSubscription) -> None:
-        # The fetcher verifies batch N+1 (on worker threads) while batch N is dispatched.
-        ready: asyncio.Queue[_Batch | None] = asyncio.Queue(2)
+    async def _run(self, pull: Pull) -> None:
         try:
             async with asyncio.TaskGroup() as group:
-                self._fetcher = group.create_task(self._fetch_loop(psub, ready))
-                await self._dispatch_loop(ready, group)
+                while msgs := await pull.next_batch():
+                    results = self._codec.open_many([(m.data, m.subject) for m in msgs])
+                    for index, (msg, result) in enumerate(zip(msgs, results, strict=True)):
+                        if self._stopping:
+                            await _nak_all(msgs[index:])
+                            await self._done(len(msgs) - index)
+                            break
+                        await self._deliver(msg, result, group)
         finally:
-            self._fetcher = None
-            while not ready.empty():
-                batch = ready.get_nowait()
-                await _nak_all(batch[0] if batch else [])
-            with contextlib.suppress(nats.errors.Error):
-                await psub.unsubscribe()
+            await _nak_all(await pull.close())
 
-    async def _fetch_loop(
-        self, psub: JetStreamContext.PullSubscription, ready: asyncio.Queue[_Batch | None]
-    ) -> None:
-        msgs: list[Msg] = []
-        try:
-            while not self._stopping:
-                msgs = await self._fetch(psub)
-                if msgs:
-                    results = await self._codec.open_many([(m.data, m.subject) for m in msgs])
-                    await ready.put((msgs, results))
-                    msgs = []
-        finally:
-            await _nak_all(msgs)  # fetched, not queued: let another instance have them now
-            with contextlib.suppress(asyncio.QueueFull):
-                ready.put_nowait(None)  # wake the dispatcher
-
-    async def _fetch(self, psub: JetStreamContext.PullSubscription) -> list[Msg]:
-        try:
-            msgs = await psub.fetch(self._batch, timeout=_FETCH_TIMEOUT)
-        except nats.errors.TimeoutError:
-            return []
-        except (nats.errors.Error, OSError) as exc:
-            self._failures += 1
-            delay = min(_BACKOFF_MAX, 0.1 * 2**self._failures)
-            log.warning("consumer %s: %r; retrying in %.1fs", self.durable, exc, delay)
-            await asyncio.sleep(delay)
-            return []
-        self._failures = 0
-        return msgs
-
-    async def _dispatch_loop(
-        self, ready: asyncio.Queue[_Batch | None], group: asyncio.TaskGroup
-    ) -> None:
-        while not (self._stopping and ready.empty()):
-            batch = await ready.get()
-            if batch is None:
-                return
-            msgs, results = batch
-            for index, (msg, result) in enumerate(zip(msgs, results, strict=True)):
-                if self._stopping:
-                    await _nak_all(msgs[index:])
-                    break
-                await self._deliver(msg, result, group)
+    async def _done(self, count: int) -> None:
+        if self._pull is not None:
+            await self._pull.done(count)
 
     async def _deliver(self, msg: Msg, result: Event | Rejection, group: asyncio.TaskGroup) -> None:
         self.stats.delivered += 1
         if isinstance(result, Rejection):
             self.stats.rejected += 1
             await msg.term()
+            await self._done(1)
         elif self._max_in_flight == 1:
             await self._handle(msg, result)
         else:
@@ -214,9 +176,10 @@ class Subscription:
             self.stats.failed += 1
             log.exception("handler for %s failed on event %s", self.pattern, event.id)
             await msg.nak(delay=_RETRY_DELAY)
-            return
-        self.stats.handled += 1
-        await msg.ack()
+        else:
+            self.stats.handled += 1
+            await msg.ack()
+        await self._done(1)
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -787,12 +787,12 @@ def test_codec_record_counts_rejections(codec: Codec, alice: Identity) -> None:
     assert codec.stats.rejected == {"malformed": 2, "subject-mismatch": 1}
 
 
-async def test_codec_open_many_keeps_order(codec: Codec, alice: Identity) -> None:
+def test_codec_open_many_keeps_order(codec: Codec, alice: Identity) -> None:
     signed = [codec.sign(KnowledgeShared(topic="ml", content=str(i)), alice) for i in range(9)]
     items = [(s.token, s.wire_subject) for s in signed]
     items[3] = (b"garbage", "ew.knowledge.ml")
     items[7] = (signed[7].token, "ew.knowledge.nope")
-    results = await codec.open_many(items)
+    results = codec.open_many(items)
     assert len(results) == 9
     for index, result in enumerate(results):
         if index == 3:
@@ -806,9 +806,9 @@ async def test_codec_open_many_keeps_order(codec: Codec, alice: Identity) -> Non
     assert codec.stats.rejected == {"malformed": 1, "subject-mismatch": 1}
 
 
-async def test_codec_sign_many_keeps_order(codec: Codec, alice: Identity) -> None:
+def test_codec_sign_many_keeps_order(codec: Codec, alice: Identity) -> None:
     items = [KnowledgeShared(topic="ml", content=str(i)) for i in range(10)]
-    signed = await codec.sign_many(items, alice)
+    signed = codec.sign_many(items, alice)
     contents = [json.loads(unb64(s.token.split(b".")[1]))["data"]["content"] for s in signed]
     assert contents == [str(i) for i in range(10)]
     assert len({s.event_id for s in signed}) == 10

@@ -124,7 +124,7 @@ async def _consume(
 async def eventwire_case(
     url: str, js: JetStreamContext, size: int, count: int, *, window: int, batch: int
 ) -> float:
-    """(c) ``bus.publish_many`` (signs in threads) -> subscription verifying -> handler."""
+    """(c) ``bus.publish_many`` (signs, pipelines) -> subscription verifying -> handler."""
     identity = Identity.generate(TENANT, "producer")
     text = filler(size)
     items = [CustomEvent(subject="custom.bench.x", type="bench", data={"p": text})] * count
