@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import pydantic_core
+
 from ._b64 import b64url_decode, b64url_encode
 from ._errors import (
     BadSignature,
@@ -46,7 +48,19 @@ class VerifiedEnvelope:
 
 
 def encode_claims(claims: Mapping[str, Any]) -> bytes:
-    """Serialize claims as compact UTF-8 JSON; NaN and Infinity are refused."""
+    """Serialize claims as compact UTF-8 JSON; NaN, Infinity and non-JSON types are refused."""
+    try:
+        data = pydantic_core.to_json(claims)
+    except (pydantic_core.PydanticSerializationError, ValueError) as exc:
+        raise MalformedClaims(f"claims are not JSON: {exc}") from exc
+    # pydantic_core also writes NaN, bytes, sets, dates...: if what it wrote does not read
+    # back as the very same value, let the standard encoder decide (it refuses those).
+    if b"NaN" in data or b"Infinity" in data or pydantic_core.from_json(data) != claims:
+        data = _strict_encode(claims)
+    return data
+
+
+def _strict_encode(claims: Mapping[str, Any]) -> bytes:
     try:
         return _ENCODER.encode(claims).encode()
     except (ValueError, TypeError) as exc:
