@@ -20,6 +20,7 @@ from ._codec import Codec
 from ._consumer import Subscription, durable_name
 from ._direct import request, serve_requests
 from ._errors import ConnectionFailed, NotRunning, PublishFailed
+from ._publisher import AckedPublisher
 from ._registry import list_agents, open_registry
 from ._server import EmbeddedServer
 from ._streams import ensure_stream, events_stream_config, events_stream_name
@@ -123,6 +124,7 @@ class Bus:
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
         self._codec: Codec | None = None
+        self._publisher: AckedPublisher | None = None
         self._registry: KeyValue | None = None
         self._subscriptions: list[Subscription] = []
         self._responders: list[NatsSubscription] = []
@@ -154,6 +156,11 @@ class Bus:
         if self._js is None:
             raise NotRunning("bus is not connected")
         return self._js
+
+    def _publisher_or_raise(self) -> AckedPublisher:
+        if self._publisher is None:
+            raise NotRunning("bus is not connected")
+        return self._publisher
 
     def _nc_or_raise(self) -> NatsClient:
         if self._nc is None or self._nc.is_closed:
@@ -190,11 +197,15 @@ class Bus:
             on_reject=self._on_reject,
         )
         await ensure_stream(self._js, events_stream_config(self.root, replicas=self._replicas))
+        self._publisher = AckedPublisher(self._nc)
+        await self._publisher.open()
 
     async def _close(self) -> None:
         subscriptions, self._subscriptions = self._subscriptions, []
         for subscription in subscriptions:
             await subscription.stop()
+        if self._publisher is not None:
+            await self._publisher.close()
         if self._nc is not None and not self._nc.is_closed:
             with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
                 await self._nc.drain()
@@ -203,7 +214,7 @@ class Bus:
             self._codec.close()
         if self._server is not None:
             await self._server.close()
-        self._nc = self._js = self._codec = self._registry = None
+        self._nc = self._js = self._codec = self._registry = self._publisher = None
 
     async def publish(
         self,
@@ -223,36 +234,41 @@ class Bus:
             causation_id=causation_id,
             partition_key=partition_key,
         )
-        js = self._js_or_raise()
+        publisher = self._publisher_or_raise()
         try:
-            ack = await js.publish(
-                signed.wire_subject,
-                signed.token,
-                timeout=timeout,
-                headers={"Nats-Msg-Id": signed.msg_id},
+            future = await publisher.publish(
+                signed.wire_subject, signed.token, {"Nats-Msg-Id": signed.msg_id}
             )
-        except (TimeoutError, nats.errors.Error) as exc:
+            async with asyncio.timeout(timeout):
+                ack = await future
+        except (nats.errors.Error, TimeoutError) as exc:
             raise _publish_error(exc, signed.subject) from exc
         return PublishAck(signed.event_id, signed.subject, ack.stream, ack.seq, bool(ack.duplicate))
 
     async def publish_many(
-        self, items: Sequence[Publishable], *, identity: Identity, window: int = 512
+        self,
+        items: Sequence[Publishable],
+        *,
+        identity: Identity,
+        window: int = 512,
+        timeout: float = 10.0,
     ) -> list[PublishAck]:
         """Sign and publish ``items`` pipelined, at most ``window`` awaiting their ack.
 
         Items are signed a chunk at a time, so a bad item raises before its chunk is sent
         but after earlier chunks were. Returns the acks in order; raises
-        :class:`PublishFailed` if any event was not stored (the others may have been).
+        :class:`PublishFailed` if any event was not stored, or not acknowledged within
+        ``timeout`` seconds after the last was sent (the others may have been stored).
         """
-        codec, js = self._codec_or_raise(), self._js_or_raise()
+        codec, publisher = self._codec_or_raise(), self._publisher_or_raise()
         slots = asyncio.Semaphore(window)
         sent: list[tuple[Signed, asyncio.Future[PubAck]]] = []
         try:
             for start in range(0, len(items), _SIGN_CHUNK):
                 for item in codec.sign_many(items[start : start + _SIGN_CHUNK], identity):
                     await slots.acquire()
-                    future = await js.publish_async(
-                        item.wire_subject, item.token, headers={"Nats-Msg-Id": item.msg_id}
+                    future = await publisher.publish(
+                        item.wire_subject, item.token, {"Nats-Msg-Id": item.msg_id}
                     )
                     future.add_done_callback(lambda _: slots.release())
                     sent.append((item, future))
@@ -262,7 +278,7 @@ class Bus:
             if isinstance(exc, nats.errors.Error | asyncio.TimeoutError):
                 raise _publish_error(exc, items[len(sent)].subject()) from exc
             raise
-        return await _collect_acks(sent)
+        return await _collect_acks(sent, timeout)
 
     def subscribe(
         self,
@@ -325,8 +341,15 @@ class Bus:
         return [info for info in found if capability in info.capabilities]
 
 
-async def _collect_acks(sent: list[tuple[Signed, asyncio.Future[PubAck]]]) -> list[PublishAck]:
-    results = await asyncio.gather(*(future for _, future in sent), return_exceptions=True)
+async def _collect_acks(
+    sent: list[tuple[Signed, asyncio.Future[PubAck]]], timeout: float
+) -> list[PublishAck]:
+    pending = [future for _, future in sent]
+    if pending:
+        _, late = await asyncio.wait(pending, timeout=timeout)
+        for future in late:
+            future.set_exception(TimeoutError())
+    results = await asyncio.gather(*pending, return_exceptions=True)
     acks = []
     for (item, _), result in zip(sent, results, strict=True):
         if isinstance(result, nats.errors.Error | asyncio.TimeoutError):

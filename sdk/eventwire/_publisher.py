@@ -1,0 +1,73 @@
+"""Pipelined JetStream publishing: each publish gets a future for its ack.
+
+Like nats-py's ``publish_async`` but lighter per message (no random token per publish, no
+semaphore timer): acks arrive on one wildcard inbox and resolve futures by sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import TYPE_CHECKING
+
+import nats.errors
+import nats.js.errors
+from nats.js.api import PubAck
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription as NatsSubscription
+
+_NO_RESPONDERS = "503"
+
+
+class AckedPublisher:
+    """Publishes on one connection and matches the stream's acks to their publishes."""
+
+    def __init__(self, nc: Client) -> None:
+        self._nc = nc
+        self._prefix = nc.new_inbox() + "."
+        self._futures: dict[str, asyncio.Future[PubAck]] = {}
+        self._next = 0
+        self._sub: NatsSubscription | None = None
+
+    async def open(self) -> None:
+        self._sub = await self._nc.subscribe(self._prefix + "*", cb=self._on_ack)
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(nats.errors.Error):  # the connection is closing anyway
+                await self._sub.unsubscribe()
+        for future in self._futures.values():
+            future.cancel()
+        self._futures.clear()
+
+    async def publish(
+        self, subject: str, payload: bytes, headers: dict[str, str]
+    ) -> asyncio.Future[PubAck]:
+        """Send now; the future resolves with the ack or fails with the server's error."""
+        self._next += 1
+        token = str(self._next)
+        future: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
+        self._futures[token] = future
+        future.add_done_callback(lambda _: self._futures.pop(token, None))
+        await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
+        return future
+
+    async def _on_ack(self, msg: Msg) -> None:
+        future = self._futures.pop(msg.subject[len(self._prefix) :], None)
+        if future is None or future.done():
+            return
+        if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
+            future.set_exception(nats.js.errors.NoStreamResponseError())
+            return
+        try:
+            response = json.loads(msg.data)
+            if "error" in response:
+                future.set_exception(nats.js.errors.APIError.from_error(response["error"]))
+            else:
+                future.set_result(PubAck.from_response(response))
+        except (ValueError, TypeError, KeyError) as exc:
+            future.set_exception(nats.errors.Error(f"unreadable publish ack: {exc!r}"))
