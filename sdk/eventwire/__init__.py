@@ -8,8 +8,11 @@ from ._agent import Agent
 from ._bus import Bus, PublishAck, connect
 from ._codec import Rejection, SecurityStats
 from ._consumer import Subscription, SubscriptionStats
+from ._dlq import DeadLetter, DeadLetterQueue
 from ._errors import (
+    ConfigError,
     ConnectionFailed,
+    DeadLetterError,
     EventTooLarge,
     EventwireError,
     InvalidEvent,
@@ -22,6 +25,7 @@ from ._errors import (
     RequestTimeout,
     ServerError,
     StreamConfigError,
+    Unprocessable,
     WrongTenant,
 )
 from ._event import Event, Publishable
@@ -36,6 +40,7 @@ from ._kinds import (
     TaskCompleted,
 )
 from ._registry import AgentInfo
+from ._retry import DEFAULT_RETRY, RetryPolicy
 from ._server import EmbeddedServer
 
 __version__ = "0.1.0"
@@ -44,12 +49,17 @@ __version__ = "0.1.0"
 logging.getLogger("eventwire").addHandler(logging.NullHandler())
 
 __all__ = [
+    "DEFAULT_RETRY",
     "Agent",
     "AgentInfo",
     "AgentLifecycle",
     "Bus",
+    "ConfigError",
     "ConnectionFailed",
     "CustomEvent",
+    "DeadLetter",
+    "DeadLetterError",
+    "DeadLetterQueue",
     "EmbeddedServer",
     "ErrorReported",
     "Event",
@@ -72,6 +82,7 @@ __all__ = [
     "ReplyRejected",
     "RequestFailed",
     "RequestTimeout",
+    "RetryPolicy",
     "SecurityStats",
     "ServerError",
     "StatusUpdate",
@@ -80,6 +91,7 @@ __all__ = [
     "SubscriptionStats",
     "TaskCompleted",
     "TrustedKey",
+    "Unprocessable",
     "WrongTenant",
     "__version__",
     "connect",

@@ -8,13 +8,15 @@ import contextvars
 import logging
 import secrets
 import time
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from eventwire_security import Identity, check_name
 
-from ._errors import InvalidEvent, NotRunning, WrongTenant
+from ._errors import ConfigError, InvalidEvent, NotRunning, WrongTenant
 from ._kinds import AgentLifecycle
 from ._registry import announce, withdraw
+from ._retry import DEFAULT_RETRY, RetryPolicy
 from ._subjects import check_pattern, check_token, default_patterns, matches
 
 if TYPE_CHECKING:
@@ -28,6 +30,22 @@ if TYPE_CHECKING:
     Handler = Callable[[Event], Awaitable[None]]
 
 log = logging.getLogger("eventwire.agent")
+
+
+@dataclass(frozen=True, slots=True)
+class _Options:
+    retry: RetryPolicy
+    terminal: tuple[type[BaseException], ...]
+    max_in_flight: int
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return {
+            "retry": self.retry,
+            "terminal": self.terminal,
+            "max_in_flight": self.max_in_flight,
+        }
+
+
 _current_event: contextvars.ContextVar[Event | None] = contextvars.ContextVar(
     "eventwire_current_event", default=None
 )
@@ -74,6 +92,7 @@ class Agent:
         self.unhandled = 0
         self._max_in_flight = max_in_flight
         self._handlers: dict[str, list[Handler]] = {}
+        self._options: dict[str, _Options] = {}
         self._fallback: Handler | None = None
         self._on_request: RequestHandler | None = None
         self._bus: Bus | None = None
@@ -84,15 +103,33 @@ class Agent:
     def tenant(self) -> str:
         return self.identity.principal.tenant
 
-    def on(self, pattern: str) -> Callable[[Handler], Handler]:
-        """Register a handler for events whose logical subject matches ``pattern``."""
+    def on(
+        self,
+        pattern: str,
+        *,
+        retry: RetryPolicy | None = None,
+        terminal: tuple[type[BaseException], ...] = (),
+        max_in_flight: int | None = None,
+    ) -> Callable[[Handler], Handler]:
+        """Register a handler for events whose logical subject matches ``pattern``.
+
+        ``retry`` (default :data:`DEFAULT_RETRY`) spaces redeliveries after failures and
+        bounds them; exceptions of the ``terminal`` types dead-letter the event at once.
+        Handlers on the same pattern share one consumer, so they share these settings.
+        """
         check_pattern(pattern)
+        options = _Options(retry or DEFAULT_RETRY, terminal, max_in_flight or self._max_in_flight)
+        if self._options.setdefault(pattern, options) != options:
+            raise ConfigError(f"handlers on {pattern!r} must share retry/terminal/max_in_flight")
 
         def register(handler: Handler) -> Handler:
             self._handlers.setdefault(pattern, []).append(handler)
             return handler
 
         return register
+
+    def _default_options(self) -> _Options:
+        return _Options(DEFAULT_RETRY, (), self._max_in_flight)
 
     def fallback(self, handler: Handler) -> Handler:
         """Register the handler for default-subscription events no other handler claims."""
@@ -164,7 +201,7 @@ class Agent:
                     pattern,
                     self._dispatcher(pattern),
                     durable=self.name,
-                    max_in_flight=self._max_in_flight,
+                    **self._options.get(pattern, self._default_options()).as_kwargs(),
                 )
                 subscriptions.append(subscription)
                 await subscription.start()

@@ -19,9 +19,11 @@ from eventwire_security import DEFAULT_MAX_BYTES, Keyring, check_name
 from ._codec import Codec
 from ._consumer import Subscription, durable_name
 from ._direct import request, serve_requests
+from ._dlq import DeadLetterQueue
 from ._errors import ConnectionFailed, NotRunning, PublishFailed
 from ._publisher import AckedPublisher
 from ._registry import list_agents, open_registry
+from ._retry import DEFAULT_RETRY, RetryPolicy
 from ._server import EmbeddedServer
 from ._streams import ensure_stream, events_stream_config, events_stream_name
 from ._subjects import DEFAULT_ROOT, check_token
@@ -125,6 +127,7 @@ class Bus:
         self._js: JetStreamContext | None = None
         self._codec: Codec | None = None
         self._publisher: AckedPublisher | None = None
+        self._dlq: DeadLetterQueue | None = None
         self._registry: KeyValue | None = None
         self._subscriptions: list[Subscription] = []
         self._responders: list[NatsSubscription] = []
@@ -156,6 +159,13 @@ class Bus:
         if self._js is None:
             raise NotRunning("bus is not connected")
         return self._js
+
+    @property
+    def dead_letters(self) -> DeadLetterQueue:
+        """The dead-letter queue: ``list``, ``get``, ``redrive``, ``purge``."""
+        if self._dlq is None:
+            raise NotRunning("bus is not connected")
+        return self._dlq
 
     def _publisher_or_raise(self) -> AckedPublisher:
         if self._publisher is None:
@@ -199,6 +209,8 @@ class Bus:
         await ensure_stream(self._js, events_stream_config(self.root, replicas=self._replicas))
         self._publisher = AckedPublisher(self._nc)
         await self._publisher.open()
+        self._dlq = DeadLetterQueue(self._js, self._publisher, self.root)
+        await self._dlq.ensure(self._replicas)
 
     async def _close(self) -> None:
         subscriptions, self._subscriptions = self._subscriptions, []
@@ -214,7 +226,7 @@ class Bus:
             self._codec.close()
         if self._server is not None:
             await self._server.close()
-        self._nc = self._js = self._codec = self._registry = self._publisher = None
+        self._nc = self._js = self._codec = self._registry = self._publisher = self._dlq = None
 
     async def publish(
         self,
@@ -289,10 +301,15 @@ class Bus:
         max_in_flight: int = 1,
         batch: int = 64,
         start: Literal["all", "new"] = "all",
+        retry: RetryPolicy = DEFAULT_RETRY,
+        terminal: tuple[type[BaseException], ...] = (),
+        ack_wait: float = 30.0,
     ) -> Subscription:
         """A durable subscription: ``async with bus.subscribe(...)`` or ``await sub.start()``.
 
-        Instances using the same ``durable`` name share the work. The bus stops every
+        Instances using the same ``durable`` name share the work. A handler that raises is
+        retried per ``retry``; exceptions of the ``terminal`` types (and
+        :class:`Unprocessable`) dead-letter the event at once. The bus stops every
         subscription it made when it closes.
         """
         subscription = Subscription(
@@ -306,6 +323,10 @@ class Bus:
             max_in_flight=max_in_flight,
             batch=batch,
             start=start,
+            retry=retry,
+            terminal=terminal,
+            ack_wait=ack_wait,
+            dead_letters=self.dead_letters,
         )
         self._subscriptions.append(subscription)
         return subscription

@@ -1,11 +1,20 @@
-"""A durable pull consumer loop: fetch, verify in parallel, dispatch in order, ack by outcome."""
+"""A durable pull consumer loop: pull, verify, dispatch in order, ack by the handler's outcome.
+
+Success acks. An exception naks with the retry policy's delay; once the policy's deliveries
+are spent, or at once for :class:`Unprocessable` (and the handler's declared terminal
+errors), the event goes to the dead-letter queue and is terminated. Long handlers keep
+their message with in-progress acks. A consumer instance that dies on the last delivery is
+covered too: the server's max-deliveries advisory dead-letters the event.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Self
 
@@ -14,8 +23,16 @@ import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from ._codec import Rejection
-from ._errors import NotRunning, StreamConfigError
+from ._errors import (
+    ConfigError,
+    DeadLetterError,
+    InvalidEvent,
+    NotRunning,
+    StreamConfigError,
+    Unprocessable,
+)
 from ._pull import Pull
+from ._retry import DEFAULT_RETRY, RetryPolicy
 from ._subjects import check_pattern, to_wire
 
 if TYPE_CHECKING:
@@ -24,13 +41,14 @@ if TYPE_CHECKING:
 
     from nats.aio.client import Client
     from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription as NatsSubscription
     from nats.js import JetStreamContext
 
     from ._codec import Codec
+    from ._dlq import DeadLetterQueue
     from ._event import Event
 
 log = logging.getLogger("eventwire.consumer")
-_RETRY_DELAY = 1.0
 
 
 async def _nak_all(msgs: list[Msg]) -> None:
@@ -45,6 +63,7 @@ class SubscriptionStats:
     handled: int = 0
     failed: int = 0
     rejected: int = 0
+    dead_lettered: int = 0
 
 
 def durable_name(owner: str, pattern: str) -> str:
@@ -75,9 +94,12 @@ class Subscription:
         batch: int = 64,
         start: Literal["all", "new"] = "all",
         ack_wait: float = 30.0,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        terminal: tuple[type[BaseException], ...] = (),
+        dead_letters: DeadLetterQueue,
     ) -> None:
-        if max_in_flight < 1 or batch < 1:
-            raise ValueError("max_in_flight and batch must be at least 1")
+        if max_in_flight < 1 or batch < 1 or ack_wait <= 0:
+            raise ConfigError("max_in_flight and batch must be >= 1, ack_wait > 0")
         self.pattern = check_pattern(pattern)
         self.durable = durable
         self.stats = SubscriptionStats()
@@ -94,6 +116,12 @@ class Subscription:
         self._slots = asyncio.Semaphore(max_in_flight)
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._retry = retry
+        self._terminal = (Unprocessable, InvalidEvent, *terminal)
+        self._dlq = dead_letters
+        self._in_flight: dict[int, tuple[Msg, float]] = {}  # by id(msg): Msg is unhashable
+        self._keepalive: asyncio.Task[None] | None = None
+        self._advisories: NatsSubscription | None = None
 
     def _config(self) -> ConsumerConfig:
         return ConsumerConfig(
@@ -105,6 +133,7 @@ class Subscription:
             ack_wait=self._ack_wait,
             # room for the batches queued for dispatch plus the one being fetched
             max_ack_pending=max(1000, self._batch * 8 + self._max_in_flight),
+            max_deliver=self._retry.max_deliveries,
             deliver_policy=DeliverPolicy.ALL if self._start == "all" else DeliverPolicy.NEW,
         )
 
@@ -117,10 +146,15 @@ class Subscription:
             raise StreamConfigError(
                 f"consumer {self.durable!r} exists with other settings: {exc.description}"
             ) from None
+        self._advisories = await self._nc.subscribe(
+            f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self._stream}.{self.durable}",
+            cb=self._on_max_deliveries,
+        )
         pull = Pull(self._nc, stream=self._stream, consumer=self.durable, batch=self._batch)
         await pull.open()
         self._pull = pull
         self._task = asyncio.create_task(self._run(pull), name=f"eventwire:{self.durable}")
+        self._keepalive = asyncio.create_task(self._keep_alive(), name=f"wpi:{self.durable}")
 
     async def stop(self) -> None:
         """Stop fetching, let in-flight handlers finish, then unsubscribe. Safe twice."""
@@ -132,6 +166,14 @@ class Subscription:
             await _nak_all(await self._pull.close())
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        keepalive, self._keepalive = self._keepalive, None
+        if keepalive is not None:
+            keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keepalive
+        if self._advisories is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._advisories.unsubscribe()
 
     async def _run(self, pull: Pull) -> None:
         try:
@@ -170,16 +212,87 @@ class Subscription:
             self._slots.release()
 
     async def _handle(self, msg: Msg, event: Event) -> None:
+        self._in_flight[id(msg)] = (msg, time.monotonic())
         try:
             await self._handler(event)
-        except Exception:
+        except Exception as exc:
             self.stats.failed += 1
-            log.exception("handler for %s failed on event %s", self.pattern, event.id)
-            await msg.nak(delay=_RETRY_DELAY)
+            await self._failed(msg, event, exc)
         else:
             self.stats.handled += 1
             await msg.ack()
-        await self._done(1)
+        finally:
+            del self._in_flight[id(msg)]
+            await self._done(1)
+
+    async def _failed(self, msg: Msg, event: Event, exc: Exception) -> None:
+        deliveries = msg.metadata.num_delivered or 1
+        error = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, self._terminal):
+            reason = "unprocessable"
+        elif self._retry.exhausted(deliveries):
+            reason = "max-deliveries"
+        else:
+            delay = self._retry.delay(deliveries)
+            log.warning(
+                "%s: event %s failed (delivery %d), retry in %.2fs: %s",
+                self.durable, event.id, deliveries, delay, error,
+            )  # fmt: skip
+            await msg.nak(delay=delay)
+            return
+        log.error("%s: event %s dead-lettered (%s): %s", self.durable, event.id, reason, error)
+        await self._dead_letter(msg, reason, error, deliveries)
+
+    async def _dead_letter(self, msg: Msg, reason: str, error: str, deliveries: int) -> None:
+        try:
+            await self._dlq.put(
+                msg.data,
+                subject=msg.subject,
+                original_headers=msg.headers,
+                consumer=self.durable,
+                stream_seq=msg.metadata.sequence.stream,
+                reason=reason,
+                error=error,
+                deliveries=deliveries,
+            )
+        except DeadLetterError:
+            log.exception("%s: dead-letter queue unavailable; will retry", self.durable)
+            await msg.nak(delay=self._retry.max_delay)
+            return
+        self.stats.dead_lettered += 1
+        await msg.term()
+
+    async def _on_max_deliveries(self, advisory: Msg) -> None:
+        """The server gave up on an event whose last delivery had no outcome (a crash)."""
+        try:
+            notice = json.loads(advisory.data)
+            stream_seq, deliveries = int(notice["stream_seq"]), int(notice["deliveries"])
+            stored = await self._js.get_msg(self._stream, stream_seq)
+            await self._dlq.put(
+                stored.data or b"",
+                subject=stored.subject or "",
+                original_headers=stored.headers,
+                consumer=self.durable,
+                stream_seq=stream_seq,
+                reason="max-deliveries",
+                error="no outcome on the last delivery (handler crashed or timed out)",
+                deliveries=deliveries,
+            )
+        except (ValueError, KeyError, TypeError, nats.errors.Error, DeadLetterError):
+            log.exception("%s: could not dead-letter after a max-deliveries advisory", self.durable)
+            return
+        self.stats.dead_lettered += 1
+
+    async def _keep_alive(self) -> None:
+        """Tell the server that long-running handlers are still at work (+WPI)."""
+        interval = self._ack_wait / 3
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for msg, started in list(self._in_flight.values()):
+                if now - started >= interval:
+                    with contextlib.suppress(nats.errors.Error):
+                        await msg.in_progress()
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -90,3 +90,16 @@ class WrongTenant(EventwireError):
         )
         self.identity_tenant = identity_tenant
         self.bus_tenant = bus_tenant
+
+
+class ConfigError(EventwireError, ValueError):
+    """A setting is out of range or inconsistent."""
+
+
+class Unprocessable(EventwireError):
+    """Raise from a handler when an event can never be processed: it is dead-lettered at
+    once, with this message as the reason, instead of being retried."""
+
+
+class DeadLetterError(EventwireError):
+    """The dead-letter queue could not store, find or redrive an entry."""

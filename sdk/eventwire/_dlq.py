@@ -1,0 +1,171 @@
+"""The dead-letter queue: a stream of events that could not be processed, kept unchanged.
+
+Each entry is the original signed bytes, published on ``<root>.dlq.<consumer>`` with the
+original headers under ``Ew-Original-`` names and the reason in ``Ew-Dlq-*`` headers. An
+entry is stored (acknowledged by JetStream) before the original is terminated, so nothing
+falls out in between; a crash in between leaves the original to be redelivered and the
+entry de-duplicated by its message id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import nats.errors
+import nats.js.errors
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+
+from ._errors import DeadLetterError
+from ._streams import ensure_stream
+
+if TYPE_CHECKING:
+    from nats.js import JetStreamContext
+
+    from ._publisher import AckedPublisher
+
+_PREFIX = "Ew-Dlq-"
+_ORIGINAL = "Ew-Original-"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One dead-lettered event: the signed bytes as received, and why it is here."""
+
+    seq: int
+    subject: str
+    consumer: str
+    reason: str
+    error: str
+    deliveries: int
+    stream_seq: int
+    time: datetime
+    data: bytes
+    headers: dict[str, str]
+
+
+def dlq_stream_name(root: str) -> str:
+    return f"{root}-dlq"
+
+
+def dlq_stream_config(root: str, *, replicas: int = 1) -> StreamConfig:
+    return StreamConfig(
+        name=dlq_stream_name(root),
+        description="eventwire dead letters (original signed bytes + reason headers)",
+        subjects=[f"{root}.dlq.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        duplicate_window=120.0,
+        num_replicas=replicas,
+    )
+
+
+class DeadLetterQueue:
+    """Stores, lists, redrives and purges the dead letters of one subject root."""
+
+    def __init__(self, js: JetStreamContext, publisher: AckedPublisher, root: str) -> None:
+        self._js = js
+        self._publisher = publisher
+        self._root = root
+        self.stream = dlq_stream_name(root)
+
+    async def ensure(self, replicas: int = 1) -> None:
+        await ensure_stream(self._js, dlq_stream_config(self._root, replicas=replicas))
+
+    async def put(
+        self,
+        data: bytes,
+        *,
+        subject: str,
+        original_headers: dict[str, str] | None,
+        consumer: str,
+        stream_seq: int,
+        reason: str,
+        error: str,
+        deliveries: int,
+    ) -> None:
+        """Store an entry and wait for JetStream's ack; :class:`DeadLetterError` if not."""
+        headers = {f"{_ORIGINAL}{k}": v for k, v in (original_headers or {}).items()}
+        headers.update(
+            {
+                "Nats-Msg-Id": f"dlq:{consumer}:{stream_seq}",
+                f"{_PREFIX}Subject": subject,
+                f"{_PREFIX}Consumer": consumer,
+                f"{_PREFIX}Stream-Seq": str(stream_seq),
+                f"{_PREFIX}Reason": reason,
+                f"{_PREFIX}Error": error[:1000].replace("\r", " ").replace("\n", " "),
+                f"{_PREFIX}Deliveries": str(deliveries),
+                f"{_PREFIX}Time": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            }
+        )
+        try:
+            future = await self._publisher.publish(f"{self._root}.dlq.{consumer}", data, headers)
+            await future
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise DeadLetterError(f"could not store dead letter: {exc!r}") from exc
+
+    async def get(self, seq: int) -> DeadLetter:
+        try:
+            raw = await self._js.get_msg(self.stream, seq)
+        except nats.js.errors.NotFoundError:
+            raise DeadLetterError(f"no dead letter {seq}") from None
+        return _parse(seq, raw.data or b"", dict(raw.headers or {}))
+
+    async def list(self, limit: int = 100) -> list[DeadLetter]:
+        """The oldest ``limit`` entries still in the queue."""
+        info = await self._js.stream_info(self.stream)
+        found: list[DeadLetter] = []
+        seq = info.state.first_seq
+        while seq <= info.state.last_seq and len(found) < limit:
+            with contextlib.suppress(DeadLetterError):  # deleted entries leave gaps
+                found.append(await self.get(seq))
+            seq += 1
+        return found
+
+    async def redrive(self, seq: int) -> int:
+        """Publish the original bytes again on their subject, then drop the entry.
+
+        Returns the new stream sequence. The signature still verifies: the bytes are the
+        same. Every consumer of that subject sees the event again, so handlers that
+        already processed it should be idempotent (see the idempotency helper).
+        """
+        letter = await self.get(seq)
+        msg_id = f"redrive:{self.stream}:{seq}"
+        try:
+            future = await self._publisher.publish(
+                letter.subject, letter.data, {"Nats-Msg-Id": msg_id}
+            )
+            ack = await future
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise DeadLetterError(f"could not redrive dead letter {seq}: {exc!r}") from exc
+        await self._js.delete_msg(self.stream, seq)
+        return int(ack.seq)
+
+    async def purge(self) -> int:
+        """Drop every entry; returns how many there were."""
+        info = await self._js.stream_info(self.stream)
+        await self._js.purge_stream(self.stream)
+        return int(info.state.messages)
+
+
+def _parse(seq: int, data: bytes, headers: dict[str, str]) -> DeadLetter:
+    try:
+        return DeadLetter(
+            seq=seq,
+            subject=headers[f"{_PREFIX}Subject"],
+            consumer=headers[f"{_PREFIX}Consumer"],
+            reason=headers[f"{_PREFIX}Reason"],
+            error=headers.get(f"{_PREFIX}Error", ""),
+            deliveries=int(headers[f"{_PREFIX}Deliveries"]),
+            stream_seq=int(headers[f"{_PREFIX}Stream-Seq"]),
+            time=datetime.fromisoformat(headers[f"{_PREFIX}Time"]),
+            data=data,
+            headers={
+                k.removeprefix(_ORIGINAL): v for k, v in headers.items() if k.startswith(_ORIGINAL)
+            },
+        )
+    except (KeyError, ValueError) as exc:
+        raise DeadLetterError(f"entry {seq} is not a dead letter: {exc!r}") from None
