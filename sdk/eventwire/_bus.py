@@ -21,6 +21,7 @@ from ._consumer import Subscription, durable_name
 from ._direct import request, serve_requests
 from ._dlq import DeadLetterQueue
 from ._errors import ConnectionFailed, NotRunning, PublishFailed
+from ._idempotency import DEFAULT_WINDOW, ProcessedIds
 from ._publisher import AckedPublisher
 from ._registry import list_agents, open_registry
 from ._retry import DEFAULT_RETRY, RetryPolicy
@@ -72,6 +73,7 @@ def connect(
     name: str = "eventwire",
     on_reject: Callable[[Rejection], None] | None = None,
     connect_timeout: float = 10.0,
+    dedupe_window: float = DEFAULT_WINDOW,
 ) -> Bus:
     """A :class:`Bus` to use as ``async with connect(...) as bus``.
 
@@ -91,6 +93,7 @@ def connect(
         name=name,
         on_reject=on_reject,
         connect_timeout=connect_timeout,
+        dedupe_window=dedupe_window,
     )
 
 
@@ -110,6 +113,7 @@ class Bus:
         name: str,
         on_reject: Callable[[Rejection], None] | None = None,
         connect_timeout: float = 10.0,
+        dedupe_window: float = DEFAULT_WINDOW,
     ) -> None:
         self.tenant = check_name("tenant", tenant)
         self.root = check_token(root, field="root")
@@ -122,12 +126,14 @@ class Bus:
         self._name = name
         self._on_reject = on_reject
         self._connect_timeout = connect_timeout
+        self._dedupe_window = dedupe_window
         self._server: EmbeddedServer | None = None
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
         self._codec: Codec | None = None
         self._publisher: AckedPublisher | None = None
         self._dlq: DeadLetterQueue | None = None
+        self._processed: ProcessedIds | None = None
         self._registry: KeyValue | None = None
         self._subscriptions: list[Subscription] = []
         self._responders: list[NatsSubscription] = []
@@ -197,7 +203,9 @@ class Bus:
         if self._url is None:
             self._server = EmbeddedServer(store_dir=self._store_dir)
             await self._server.start()
-        self._nc = await _connect_nats(self.url, self._name, self._connect_timeout)
+        self._nc = await _connect_nats(
+            self.url, self._name, self._connect_timeout, self._on_reconnected
+        )
         self._js = self._nc.jetstream()
         self._codec = Codec(
             tenant=self.tenant,
@@ -211,6 +219,13 @@ class Bus:
         await self._publisher.open()
         self._dlq = DeadLetterQueue(self._js, self._publisher, self.root)
         await self._dlq.ensure(self._replicas)
+        self._processed = await ProcessedIds.open(
+            self._js, self.root, self._dedupe_window, self._replicas
+        )
+
+    async def _on_reconnected(self) -> None:
+        for subscription in self._subscriptions:
+            subscription.reset_pull()
 
     async def _close(self) -> None:
         subscriptions, self._subscriptions = self._subscriptions, []
@@ -226,7 +241,8 @@ class Bus:
             self._codec.close()
         if self._server is not None:
             await self._server.close()
-        self._nc = self._js = self._codec = self._registry = self._publisher = self._dlq = None
+        self._nc = self._js = self._codec = self._registry = None
+        self._publisher = self._dlq = self._processed = None
 
     async def publish(
         self,
@@ -237,8 +253,14 @@ class Bus:
         causation_id: str | None = None,
         partition_key: str | None = None,
         timeout: float = 5.0,
+        attempts: int = 5,
     ) -> PublishAck:
-        """Sign ``item`` as ``identity`` and store it; returns once JetStream acknowledged it."""
+        """Sign ``item`` as ``identity`` and store it; returns once JetStream acknowledged it.
+
+        Transient failures (no responders during a leader election, timeouts, a reconnect)
+        are retried with the same signed bytes, ``attempts`` times in all, each waiting
+        ``timeout`` seconds for the ack; de-duplication makes the retries safe.
+        """
         signed = self._codec_or_raise().sign(
             item,
             identity,
@@ -246,13 +268,17 @@ class Bus:
             causation_id=causation_id,
             partition_key=partition_key,
         )
-        publisher = self._publisher_or_raise()
+        return await self._send(signed, timeout=timeout, attempts=attempts)
+
+    async def _send(self, signed: Signed, *, timeout: float, attempts: int) -> PublishAck:
         try:
-            future = await publisher.publish(
-                signed.wire_subject, signed.token, {"Nats-Msg-Id": signed.msg_id}
+            ack = await self._publisher_or_raise().publish_acked(
+                signed.wire_subject,
+                signed.token,
+                {"Nats-Msg-Id": signed.msg_id},
+                timeout=timeout,
+                attempts=attempts,
             )
-            async with asyncio.timeout(timeout):
-                ack = await future
         except (nats.errors.Error, TimeoutError) as exc:
             raise _publish_error(exc, signed.subject) from exc
         return PublishAck(signed.event_id, signed.subject, ack.stream, ack.seq, bool(ack.duplicate))
@@ -278,7 +304,7 @@ class Bus:
         try:
             for start in range(0, len(items), _SIGN_CHUNK):
                 for item in codec.sign_many(items[start : start + _SIGN_CHUNK], identity):
-                    await slots.acquire()
+                    await _acquire(slots, sent, timeout)
                     future = await publisher.publish(
                         item.wire_subject, item.token, {"Nats-Msg-Id": item.msg_id}
                     )
@@ -290,7 +316,32 @@ class Bus:
             if isinstance(exc, nats.errors.Error | asyncio.TimeoutError):
                 raise _publish_error(exc, items[len(sent)].subject()) from exc
             raise
-        return await _collect_acks(sent, timeout)
+        return await self._collect_acks(sent, timeout)
+
+    async def _collect_acks(
+        self, sent: list[tuple[Signed, asyncio.Future[PubAck]]], timeout: float
+    ) -> list[PublishAck]:
+        """Await every ack; events whose pipelined publish failed are sent again one by one."""
+        pending = [future for _, future in sent]
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=timeout)
+            for future in late:
+                future.set_exception(TimeoutError())
+        acks = []
+        for item, future in sent:
+            error = future.exception()
+            if error is None:
+                ack = future.result()
+                acks.append(
+                    PublishAck(
+                        item.event_id, item.subject, ack.stream, ack.seq, bool(ack.duplicate)
+                    )
+                )
+            elif isinstance(error, nats.js.errors.APIError):
+                raise _publish_error(error, item.subject) from error
+            else:
+                acks.append(await self._send(item, timeout=timeout, attempts=4))
+        return acks
 
     def subscribe(
         self,
@@ -304,13 +355,16 @@ class Bus:
         retry: RetryPolicy = DEFAULT_RETRY,
         terminal: tuple[type[BaseException], ...] = (),
         ack_wait: float = 30.0,
+        idempotent: bool = False,
     ) -> Subscription:
         """A durable subscription: ``async with bus.subscribe(...)`` or ``await sub.start()``.
 
         Instances using the same ``durable`` name share the work. A handler that raises is
         retried per ``retry``; exceptions of the ``terminal`` types (and
-        :class:`Unprocessable`) dead-letter the event at once. The bus stops every
-        subscription it made when it closes.
+        :class:`Unprocessable`) dead-letter the event at once. With ``idempotent`` the
+        ids of handled events are kept (KV bucket ``<root>-processed``, for the bus's
+        ``dedupe_window``) and redeliveries of them are acked without calling the handler.
+        The bus stops every subscription it made when it closes.
         """
         subscription = Subscription(
             nc=self._nc_or_raise(),
@@ -327,6 +381,7 @@ class Bus:
             terminal=terminal,
             ack_wait=ack_wait,
             dead_letters=self.dead_letters,
+            processed=self._processed if idempotent else None,
         )
         self._subscriptions.append(subscription)
         return subscription
@@ -362,30 +417,24 @@ class Bus:
         return [info for info in found if capability in info.capabilities]
 
 
-async def _collect_acks(
-    sent: list[tuple[Signed, asyncio.Future[PubAck]]], timeout: float
-) -> list[PublishAck]:
-    pending = [future for _, future in sent]
-    if pending:
-        _, late = await asyncio.wait(pending, timeout=timeout)
-        for future in late:
-            future.set_exception(TimeoutError())
-    results = await asyncio.gather(*pending, return_exceptions=True)
-    acks = []
-    for (item, _), result in zip(sent, results, strict=True):
-        if isinstance(result, nats.errors.Error | asyncio.TimeoutError):
-            raise _publish_error(result, item.subject) from result
-        if isinstance(result, BaseException):
-            raise result
-        acks.append(
-            PublishAck(
-                item.event_id, item.subject, result.stream, result.seq, bool(result.duplicate)
-            )
-        )
-    return acks
+async def _acquire(
+    slots: asyncio.Semaphore, sent: list[tuple[Signed, asyncio.Future[PubAck]]], timeout: float
+) -> None:
+    """A window slot; if no ack came for ``timeout`` seconds (server gone), the unacked
+    publishes are given up on here, to be sent again one by one once the window drains."""
+    try:
+        async with asyncio.timeout(timeout):
+            await slots.acquire()
+    except TimeoutError:
+        for _, future in sent:
+            if not future.done():
+                future.set_exception(TimeoutError())  # releases its slot
+        await slots.acquire()
 
 
-async def _connect_nats(url: str, name: str, timeout: float) -> NatsClient:
+async def _connect_nats(
+    url: str, name: str, timeout: float, reconnected: Callable[[], Awaitable[None]]
+) -> NatsClient:
     """Connect within ``timeout``; once connected, reconnect forever (servers restart)."""
 
     async def on_error(exc: Exception) -> None:
@@ -397,6 +446,7 @@ async def _connect_nats(url: str, name: str, timeout: float) -> NatsClient:
 
     async def on_reconnected() -> None:
         log.info("nats: reconnected to %s", url)
+        await reconnected()
 
     nc = NatsClient()
     try:

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from ._codec import Codec
     from ._dlq import DeadLetterQueue
     from ._event import Event
+    from ._idempotency import ProcessedIds
 
 log = logging.getLogger("eventwire.consumer")
 
@@ -64,6 +65,7 @@ class SubscriptionStats:
     failed: int = 0
     rejected: int = 0
     dead_lettered: int = 0
+    duplicates: int = 0
 
 
 def durable_name(owner: str, pattern: str) -> str:
@@ -97,6 +99,7 @@ class Subscription:
         retry: RetryPolicy = DEFAULT_RETRY,
         terminal: tuple[type[BaseException], ...] = (),
         dead_letters: DeadLetterQueue,
+        processed: ProcessedIds | None = None,
     ) -> None:
         if max_in_flight < 1 or batch < 1 or ack_wait <= 0:
             raise ConfigError("max_in_flight and batch must be >= 1, ack_wait > 0")
@@ -119,6 +122,7 @@ class Subscription:
         self._retry = retry
         self._terminal = (Unprocessable, InvalidEvent, *terminal)
         self._dlq = dead_letters
+        self._processed = processed
         self._in_flight: dict[int, tuple[Msg, float]] = {}  # by id(msg): Msg is unhashable
         self._keepalive: asyncio.Task[None] | None = None
         self._advisories: NatsSubscription | None = None
@@ -214,16 +218,38 @@ class Subscription:
     async def _handle(self, msg: Msg, event: Event) -> None:
         self._in_flight[id(msg)] = (msg, time.monotonic())
         try:
-            await self._handler(event)
+            if self._processed is not None and await self._processed.seen(self.durable, event.id):
+                self.stats.duplicates += 1
+            else:
+                await self._handler(event)
+                if self._processed is not None:
+                    await self._mark_processed(event)
+                self.stats.handled += 1
         except Exception as exc:
             self.stats.failed += 1
             await self._failed(msg, event, exc)
         else:
-            self.stats.handled += 1
             await msg.ack()
         finally:
             del self._in_flight[id(msg)]
             await self._done(1)
+
+    async def _mark_processed(self, event: Event) -> None:
+        """Record a handled id; keep trying through an outage rather than run it twice."""
+        assert self._processed is not None
+        for attempt in range(1, 31):
+            try:
+                await self._processed.mark(self.durable, event.id)
+                return
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.warning("%s: recording %s failed (%r), retrying", self.durable, event.id, exc)
+                await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
+        raise RuntimeError(f"could not record processed event {event.id}")
+
+    def reset_pull(self) -> None:
+        """After a reconnect: pulls waiting on the server may be gone, so pull again."""
+        if self._pull is not None:
+            self._pull.reset()
 
     async def _failed(self, msg: Msg, event: Event, exc: Exception) -> None:
         deliveries = msg.metadata.num_delivered or 1

@@ -56,6 +56,35 @@ class AckedPublisher:
         await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
         return future
 
+    async def publish_acked(
+        self,
+        subject: str,
+        payload: bytes,
+        headers: dict[str, str],
+        *,
+        timeout: float,
+        attempts: int,
+    ) -> PubAck:
+        """Publish and wait for the ack, retrying the same bytes on transient failures.
+
+        No responders (a stream electing a leader), timeouts and a reconnecting connection
+        are retried with backoff, ``attempts`` times in all; the ``Nats-Msg-Id`` makes a
+        retry of an event that was stored after all a duplicate, not a second copy. Errors
+        the server states (an API error) and a closed connection are not retried.
+        """
+        for attempt in range(1, attempts + 1):
+            try:
+                future = await self.publish(subject, payload, headers)
+                async with asyncio.timeout(timeout):
+                    return await future
+            except (nats.js.errors.APIError, nats.errors.ConnectionClosedError):
+                raise
+            except (nats.errors.Error, TimeoutError):
+                if attempt == attempts:
+                    raise
+                await asyncio.sleep(min(2.0, 0.1 * 2 ** (attempt - 1)))
+        raise AssertionError("unreachable")  # pragma: no cover
+
     async def _on_ack(self, msg: Msg) -> None:
         future = self._futures.pop(msg.subject[len(self._prefix) :], None)
         if future is None or future.done():

@@ -11,6 +11,7 @@ after ``3 * heartbeat`` without a word the pull is issued again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -80,10 +81,9 @@ class Pull:
         """Wait for messages; return all that arrived (at least one), or [] once closed."""
         while not self._buffer and not self._closed:
             self._arrived.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), self._heartbeat)
-            except TimeoutError:
-                await self._check_alive()
+            await self._check_alive()
         taken, self._buffer = self._buffer, []
         self._held += len(taken)
         return taken
@@ -107,6 +107,12 @@ class Pull:
         except nats.errors.Error as exc:
             self._requested -= self._batch
             log.warning("consumer %s: pull request failed: %r", self._consumer, exc)
+
+    def reset(self) -> None:
+        """Forget outstanding requests (e.g. after a reconnect); the next wait re-pulls."""
+        self._requested = 0
+        self._last_word = 0.0
+        self._arrived.set()
 
     async def _check_alive(self) -> None:
         if time.monotonic() - self._last_word > 3 * self._heartbeat:

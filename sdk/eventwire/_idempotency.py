@@ -1,0 +1,62 @@
+"""Exactly-once effect: ids of processed events, kept in a KV bucket for a window.
+
+JetStream de-duplicates publishes (the message id is derived from the signed bytes) and
+delivers at least once. A consumer that records each event id after its handler succeeded,
+and skips ids it has recorded, applies each event once, as long as a redelivery comes
+within the window. What it cannot cover: a crash after the handler's side effect and
+before the record (that event is applied again), so handlers with outside effects should
+still be idempotent themselves, or record their effect and the id together.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import nats.js.errors
+from nats.js.api import KeyValueConfig, StorageType
+
+if TYPE_CHECKING:
+    from nats.js import JetStreamContext
+    from nats.js.kv import KeyValue
+
+DEFAULT_WINDOW = 24 * 3600.0
+
+
+def processed_bucket(root: str) -> str:
+    return f"{root}-processed"
+
+
+class ProcessedIds:
+    """Which (consumer, event id) pairs were processed within the window."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
+
+    @classmethod
+    async def open(
+        cls, js: JetStreamContext, root: str, window: float = DEFAULT_WINDOW, replicas: int = 1
+    ) -> ProcessedIds:
+        bucket = processed_bucket(root)
+        try:
+            kv = await js.key_value(bucket)
+        except nats.js.errors.BucketNotFoundError:
+            kv = await js.create_key_value(
+                KeyValueConfig(
+                    bucket=bucket,
+                    history=1,
+                    ttl=window,
+                    storage=StorageType.FILE,
+                    replicas=replicas,
+                )
+            )
+        return cls(kv)
+
+    async def seen(self, consumer: str, event_id: str) -> bool:
+        try:
+            await self._kv.get(f"{consumer}.{event_id}")
+        except nats.js.errors.KeyNotFoundError:
+            return False
+        return True
+
+    async def mark(self, consumer: str, event_id: str) -> None:
+        await self._kv.put(f"{consumer}.{event_id}", b"")
