@@ -14,7 +14,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
 
-from eventwire_security import DEFAULT_MAX_BYTES, Keyring, check_name
+from eventwire_security import DEFAULT_MAX_BYTES, Keyring, ReplayWindow, check_name
 
 from ._codec import Codec
 from ._consumer import Subscription, durable_name
@@ -25,6 +25,7 @@ from ._idempotency import DEFAULT_WINDOW, ProcessedIds
 from ._publisher import AckedPublisher
 from ._registry import list_agents, open_registry
 from ._retry import DEFAULT_RETRY, RetryPolicy
+from ._seen import SeenIds
 from ._server import EmbeddedServer
 from ._streams import ensure_stream, events_stream_config, events_stream_name
 from ._subjects import DEFAULT_ROOT, check_token
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("eventwire.bus")
 DEFAULT_REGISTRY_TTL = 15.0
 _SIGN_CHUNK = 128
+# Events are valid for a day by default (their ``exp``); allow 30 s of clock skew.
+DEFAULT_REPLAY_WINDOW = ReplayWindow(max_age=24 * 3600.0, skew=30.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +77,7 @@ def connect(
     on_reject: Callable[[Rejection], None] | None = None,
     connect_timeout: float = 10.0,
     dedupe_window: float = DEFAULT_WINDOW,
+    replay_window: ReplayWindow | None = DEFAULT_REPLAY_WINDOW,
 ) -> Bus:
     """A :class:`Bus` to use as ``async with connect(...) as bus``.
 
@@ -94,6 +98,7 @@ def connect(
         on_reject=on_reject,
         connect_timeout=connect_timeout,
         dedupe_window=dedupe_window,
+        replay_window=replay_window,
     )
 
 
@@ -114,6 +119,7 @@ class Bus:
         on_reject: Callable[[Rejection], None] | None = None,
         connect_timeout: float = 10.0,
         dedupe_window: float = DEFAULT_WINDOW,
+        replay_window: ReplayWindow | None = DEFAULT_REPLAY_WINDOW,
     ) -> None:
         self.tenant = check_name("tenant", tenant)
         self.root = check_token(root, field="root")
@@ -127,6 +133,7 @@ class Bus:
         self._on_reject = on_reject
         self._connect_timeout = connect_timeout
         self._dedupe_window = dedupe_window
+        self._replay_window = replay_window
         self._server: EmbeddedServer | None = None
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
@@ -134,6 +141,7 @@ class Bus:
         self._publisher: AckedPublisher | None = None
         self._dlq: DeadLetterQueue | None = None
         self._processed: ProcessedIds | None = None
+        self._seen: SeenIds | None = None
         self._registry: KeyValue | None = None
         self._subscriptions: list[Subscription] = []
         self._responders: list[NatsSubscription] = []
@@ -213,15 +221,22 @@ class Bus:
             keyring=self.keyring,
             max_bytes=min(DEFAULT_MAX_BYTES, self._nc.max_payload),
             on_reject=self._on_reject,
+            replay=self._replay_window,
         )
         await ensure_stream(self._js, events_stream_config(self.root, replicas=self._replicas))
         self._publisher = AckedPublisher(self._nc)
         await self._publisher.open()
-        self._dlq = DeadLetterQueue(self._js, self._publisher, self.root)
-        await self._dlq.ensure(self._replicas)
         self._processed = await ProcessedIds.open(
             self._js, self.root, self._dedupe_window, self._replicas
         )
+        if self._replay_window is not None:
+            self._seen = await SeenIds.open(
+                self._js, self._publisher, self.root, self._replay_window.horizon, self._replicas
+            )
+        self._dlq = DeadLetterQueue(
+            self._js, self._publisher, self.root, codec=self._codec, seen=self._seen
+        )
+        await self._dlq.ensure(self._replicas)
 
     async def _on_reconnected(self) -> None:
         for subscription in self._subscriptions:
@@ -242,7 +257,7 @@ class Bus:
         if self._server is not None:
             await self._server.close()
         self._nc = self._js = self._codec = self._registry = None
-        self._publisher = self._dlq = self._processed = None
+        self._publisher = self._dlq = self._processed = self._seen = None
 
     async def publish(
         self,
@@ -356,6 +371,7 @@ class Bus:
         terminal: tuple[type[BaseException], ...] = (),
         ack_wait: float = 30.0,
         idempotent: bool = False,
+        replay_check: bool = True,
     ) -> Subscription:
         """A durable subscription: ``async with bus.subscribe(...)`` or ``await sub.start()``.
 
@@ -364,6 +380,8 @@ class Bus:
         :class:`Unprocessable`) dead-letter the event at once. With ``idempotent`` the
         ids of handled events are kept (KV bucket ``<root>-processed``, for the bus's
         ``dedupe_window``) and redeliveries of them are acked without calling the handler.
+        With ``replay_check`` (and a bus ``replay_window``) an event id arriving a second
+        time as a new message is refused as a replay; turn it off to re-read old events.
         The bus stops every subscription it made when it closes.
         """
         subscription = Subscription(
@@ -382,6 +400,7 @@ class Bus:
             ack_wait=ack_wait,
             dead_letters=self.dead_letters,
             processed=self._processed if idempotent else None,
+            seen=self._seen if replay_check else None,
         )
         self._subscriptions.append(subscription)
         return subscription

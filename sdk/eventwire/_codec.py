@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from eventwire_security import (
     EnvelopeError,
     MalformedClaims,
+    ReplayRefused,
     UnverifiedEnvelope,
     compact,
     encode_claims,
@@ -30,7 +31,7 @@ from ._subjects import from_wire, to_wire
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from eventwire_security import Identity, Keyring
+    from eventwire_security import Identity, Keyring, ReplayWindow
 
     from ._event import Event, Publishable
 
@@ -85,8 +86,10 @@ class Codec:
         keyring: Keyring,
         max_bytes: int,
         on_reject: Callable[[Rejection], None] | None = None,
+        replay: ReplayWindow | None = None,
     ) -> None:
         self.tenant = tenant
+        self.replay = replay
         self.on_reject = on_reject
         self.root = root
         self.keyring = keyring
@@ -157,6 +160,11 @@ class Codec:
                 wire_subject,
                 kid,
             )
+        if self.replay is not None:
+            try:
+                self.replay.check_claims(claims)
+            except ReplayRefused as exc:
+                return Rejection(exc.reason, exc.detail, wire_subject, kid)
         try:
             return event_from_claims(claims, kid)
         except InvalidEvent as exc:

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from ._dlq import DeadLetterQueue
     from ._event import Event
     from ._idempotency import ProcessedIds
+    from ._seen import SeenIds
 
 log = logging.getLogger("eventwire.consumer")
 
@@ -100,6 +101,7 @@ class Subscription:
         terminal: tuple[type[BaseException], ...] = (),
         dead_letters: DeadLetterQueue,
         processed: ProcessedIds | None = None,
+        seen: SeenIds | None = None,
     ) -> None:
         if max_in_flight < 1 or batch < 1 or ack_wait <= 0:
             raise ConfigError("max_in_flight and batch must be >= 1, ack_wait > 0")
@@ -123,6 +125,7 @@ class Subscription:
         self._terminal = (Unprocessable, InvalidEvent, *terminal)
         self._dlq = dead_letters
         self._processed = processed
+        self._seen = seen
         self._in_flight: dict[int, tuple[Msg, float]] = {}  # by id(msg): Msg is unhashable
         self._keepalive: asyncio.Task[None] | None = None
         self._advisories: NatsSubscription | None = None
@@ -184,6 +187,8 @@ class Subscription:
             async with asyncio.TaskGroup() as group:
                 while msgs := await pull.next_batch():
                     results = self._codec.open_many([(m.data, m.subject) for m in msgs])
+                    if self._seen is not None and not await self._refuse_replays(msgs, results):
+                        continue
                     for index, (msg, result) in enumerate(zip(msgs, results, strict=True)):
                         if self._stopping:
                             await _nak_all(msgs[index:])
@@ -192,6 +197,36 @@ class Subscription:
                         await self._deliver(msg, result, group)
         finally:
             await _nak_all(await pull.close())
+
+    async def _refuse_replays(self, msgs: list[Msg], results: list[Event | Rejection]) -> bool:
+        """Claim the ids of first deliveries; an id claimed before is a replay, refused.
+
+        Returns False (after naking the batch) if the claims could not be made.
+        """
+        assert self._seen is not None
+        firsts = [
+            (index, result)
+            for index, (msg, result) in enumerate(zip(msgs, results, strict=True))
+            if not isinstance(result, Rejection) and msg.metadata.num_delivered == 1
+        ]
+        try:
+            claimed = await self._seen.claim(self.durable, [event for _, event in firsts])
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.warning("%s: replay claims failed (%r); retrying the batch", self.durable, exc)
+            for msg in msgs:
+                with contextlib.suppress(nats.errors.Error):
+                    await msg.nak(delay=1.0)
+            await self._done(len(msgs))
+            return False
+        for (index, event), new in zip(firsts, claimed, strict=True):
+            if not new:
+                refusal = Rejection(
+                    "already-seen", f"event {event.id} from {event.source} seen before",
+                    msgs[index].subject, event.signer_kid,
+                )  # fmt: skip
+                self._codec.record(refusal)
+                results[index] = refusal
+        return True
 
     async def _done(self, count: int) -> None:
         if self._pull is not None:

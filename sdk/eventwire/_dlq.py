@@ -9,7 +9,9 @@ entry de-duplicated by its message id.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -18,13 +20,16 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
+from ._codec import Rejection
 from ._errors import DeadLetterError
 from ._streams import ensure_stream
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
 
+    from ._codec import Codec
     from ._publisher import AckedPublisher
+    from ._seen import SeenIds
 
 _PREFIX = "Ew-Dlq-"
 _ORIGINAL = "Ew-Original-"
@@ -66,10 +71,20 @@ def dlq_stream_config(root: str, *, replicas: int = 1) -> StreamConfig:
 class DeadLetterQueue:
     """Stores, lists, redrives and purges the dead letters of one subject root."""
 
-    def __init__(self, js: JetStreamContext, publisher: AckedPublisher, root: str) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        publisher: AckedPublisher,
+        root: str,
+        *,
+        codec: Codec,
+        seen: SeenIds | None,
+    ) -> None:
         self._js = js
         self._publisher = publisher
         self._root = root
+        self._codec = codec
+        self._seen = seen
         self.stream = dlq_stream_name(root)
 
     async def ensure(self, replicas: int = 1) -> None:
@@ -125,14 +140,22 @@ class DeadLetterQueue:
             seq += 1
         return found
 
-    async def redrive(self, seq: int) -> int:
+    async def redrive(self, seq: int, *, verify: bool = True) -> int:
         """Publish the original bytes again on their subject, then drop the entry.
 
         Returns the new stream sequence. The signature still verifies: the bytes are the
-        same. Every consumer of that subject sees the event again, so handlers that
-        already processed it should be idempotent (see the idempotency helper).
+        same, and they are checked before anything is sent (a forged or expired entry is
+        refused; ``verify=False`` skips that where this bus has no keyring, consumers still
+        verify). The consumer that gave up gets the event once more; other consumers of the
+        subject, which processed it already, refuse it as a replay.
         """
         letter = await self.get(seq)
+        tenant, source, event_id = self._identify(seq, letter, verify)
+        if self._seen is not None:
+            try:
+                await self._seen.forget(letter.consumer, tenant, source, event_id)
+            except nats.errors.Error as exc:
+                raise DeadLetterError(f"could not redrive dead letter {seq}: {exc!r}") from exc
         msg_id = f"redrive:{self.stream}:{seq}"
         try:
             future = await self._publisher.publish(
@@ -143,6 +166,21 @@ class DeadLetterQueue:
             raise DeadLetterError(f"could not redrive dead letter {seq}: {exc!r}") from exc
         await self._js.delete_msg(self.stream, seq)
         return int(ack.seq)
+
+    def _identify(self, seq: int, letter: DeadLetter, verify: bool) -> tuple[str, str, str]:
+        if verify:
+            opened = self._codec.open(letter.data, letter.subject)
+            if isinstance(opened, Rejection):
+                raise DeadLetterError(
+                    f"refusing to redrive {seq}: {opened.reason} ({opened.detail})"
+                )
+            return opened.tenant, opened.source, opened.id
+        try:  # unverified on purpose: only to find the consumer's replay claim
+            payload = letter.data.split(b".")[1]
+            claims = json.loads(base64.urlsafe_b64decode(payload + b"=" * (-len(payload) % 4)))
+            return str(claims["tenant"]), str(claims["source"]), str(claims["id"])
+        except (IndexError, ValueError, KeyError, TypeError) as exc:
+            raise DeadLetterError(f"entry {seq} is not a signed event: {exc!r}") from None
 
     async def purge(self) -> int:
         """Drop every entry; returns how many there were."""

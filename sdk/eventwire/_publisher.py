@@ -95,8 +95,9 @@ class AckedPublisher:
         try:
             response = json.loads(msg.data)
             if "error" in response:
-                future.set_exception(nats.js.errors.APIError.from_error(response["error"]))
-            else:
-                future.set_result(PubAck.from_response(response))
+                nats.js.errors.APIError.from_error(response["error"])  # raises the typed error
+            future.set_result(PubAck.from_response(response))
+        except nats.js.errors.APIError as exc:
+            future.set_exception(exc)
         except (ValueError, TypeError, KeyError) as exc:
             future.set_exception(nats.errors.Error(f"unreadable publish ack: {exc!r}"))

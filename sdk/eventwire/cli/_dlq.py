@@ -71,10 +71,13 @@ def show(entry: int, url: Url, root: Root = "ew", tenant: Tenant = "default") ->
 
 
 @app.command()
-def redrive(
+def redrive(  # noqa: PLR0917 - typer reads options from the signature
     url: Url,
     entry: Annotated[int | None, typer.Argument()] = None,
     all_: Annotated[bool, typer.Option("--all", help="Redrive every entry.")] = False,
+    verify: Annotated[
+        bool, typer.Option(help="Check the signature first (needs the signer's key here).")
+    ] = False,
     root: Root = "ew",
     tenant: Tenant = "default",
 ) -> None:
@@ -87,7 +90,7 @@ def redrive(
         ids = [entry] if entry is not None else [d.seq for d in await bus.dead_letters.list(10**6)]
         for seq in ids:
             try:
-                new_seq = await bus.dead_letters.redrive(seq)
+                new_seq = await bus.dead_letters.redrive(seq, verify=verify)
             except DeadLetterError as exc:
                 console.print(f"[red]{seq}: {exc}[/red]")
                 raise typer.Exit(1) from None

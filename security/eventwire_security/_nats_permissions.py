@@ -1,0 +1,240 @@
+"""Compile a :class:`~eventwire_security._policy.Policy` into nats-server user permissions.
+
+The server enforces what an agent's NATS user may publish and subscribe to, so a client that
+skips the SDK is refused too. What it can and cannot express:
+
+* Publish: the policy's allowed publish patterns (``<root>.`` prefixed) and its explicit
+  denies are exact server rules (the server also lets a deny win over an allow).
+* Consume: events reach an agent through pull consumers, delivered to the agent's reply inbox,
+  so a subscribe permission cannot limit them. Consume is enforced by *which consumers exist*:
+  an admin creates, for each pattern of :func:`consumer_filters`, a durable consumer named
+  :func:`consumer_name` with that filter, and the agent may only pull from and ack its own
+  consumers. A deny narrower than an allow (allow ``knowledge.>``, deny
+  ``knowledge.secret.*``) cannot be expressed by a consumer filter (filters only include), so
+  those events are delivered and the SDK's consume check must refuse them.
+* NATS wildcards are whole tokens only: ``summarizer-*`` is a literal, not a prefix. Each
+  consumer the agent may use is therefore listed by name in the JetStream API permissions.
+* No ``$JS.API.>``: an agent cannot create consumers, read streams (``STREAM.MSG.GET``,
+  ``DIRECT.GET``) or pull from another agent's consumer (SECURITY.md).
+* With the shared ``_INBOX.>`` prefix (the NATS default) any agent of the account may
+  subscribe to every inbox and so read other agents' deliveries and replies, and publish fake
+  replies. ``private_inbox=True`` gives each agent its own prefix (:func:`private_inbox_prefix`,
+  to pass as ``nats.connect(inbox_prefix=...)``) and replaces the ``_INBOX.>`` publish right
+  by ``allow_responses`` (one reply to each request the agent received).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
+
+from ._errors import SecurityError
+from ._keys import check_name
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ._policy import Actor, Policy
+
+__all__ = [
+    "DEFAULT_ROOT",
+    "Permissions",
+    "ServerConfigError",
+    "SubjectPermissions",
+    "compile_permissions",
+    "consumer_filters",
+    "consumer_name",
+    "private_inbox_prefix",
+    "render_server_config",
+]
+
+DEFAULT_ROOT = "ew"
+_CONSUMER = re.compile(r"\A[A-Za-z0-9_-]{1,128}\Z")
+_UNQUOTABLE = re.compile(r'["\\\x00-\x1f\x7f]')
+_PASSWORD = re.compile(r"\A[\x21\x23-\x5b\x5d-\x7e]{1,256}\Z")  # printable ASCII, no " \ space
+
+
+class ServerConfigError(SecurityError, ValueError):
+    """An input to the permission compiler or config renderer is unusable; ``field`` says which."""
+
+    def __init__(self, detail: str, *, field: str) -> None:
+        super().__init__(f"{field}: {detail}")
+        self.detail = detail
+        self.field = field
+
+
+class SubjectPermissions(TypedDict):
+    allow: list[str]
+    deny: list[str]
+
+
+class Permissions(TypedDict):
+    """nats-server user permissions (the config / JSON shape)."""
+
+    publish: SubjectPermissions
+    subscribe: SubjectPermissions
+    allow_responses: NotRequired[bool]
+
+
+def consumer_name(agent: str, pattern: str) -> str:
+    """The durable consumer name of ``agent`` for the logical ``pattern``.
+
+    Same scheme as the SDK's ``eventwire._consumer.durable_name``: ``<agent>-<12 hex>``.
+    """
+    return f"{agent}-{hashlib.sha256(pattern.encode()).hexdigest()[:12]}"
+
+
+def consumer_filters(policy: Policy, actor: Actor, *, root: str | None = None) -> list[str]:
+    """The filter subjects of the consumers an admin creates for ``actor``.
+
+    These are the actor's allowed consume patterns (logical, or wire subjects when ``root``
+    is given), dropping only exact duplicates, patterns another allowed pattern contains, and
+    patterns an explicit deny covers entirely. A deny *narrower* than an allow cannot be
+    expressed as a consumer filter: those events are delivered, and the SDK's consume check
+    refuses them.
+    """
+    allowed = policy.grants(actor, "consume").allow
+    if root is None:
+        return list(allowed)
+    check_name("root", root)
+    return [f"{root}.{pattern}" for pattern in allowed]
+
+
+def private_inbox_prefix(actor: Actor) -> str:
+    """The agent's own inbox prefix, used with ``compile_permissions(private_inbox=True)``."""
+    return f"_INBOX_{actor.agent}"
+
+
+def _consumer_names(policy: Policy, actor: Actor, consumers: Sequence[str] | None) -> list[str]:
+    if consumers is None:
+        return [consumer_name(actor.agent, pattern) for pattern in consumer_filters(policy, actor)]
+    if isinstance(consumers, str):
+        raise ServerConfigError("expected a sequence of names, not a string", field="consumers")
+    for name in consumers:
+        if not isinstance(name, str) or not _CONSUMER.match(name):
+            raise ServerConfigError(f"{name!r} is not a consumer name", field="consumers")
+    return list(dict.fromkeys(consumers))
+
+
+def _jetstream_rights(actor: Actor, root: str, consumers: Sequence[str]) -> list[str]:
+    """The JetStream API subjects an agent needs: no more (never ``$JS.API.>``)."""
+    stream, bucket = f"{root}-events", f"{root}-agents"
+    rights = [f"$JS.API.STREAM.INFO.{stream}"]
+    for name in consumers:
+        rights += [
+            f"$JS.API.CONSUMER.INFO.{stream}.{name}",
+            f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}",
+            f"$JS.ACK.{stream}.{name}.>",
+        ]
+    # Registry: bind to the bucket and put (or purge) its own entries, keyed <agent>.<instance>.
+    rights += [f"$JS.API.STREAM.INFO.KV_{bucket}", f"$KV.{bucket}.{actor.agent}.>"]
+    return rights
+
+
+def compile_permissions(
+    policy: Policy,
+    actor: Actor,
+    *,
+    root: str = DEFAULT_ROOT,
+    consumers: Sequence[str] | None = None,
+    private_inbox: bool = False,
+) -> Permissions:
+    """The nats-server permissions of ``actor``'s NATS user under ``policy``.
+
+    ``consumers``: the durable consumers the agent may pull from and ack (default: one per
+    :func:`consumer_filters` pattern, named by :func:`consumer_name`).
+    """
+    check_name("root", root)
+    names = _consumer_names(policy, actor, consumers)
+    publish, consume = policy.grants(actor, "publish"), policy.grants(actor, "consume")
+    inbox = private_inbox_prefix(actor) if private_inbox else "_INBOX"
+    publish_allow = [f"{root}.{pattern}" for pattern in publish.allow]
+    publish_allow.append(f"{root}.direct.{actor.tenant}.*")
+    if not private_inbox:
+        publish_allow.append("_INBOX.>")
+    publish_allow += _jetstream_rights(actor, root, names)
+    permissions: Permissions = {
+        "publish": {
+            "allow": list(dict.fromkeys(publish_allow)),
+            "deny": [f"{root}.{pattern}" for pattern in publish.deny],
+        },
+        "subscribe": {
+            "allow": [f"{inbox}.>", f"{root}.direct.{actor.tenant}.{actor.agent}"],
+            "deny": [f"{root}.{pattern}" for pattern in consume.deny],
+        },
+    }
+    if private_inbox:
+        permissions["allow_responses"] = True
+    return permissions
+
+
+def _check_users(accounts: Mapping[str, Sequence[tuple[str, str, Mapping[str, Any]]]]) -> None:
+    seen: set[str] = set()
+    for account, users in accounts.items():
+        check_name("account", account)
+        for user, password, permissions in users:
+            check_name("user", user)
+            if user in seen:
+                raise ServerConfigError(f"user {user!r} appears twice", field="user")
+            seen.add(user)
+            if not isinstance(password, str) or not _PASSWORD.match(password):
+                raise ServerConfigError(
+                    f"password of {user!r} must be 1-256 printable ASCII characters "
+                    'without space, " or \\',
+                    field="password",
+                )
+            if not isinstance(permissions, Mapping):
+                raise ServerConfigError(
+                    f"permissions of {user!r} must be a mapping", field="permissions"
+                )
+
+
+def _quoted(value: str, field: str) -> str:
+    if not isinstance(value, str) or not value or _UNQUOTABLE.search(value):
+        raise ServerConfigError(
+            f"{value!r} must be a non-empty string without quotes, "
+            "backslashes or control characters",
+            field=field,
+        )
+    return f'"{value}"'
+
+
+def render_server_config(
+    accounts: Mapping[str, Sequence[tuple[str, str, Mapping[str, Any]]]],
+    *,
+    store_dir: str,
+    port: int = -1,
+    host: str = "127.0.0.1",
+) -> str:
+    """A nats-server config: one JetStream-enabled account per tenant, its users and rights.
+
+    ``accounts`` maps a tenant to ``(user, password, permissions)`` entries (permissions as
+    :func:`compile_permissions` returns them). ``port=-1`` lets the server pick a free port
+    (read it from ``--ports_file_dir``). Values are written as JSON, which the nats-server
+    config format accepts. Passwords may be bcrypt hashes (``$2a$...``); the text holds
+    secrets, so write it with mode 0600.
+    """
+    _check_users(accounts)
+    if not isinstance(port, int) or not -1 <= port <= 65535:
+        raise ServerConfigError(f"{port!r} is not a port (-1 for any free port)", field="port")
+    body = {
+        name: {
+            "jetstream": "enabled",
+            "users": [
+                {"user": user, "password": password, "permissions": dict(permissions)}
+                for user, password, permissions in users
+            ],
+        }
+        for name, users in accounts.items()
+    }
+    lines = [
+        "# nats-server config generated by eventwire_security.render_server_config",
+        f"host: {_quoted(host, 'host')}",
+        f"port: {port}",
+        f"jetstream: {{store_dir: {_quoted(store_dir, 'store_dir')}}}",
+        f"accounts: {json.dumps(body, indent=2, ensure_ascii=False)}",
+    ]
+    return "\n".join(lines) + "\n"
