@@ -2,7 +2,7 @@
 
 import logging
 
-from eventwire_security import Identity, Keyring, Principal, TrustedKey
+from eventwire_security import Actor, Identity, Keyring, Policy, Principal, TrustedKey
 
 from ._agent import Agent
 from ._bus import Bus, PublishAck, connect
@@ -15,6 +15,7 @@ from ._errors import (
     DeadLetterError,
     EventTooLarge,
     EventwireError,
+    Forbidden,
     InvalidEvent,
     NoResponders,
     NotRunning,
@@ -50,6 +51,7 @@ logging.getLogger("eventwire").addHandler(logging.NullHandler())
 
 __all__ = [
     "DEFAULT_RETRY",
+    "Actor",
     "Agent",
     "AgentInfo",
     "AgentLifecycle",
@@ -66,6 +68,7 @@ __all__ = [
     "EventData",
     "EventTooLarge",
     "EventwireError",
+    "Forbidden",
     "HelpRequested",
     "Identity",
     "InvalidEvent",
@@ -73,6 +76,7 @@ __all__ = [
     "KnowledgeShared",
     "NoResponders",
     "NotRunning",
+    "Policy",
     "Principal",
     "PublishAck",
     "PublishFailed",

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from eventwire_security import Identity, check_name
+from eventwire_security import Actor, Identity, check_name
 
 from ._errors import ConfigError, InvalidEvent, NotRunning, WrongTenant
 from ._kinds import AgentLifecycle
@@ -77,6 +77,7 @@ class Agent:
         identity: Identity | None = None,
         tenant: str = "default",
         max_in_flight: int = 1,
+        roles: Sequence[str] = (),
     ) -> None:
         self.name = check_name("agent", name)
         self.capabilities = tuple(check_token(c, field="capability") for c in capabilities)
@@ -88,6 +89,7 @@ class Agent:
                 field="identity",
             )
         self.identity = identity
+        self.actor = Actor(identity.principal.tenant, name, self.capabilities, tuple(roles))
         self.instance = secrets.token_hex(4)
         self.unhandled = 0
         self._max_in_flight = max_in_flight
@@ -167,6 +169,7 @@ class Agent:
             correlation_id=cause.correlationid if cause else None,
             causation_id=cause.id if cause else None,
             partition_key=partition_key,
+            actor=self.actor,
         )
 
     async def request(self, target: str, item: Publishable, *, timeout: float = 5.0) -> Event:
@@ -201,6 +204,7 @@ class Agent:
                     pattern,
                     self._dispatcher(pattern),
                     durable=self.name,
+                    actor=self.actor,
                     **self._options.get(pattern, self._default_options()).as_kwargs(),
                 )
                 subscriptions.append(subscription)

@@ -14,13 +14,20 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
 
-from eventwire_security import DEFAULT_MAX_BYTES, Keyring, ReplayWindow, check_name
+from eventwire_security import (
+    DEFAULT_MAX_BYTES,
+    Actor,
+    Keyring,
+    PolicyDenied,
+    ReplayWindow,
+    check_name,
+)
 
 from ._codec import Codec
 from ._consumer import Subscription, durable_name
 from ._direct import request, serve_requests
 from ._dlq import DeadLetterQueue
-from ._errors import ConnectionFailed, NotRunning, PublishFailed
+from ._errors import ConfigError, ConnectionFailed, Forbidden, NotRunning, PublishFailed
 from ._idempotency import DEFAULT_WINDOW, ProcessedIds
 from ._publisher import AckedPublisher
 from ._registry import list_agents, open_registry
@@ -39,7 +46,7 @@ if TYPE_CHECKING:
     from nats.js.api import PubAck
     from nats.js.kv import KeyValue
 
-    from eventwire_security import Identity
+    from eventwire_security import CompiledPolicy, Identity, Policy
 
     from ._codec import Rejection, SecurityStats, Signed
     from ._direct import RequestHandler
@@ -78,6 +85,7 @@ def connect(
     connect_timeout: float = 10.0,
     dedupe_window: float = DEFAULT_WINDOW,
     replay_window: ReplayWindow | None = DEFAULT_REPLAY_WINDOW,
+    policy: Policy | None = None,
 ) -> Bus:
     """A :class:`Bus` to use as ``async with connect(...) as bus``.
 
@@ -99,6 +107,7 @@ def connect(
         connect_timeout=connect_timeout,
         dedupe_window=dedupe_window,
         replay_window=replay_window,
+        policy=policy,
     )
 
 
@@ -120,6 +129,7 @@ class Bus:
         connect_timeout: float = 10.0,
         dedupe_window: float = DEFAULT_WINDOW,
         replay_window: ReplayWindow | None = DEFAULT_REPLAY_WINDOW,
+        policy: Policy | None = None,
     ) -> None:
         self.tenant = check_name("tenant", tenant)
         self.root = check_token(root, field="root")
@@ -134,6 +144,8 @@ class Bus:
         self._connect_timeout = connect_timeout
         self._dedupe_window = dedupe_window
         self._replay_window = replay_window
+        self.policy = policy
+        self._compiled: dict[Actor, CompiledPolicy] = {}
         self._server: EmbeddedServer | None = None
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
@@ -259,6 +271,31 @@ class Bus:
         self._nc = self._js = self._codec = self._registry = None
         self._publisher = self._dlq = self._processed = self._seen = None
 
+    def _may(self, actor: Actor | None) -> CompiledPolicy | None:
+        """The bus policy compiled for ``actor`` (cached), or None without a policy."""
+        if self.policy is None:
+            return None
+        if actor is None:
+            raise ConfigError("this bus has a policy: say who acts (actor=...)")
+        compiled = self._compiled.get(actor)
+        if compiled is None:
+            compiled = self._compiled[actor] = self.policy.for_actor(actor)
+        return compiled
+
+    def _check_publish(self, identity: Identity, actor: Actor | None, subject: str) -> None:
+        if self.policy is None:
+            return
+        principal = identity.principal
+        who = actor or Actor(principal.tenant, principal.agent)
+        if who.source != principal.source:
+            raise ConfigError(f"actor {who.source} is not the signer {principal.source}")
+        compiled = self._may(who)
+        assert compiled is not None
+        try:
+            compiled.check("publish", subject)
+        except PolicyDenied as exc:
+            raise Forbidden(who.source, "publish", subject, exc.reason) from None
+
     async def publish(
         self,
         item: Publishable,
@@ -269,13 +306,17 @@ class Bus:
         partition_key: str | None = None,
         timeout: float = 5.0,
         attempts: int = 5,
+        actor: Actor | None = None,
     ) -> PublishAck:
         """Sign ``item`` as ``identity`` and store it; returns once JetStream acknowledged it.
 
         Transient failures (no responders during a leader election, timeouts, a reconnect)
         are retried with the same signed bytes, ``attempts`` times in all, each waiting
-        ``timeout`` seconds for the ack; de-duplication makes the retries safe.
+        ``timeout`` seconds for the ack; de-duplication makes the retries safe. With a bus
+        policy, :class:`Forbidden` is raised before anything is signed or sent if ``actor``
+        (default: the identity's agent, without capabilities or roles) may not publish.
         """
+        self._check_publish(identity, actor, item.subject())
         signed = self._codec_or_raise().sign(
             item,
             identity,
@@ -305,6 +346,7 @@ class Bus:
         identity: Identity,
         window: int = 512,
         timeout: float = 10.0,
+        actor: Actor | None = None,
     ) -> list[PublishAck]:
         """Sign and publish ``items`` pipelined, at most ``window`` awaiting their ack.
 
@@ -313,6 +355,8 @@ class Bus:
         :class:`PublishFailed` if any event was not stored, or not acknowledged within
         ``timeout`` seconds after the last was sent (the others may have been stored).
         """
+        for publishable in items:
+            self._check_publish(identity, actor, publishable.subject())
         codec, publisher = self._codec_or_raise(), self._publisher_or_raise()
         slots = asyncio.Semaphore(window)
         sent: list[tuple[Signed, asyncio.Future[PubAck]]] = []
@@ -372,6 +416,7 @@ class Bus:
         ack_wait: float = 30.0,
         idempotent: bool = False,
         replay_check: bool = True,
+        actor: Actor | None = None,
     ) -> Subscription:
         """A durable subscription: ``async with bus.subscribe(...)`` or ``await sub.start()``.
 
@@ -382,6 +427,8 @@ class Bus:
         ``dedupe_window``) and redeliveries of them are acked without calling the handler.
         With ``replay_check`` (and a bus ``replay_window``) an event id arriving a second
         time as a new message is refused as a replay; turn it off to re-read old events.
+        With a bus policy, ``actor`` is required and events it may not consume are refused
+        before the handler (counted as ``policy-denied``).
         The bus stops every subscription it made when it closes.
         """
         subscription = Subscription(
@@ -401,6 +448,7 @@ class Bus:
             dead_letters=self.dead_letters,
             processed=self._processed if idempotent else None,
             seen=self._seen if replay_check else None,
+            may_consume=compiled.may_consume if (compiled := self._may(actor)) else None,
         )
         self._subscriptions.append(subscription)
         return subscription

@@ -102,6 +102,7 @@ class Subscription:
         dead_letters: DeadLetterQueue,
         processed: ProcessedIds | None = None,
         seen: SeenIds | None = None,
+        may_consume: Callable[[str], bool] | None = None,
     ) -> None:
         if max_in_flight < 1 or batch < 1 or ack_wait <= 0:
             raise ConfigError("max_in_flight and batch must be >= 1, ack_wait > 0")
@@ -126,6 +127,7 @@ class Subscription:
         self._dlq = dead_letters
         self._processed = processed
         self._seen = seen
+        self._may_consume = may_consume
         self._in_flight: dict[int, tuple[Msg, float]] = {}  # by id(msg): Msg is unhashable
         self._keepalive: asyncio.Task[None] | None = None
         self._advisories: NatsSubscription | None = None
@@ -187,6 +189,8 @@ class Subscription:
             async with asyncio.TaskGroup() as group:
                 while msgs := await pull.next_batch():
                     results = self._codec.open_many([(m.data, m.subject) for m in msgs])
+                    if self._may_consume is not None:
+                        self._refuse_by_policy(results)
                     if self._seen is not None and not await self._refuse_replays(msgs, results):
                         continue
                     for index, (msg, result) in enumerate(zip(msgs, results, strict=True)):
@@ -197,6 +201,17 @@ class Subscription:
                         await self._deliver(msg, result, group)
         finally:
             await _nak_all(await pull.close())
+
+    def _refuse_by_policy(self, results: list[Event | Rejection]) -> None:
+        assert self._may_consume is not None
+        for index, event in enumerate(results):
+            if not isinstance(event, Rejection) and not self._may_consume(event.subject):
+                refusal = Rejection(
+                    "policy-denied", f"may not consume {event.subject!r}",
+                    to_wire(self._codec.root, event.subject), event.signer_kid,
+                )  # fmt: skip
+                self._codec.record(refusal)
+                results[index] = refusal
 
     async def _refuse_replays(self, msgs: list[Msg], results: list[Event | Rejection]) -> bool:
         """Claim the ids of first deliveries; an id claimed before is a replay, refused.

@@ -103,3 +103,14 @@ class Unprocessable(EventwireError):
 
 class DeadLetterError(EventwireError):
     """The dead-letter queue could not store, find or redrive an entry."""
+
+
+class Forbidden(EventwireError):
+    """The policy does not allow this actor to publish (or consume) on this subject."""
+
+    def __init__(self, source: str, action: str, subject: str, reason: str) -> None:
+        super().__init__(f"{source} may not {action} {subject!r}: {reason}")
+        self.source = source
+        self.action = action
+        self.subject = subject
+        self.reason = reason
