@@ -2,7 +2,16 @@
 
 import logging
 
-from eventwire_security import Actor, Identity, Keyring, Policy, Principal, TrustedKey
+from eventwire_security import (
+    Actor,
+    Identity,
+    Keyring,
+    Policy,
+    Principal,
+    RecipientKey,
+    SealingKey,
+    TrustedKey,
+)
 
 from ._agent import Agent
 from ._bus import Bus, PublishAck, connect
@@ -24,6 +33,7 @@ from ._errors import (
     ReplyRejected,
     RequestFailed,
     RequestTimeout,
+    SealedForOthers,
     ServerError,
     StreamConfigError,
     Unprocessable,
@@ -81,12 +91,15 @@ __all__ = [
     "PublishAck",
     "PublishFailed",
     "Publishable",
+    "RecipientKey",
     "Rejection",
     "RemoteError",
     "ReplyRejected",
     "RequestFailed",
     "RequestTimeout",
     "RetryPolicy",
+    "SealedForOthers",
+    "SealingKey",
     "SecurityStats",
     "ServerError",
     "StatusUpdate",

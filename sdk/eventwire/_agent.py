@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from eventwire_security import Actor, Identity, check_name
+from eventwire_security import Actor, Identity, RecipientKey, SealingKey, check_name
 
 from ._errors import ConfigError, InvalidEvent, NotRunning, WrongTenant
 from ._kinds import AgentLifecycle
@@ -90,6 +90,7 @@ class Agent:
             )
         self.identity = identity
         self.actor = Actor(identity.principal.tenant, name, self.capabilities, tuple(roles))
+        self.sealing_key = SealingKey.derive(identity)
         self.instance = secrets.token_hex(4)
         self.unhandled = 0
         self._max_in_flight = max_in_flight
@@ -160,8 +161,15 @@ class Agent:
             raise NotRunning(f"agent {self.name!r} is not serving")
         return self._bus
 
-    async def publish(self, item: Publishable, *, partition_key: str | None = None) -> PublishAck:
-        """Publish as this agent; inside a handler, correlation and causation are set."""
+    async def publish(
+        self,
+        item: Publishable,
+        *,
+        partition_key: str | None = None,
+        seal_to: Sequence[str | RecipientKey] = (),
+    ) -> PublishAck:
+        """Publish as this agent; inside a handler, correlation and causation are set.
+        ``seal_to`` encrypts the data to those agents (names, ``capability:<name>``)."""
         cause = _current_event.get()
         return await self.bus.publish(
             item,
@@ -170,6 +178,7 @@ class Agent:
             causation_id=cause.id if cause else None,
             partition_key=partition_key,
             actor=self.actor,
+            seal_to=seal_to,
         )
 
     async def request(self, target: str, item: Publishable, *, timeout: float = 5.0) -> Event:
@@ -205,6 +214,7 @@ class Agent:
                     self._dispatcher(pattern),
                     durable=self.name,
                     actor=self.actor,
+                    sealing_key=self.sealing_key,
                     **self._options.get(pattern, self._default_options()).as_kwargs(),
                 )
                 subscriptions.append(subscription)

@@ -19,6 +19,7 @@ from eventwire_security import (
     Actor,
     Keyring,
     PolicyDenied,
+    RecipientKey,
     ReplayWindow,
     check_name,
 )
@@ -27,7 +28,14 @@ from ._codec import Codec
 from ._consumer import Subscription, durable_name
 from ._direct import request, serve_requests
 from ._dlq import DeadLetterQueue
-from ._errors import ConfigError, ConnectionFailed, Forbidden, NotRunning, PublishFailed
+from ._errors import (
+    ConfigError,
+    ConnectionFailed,
+    Forbidden,
+    InvalidEvent,
+    NotRunning,
+    PublishFailed,
+)
 from ._idempotency import DEFAULT_WINDOW, ProcessedIds
 from ._publisher import AckedPublisher
 from ._registry import list_agents, open_registry
@@ -46,7 +54,7 @@ if TYPE_CHECKING:
     from nats.js.api import PubAck
     from nats.js.kv import KeyValue
 
-    from eventwire_security import CompiledPolicy, Identity, Policy
+    from eventwire_security import CompiledPolicy, Identity, Policy, SealingKey
 
     from ._codec import Rejection, SecurityStats, Signed
     from ._direct import RequestHandler
@@ -307,6 +315,7 @@ class Bus:
         timeout: float = 5.0,
         attempts: int = 5,
         actor: Actor | None = None,
+        seal_to: Sequence[str | RecipientKey] = (),
     ) -> PublishAck:
         """Sign ``item`` as ``identity`` and store it; returns once JetStream acknowledged it.
 
@@ -315,6 +324,8 @@ class Bus:
         ``timeout`` seconds for the ack; de-duplication makes the retries safe. With a bus
         policy, :class:`Forbidden` is raised before anything is signed or sent if ``actor``
         (default: the identity's agent, without capabilities or roles) may not publish.
+        ``seal_to`` encrypts the data to recipients: agent names, ``capability:<name>``
+        (every live agent with it, from the registry) or :class:`RecipientKey` objects.
         """
         self._check_publish(identity, actor, item.subject())
         signed = self._codec_or_raise().sign(
@@ -323,6 +334,7 @@ class Bus:
             correlation_id=correlation_id,
             causation_id=causation_id,
             partition_key=partition_key,
+            seal_to=await self._recipients(seal_to) if seal_to else None,
         )
         return await self._send(signed, timeout=timeout, attempts=attempts)
 
@@ -417,6 +429,7 @@ class Bus:
         idempotent: bool = False,
         replay_check: bool = True,
         actor: Actor | None = None,
+        sealing_key: SealingKey | None = None,
     ) -> Subscription:
         """A durable subscription: ``async with bus.subscribe(...)`` or ``await sub.start()``.
 
@@ -428,7 +441,8 @@ class Bus:
         With ``replay_check`` (and a bus ``replay_window``) an event id arriving a second
         time as a new message is refused as a replay; turn it off to re-read old events.
         With a bus policy, ``actor`` is required and events it may not consume are refused
-        before the handler (counted as ``policy-denied``).
+        before the handler (counted as ``policy-denied``). Sealed events addressed to
+        ``sealing_key`` arrive opened; others arrive unreadable (``event.readable``).
         The bus stops every subscription it made when it closes.
         """
         subscription = Subscription(
@@ -449,6 +463,7 @@ class Bus:
             processed=self._processed if idempotent else None,
             seen=self._seen if replay_check else None,
             may_consume=compiled.may_consume if (compiled := self._may(actor)) else None,
+            sealing_key=sealing_key,
         )
         self._subscriptions.append(subscription)
         return subscription
@@ -475,6 +490,28 @@ class Bus:
     @property
     def registry_ttl(self) -> float:
         return self._registry_ttl
+
+    async def _recipients(self, wanted: Sequence[str | RecipientKey]) -> list[RecipientKey]:
+        """Sealing keys for agent names, ``capability:<name>`` or keys given as they are."""
+        live = await self.agents()
+        keys: dict[str, RecipientKey] = {}
+        for target in wanted:
+            if isinstance(target, RecipientKey):
+                keys[target.kid] = target
+                continue
+            capability = target.removeprefix("capability:")
+            found = [
+                info.sealing_key
+                for info in live
+                if info.sealing_key is not None
+                and (
+                    capability in info.capabilities if capability != target else info.name == target
+                )
+            ]
+            if not found:
+                raise InvalidEvent(f"no live agent to seal to for {target!r}", field="seal_to")
+            keys.update((key.kid, key) for key in found)
+        return list(keys.values())
 
     async def agents(self, *, capability: str | None = None) -> list[AgentInfo]:
         """Live agents of this tenant (verified entries), optionally those with a capability."""

@@ -12,26 +12,31 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import pydantic_core
+
 from eventwire_security import (
     EnvelopeError,
     MalformedClaims,
+    NotARecipient,
     ReplayRefused,
     UnverifiedEnvelope,
     compact,
     encode_claims,
     message_id,
+    open_seal,
     read_envelope,
+    seal,
     signing_input,
 )
 
 from ._errors import EventTooLarge, InvalidEvent, WrongTenant
-from ._event import build_claims, event_from_claims
+from ._event import SEALED, build_claims, event_from_claims
 from ._subjects import from_wire, to_wire
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from eventwire_security import Identity, Keyring, ReplayWindow
+    from eventwire_security import Identity, Keyring, RecipientKey, ReplayWindow, SealingKey
 
     from ._event import Event, Publishable
 
@@ -104,9 +109,13 @@ class Codec:
     ) -> tuple[dict[str, Any], bytes]:
         if identity.principal.tenant != self.tenant:
             raise WrongTenant(identity.principal.tenant, self.tenant)
-        claims = build_claims(item, identity.principal, **context)
+        seal_to: Sequence[RecipientKey] | None = context.get("seal_to")
+        rest = {name: value for name, value in context.items() if name != "seal_to"}
+        claims = build_claims(item, identity.principal, **rest)
         if subject is not None:
             claims["subject"] = subject
+        if seal_to:
+            _seal_data(claims, seal_to, identity.kid)
         try:
             payload = encode_claims(claims)
         except MalformedClaims as exc:
@@ -177,6 +186,28 @@ class Codec:
             return envelope
         return self._finish(envelope, envelope.signature_valid(), wire_subject)
 
+    def unseal(self, event: Event, key: SealingKey) -> Event | Rejection:
+        """Open sealed data for ``key``'s holder: the opened event, the event unchanged if
+        it is sealed to others (unreadable), or a rejection if the seal is broken."""
+        if not event.sealed:
+            return event
+        if not isinstance(event.data, dict):
+            return Rejection("malformed-seal", "sealed data is not a JWE object", event.subject)
+        try:
+            plaintext = open_seal(
+                event.data,
+                key,
+                expected_sender_kid=event.signer_kid,
+                context=_seal_context(event.id, event.subject),
+            )
+            return event.opened(pydantic_core.from_json(plaintext, allow_inf_nan=False))
+        except NotARecipient:
+            return event
+        except EnvelopeError as exc:
+            return Rejection(exc.reason, exc.detail, to_wire(self.root, event.subject))
+        except ValueError as exc:
+            return Rejection("seal-broken", f"sealed data is not JSON: {exc}", event.subject)
+
     def open_many(self, items: Sequence[tuple[bytes, str]]) -> list[Event | Rejection]:
         """Open in order and record the outcomes."""
         results = [self.open(token, subject) for token, subject in items]
@@ -198,3 +229,18 @@ class Codec:
                 self.on_reject(result)
         else:
             self.stats.verified += 1
+
+
+def _seal_context(event_id: str, subject: str) -> bytes:
+    """What a seal is bound to: this event, on this subject."""
+    return f"eventwire-seal|{event_id}|{subject}".encode()
+
+
+def _seal_data(claims: dict[str, Any], recipients: Sequence[RecipientKey], sender: str) -> None:
+    try:
+        plaintext = pydantic_core.to_json(claims["data"])
+    except pydantic_core.PydanticSerializationError as exc:
+        raise InvalidEvent(f"data is not JSON: {exc}", field="data") from None
+    context = _seal_context(claims["id"], claims["subject"])
+    claims["data"] = seal(plaintext, recipients, sender_kid=sender, context=context)
+    claims["datacontenttype"] = SEALED

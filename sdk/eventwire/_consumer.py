@@ -44,6 +44,8 @@ if TYPE_CHECKING:
     from nats.aio.subscription import Subscription as NatsSubscription
     from nats.js import JetStreamContext
 
+    from eventwire_security import SealingKey
+
     from ._codec import Codec
     from ._dlq import DeadLetterQueue
     from ._event import Event
@@ -103,6 +105,7 @@ class Subscription:
         processed: ProcessedIds | None = None,
         seen: SeenIds | None = None,
         may_consume: Callable[[str], bool] | None = None,
+        sealing_key: SealingKey | None = None,
     ) -> None:
         if max_in_flight < 1 or batch < 1 or ack_wait <= 0:
             raise ConfigError("max_in_flight and batch must be >= 1, ack_wait > 0")
@@ -128,6 +131,7 @@ class Subscription:
         self._processed = processed
         self._seen = seen
         self._may_consume = may_consume
+        self._sealing_key = sealing_key
         self._in_flight: dict[int, tuple[Msg, float]] = {}  # by id(msg): Msg is unhashable
         self._keepalive: asyncio.Task[None] | None = None
         self._advisories: NatsSubscription | None = None
@@ -191,6 +195,7 @@ class Subscription:
                     results = self._codec.open_many([(m.data, m.subject) for m in msgs])
                     if self._may_consume is not None:
                         self._refuse_by_policy(results)
+                    self._unseal(results)
                     if self._seen is not None and not await self._refuse_replays(msgs, results):
                         continue
                     for index, (msg, result) in enumerate(zip(msgs, results, strict=True)):
@@ -201,6 +206,18 @@ class Subscription:
                         await self._deliver(msg, result, group)
         finally:
             await _nak_all(await pull.close())
+
+    def _unseal(self, results: list[Event | Rejection]) -> None:
+        """Open sealed data addressed to this consumer's key; a broken seal is refused."""
+        for index, event in enumerate(results):
+            if isinstance(event, Rejection) or not event.sealed:
+                continue
+            opened = (
+                event if self._sealing_key is None else self._codec.unseal(event, self._sealing_key)
+            )
+            if isinstance(opened, Rejection):
+                self._codec.record(opened)
+            results[index] = opened
 
     def _refuse_by_policy(self, results: list[Event | Rejection]) -> None:
         assert self._may_consume is not None

@@ -114,3 +114,11 @@ class Forbidden(EventwireError):
         self.action = action
         self.subject = subject
         self.reason = reason
+
+
+class SealedForOthers(EventwireError):
+    """The event's data is sealed to other recipients: this agent cannot read it."""
+
+    def __init__(self, event_id: str) -> None:
+        super().__init__(f"event {event_id} is sealed, not for you")
+        self.event_id = event_id

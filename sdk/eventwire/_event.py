@@ -18,7 +18,7 @@ from pydantic import (
 )
 from pydantic import ValidationError as PydanticValidationError
 
-from ._errors import InvalidEvent
+from ._errors import InvalidEvent, SealedForOthers
 from ._ids import uuid7
 from ._kinds import KINDS, EventData
 
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from eventwire_security import Principal
 
 DEFAULT_TTL_SECONDS = 24 * 3600
+SEALED = "application/jose+json"
 _RFC3339 = re.compile(r"\A\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})\Z")
 
 
@@ -63,7 +64,7 @@ class Event(BaseModel):
     type: StrictStr
     subject: StrictStr
     time: Annotated[datetime, BeforeValidator(_rfc3339)]
-    datacontenttype: Literal["application/json"]
+    datacontenttype: Literal["application/json", "application/jose+json"]
     # Parsed from strict JSON, so already a JSON value: not walked again.
     data: SkipValidation[JsonValue]
     tenant: StrictStr
@@ -74,13 +75,31 @@ class Event(BaseModel):
     traceparent: StrictStr | None = None
     partitionkey: StrictStr | None = None
 
-    # A slot, not a pydantic private attribute: those cost ~10 us per event to set up.
-    __slots__ = ("_kid",)
+    # Slots, not pydantic private attributes: those cost ~10 us per event to set up.
+    __slots__ = ("_kid", "_opened")
 
     @property
     def signer_kid(self) -> str:
         """The ``kid`` of the key that signed this event."""
         return getattr(self, "_kid", "")
+
+    @property
+    def sealed(self) -> bool:
+        """Whether the data was sealed (encrypted) to chosen recipients."""
+        return self.datacontenttype == SEALED
+
+    @property
+    def readable(self) -> bool:
+        """False for sealed data this agent is not a recipient of: ``data`` is then the
+        JWE, never plaintext, and :meth:`parse` raises :class:`SealedForOthers`."""
+        return not self.sealed or getattr(self, "_opened", False)
+
+    def opened(self, data: JsonValue) -> Event:
+        """This event with its sealed data replaced by the opened plaintext."""
+        event = self.model_copy(update={"data": data})
+        object.__setattr__(event, "_kid", self.signer_kid)
+        object.__setattr__(event, "_opened", True)
+        return event
 
     @property
     def agent(self) -> str:
@@ -90,10 +109,12 @@ class Event(BaseModel):
     def body(self) -> EventData | None:
         """The typed data for a known kind, ``None`` for custom types."""
         kind = KINDS.get(self.type)
-        return None if kind is None else self.parse(kind)
+        return None if kind is None or not self.readable else self.parse(kind)
 
     def parse(self, kind: builtins.type[_K]) -> _K:
         """Parse ``data`` as ``kind``; :class:`InvalidEvent` if it does not fit."""
+        if not self.readable:
+            raise SealedForOthers(self.id)
         if self.type != kind.event_type:
             raise InvalidEvent(
                 f"event type is {self.type!r}, not {kind.event_type!r}", field="type"

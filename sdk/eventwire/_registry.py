@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING
 import nats.js.errors
 from nats.js.api import KeyValueConfig, StorageType
 
-from eventwire_security import EnvelopeError, sign_claims, verify_envelope
+from eventwire_security import (
+    EnvelopeError,
+    RecipientKey,
+    SealingKey,
+    SecurityError,
+    sign_claims,
+    verify_envelope,
+)
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
@@ -35,6 +42,7 @@ class AgentInfo:
     kid: str
     started_at: datetime
     last_seen: datetime
+    sealing_key: RecipientKey | None = None
 
 
 def registry_bucket(root: str) -> str:
@@ -68,6 +76,8 @@ async def announce(
         "capabilities": list(capabilities),
         "started": started_at,
         "iat": time.time(),
+        # the agent's sealing key, so others can seal data to it (bound by the signature)
+        "seal": SealingKey.derive(identity).public.to_jwk()["x"],
     }
     await kv.put(f"{principal.agent}.{instance}", sign_claims(claims, identity))
 
@@ -109,11 +119,18 @@ def _parse_entry(token: bytes, codec: Codec) -> AgentInfo | None:
             kid=envelope.signer.kid,
             started_at=datetime.fromtimestamp(float(claims["started"]), UTC),
             last_seen=datetime.fromtimestamp(float(claims["iat"]), UTC),
+            sealing_key=_recipient(claims.get("seal")),
         )
     except EnvelopeError as exc:
         codec.stats.rejected[exc.reason] += 1
         log.warning("registry entry refused: %s", exc)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, SecurityError) as exc:
         codec.stats.rejected["invalid-registry-entry"] += 1
         log.warning("registry entry malformed: %r", exc)
     return None
+
+
+def _recipient(x: object) -> RecipientKey | None:
+    if x is None:
+        return None
+    return RecipientKey.from_jwk({"kty": "OKP", "crv": "X25519", "x": str(x)})

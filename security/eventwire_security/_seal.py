@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
 from ._b64 import b64url_decode, b64url_encode
@@ -32,6 +33,8 @@ from ._json import strict_loads
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from ._keys import Identity
 
 SEAL_ALG = "ECDH-ES+A256KW"
 SEAL_ENC = "A256GCM"
@@ -158,6 +161,9 @@ class RecipientKey:
         return {"kty": "OKP", "crv": "X25519", "x": b64url_encode(self.raw).decode()}
 
 
+_DERIVE_INFO = b"eventwire/seal/x25519/v1"
+
+
 class SealingKey:
     """An agent's private X25519 key for opening sealed data (separate from its signing key)."""
 
@@ -176,6 +182,16 @@ class SealingKey:
     @classmethod
     def from_private_bytes(cls, data: bytes) -> SealingKey:
         return cls(data)
+
+    @classmethod
+    def derive(cls, identity: Identity) -> SealingKey:
+        """The sealing key of an identity, derived from its seed (HKDF-SHA256), so that
+        every instance of an agent holding the identity opens what is sealed to it. The
+        signing key itself is never used for encryption."""
+        okm = HKDF(
+            algorithm=hashes.SHA256(), length=_KEY_BYTES, salt=None, info=_DERIVE_INFO
+        ).derive(identity.seed)
+        return cls(okm)
 
     @property
     def kid(self) -> str:
