@@ -14,7 +14,7 @@ from eventwire_security import (
 )
 
 from ._agent import Agent
-from ._bus import Bus, PublishAck, connect
+from ._bus import DEFAULT_REPLAY_WINDOW, Bus, PublishAck, connect
 from ._codec import Rejection, SecurityStats
 from ._consumer import Subscription, SubscriptionStats
 from ._dlq import DeadLetter, DeadLetterQueue
@@ -60,6 +60,7 @@ __version__ = "0.1.0"
 logging.getLogger("eventwire").addHandler(logging.NullHandler())
 
 __all__ = [
+    "DEFAULT_REPLAY_WINDOW",
     "DEFAULT_RETRY",
     "Actor",
     "Agent",

@@ -28,6 +28,7 @@ from ._bench_latency import (
 )
 from ._bench_report import (
     EVENTWIRE,
+    EVENTWIRE_REPLAY,
     HAND_SIGNED,
     RAW,
     BenchResults,
@@ -111,7 +112,7 @@ async def _throughput(
     await raw_case(js, config.sizes[0], min(config.count, _WARMUP_COUNT), batch=config.batch)
     results = []
     for size in config.sizes:
-        for case in (RAW, HAND_SIGNED, EVENTWIRE):
+        for case in (RAW, HAND_SIGNED, EVENTWIRE, EVENTWIRE_REPLAY):
             progress(f"{case} {size_label(size)} x {config.count}")
             if case == RAW:
                 seconds = await raw_case(js, size, config.count, batch=config.batch)
@@ -119,8 +120,9 @@ async def _throughput(
                 seconds = await hand_signed_case(js, size, config.count, batch=config.batch)
             else:
                 seconds = await eventwire_case(
-                    url, js, size, config.count, window=config.window, batch=config.batch
-                )
+                    url, js, size, config.count, window=config.window, batch=config.batch,
+                    replay=case == EVENTWIRE_REPLAY,
+                )  # fmt: skip
             results.append(Throughput(case, size, config.count, seconds))
     return results
 

@@ -18,7 +18,7 @@ import nats.errors
 from nats.js.api import StorageType, StreamConfig
 
 import eventwire
-from eventwire import CustomEvent, Identity, Keyring
+from eventwire import DEFAULT_REPLAY_WINDOW, CustomEvent, Identity, Keyring
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -122,16 +122,32 @@ async def _consume(
 
 
 async def eventwire_case(
-    url: str, js: JetStreamContext, size: int, count: int, *, window: int, batch: int
+    url: str,
+    js: JetStreamContext,
+    size: int,
+    count: int,
+    *,
+    window: int,
+    batch: int,
+    replay: bool = False,
 ) -> float:
-    """(c) ``bus.publish_many`` (signs, pipelines) -> subscription verifying -> handler."""
+    """(c) ``bus.publish_many`` (signs, pipelines) -> subscription verifying -> handler.
+
+    Signed and verified as in (b); with ``replay`` also replay protection (the default of
+    ``connect``), which (b) does not have: a KV claim per first delivery.
+    """
     identity = Identity.generate(TENANT, "producer")
     text = filler(size)
     items = [CustomEvent(subject="custom.bench.x", type="bench", data={"p": text})] * count
     counter = _Counter(count)
     root = f"bench{secrets.token_hex(5)}"
     async with eventwire.connect(
-        url, tenant=TENANT, root=root, keyring=Keyring.of(identity), name="eventwire-bench"
+        url,
+        tenant=TENANT,
+        root=root,
+        keyring=Keyring.of(identity),
+        name="eventwire-bench",
+        replay_window=DEFAULT_REPLAY_WINDOW if replay else None,
     ) as bus:
         stream = bus.stream
         try:

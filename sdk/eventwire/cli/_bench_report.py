@@ -13,7 +13,9 @@ if TYPE_CHECKING:
 RAW = "raw"
 HAND_SIGNED = "hand-signed"
 EVENTWIRE = "eventwire"
-CASES = (RAW, HAND_SIGNED, EVENTWIRE)
+# the same, with replay protection on (the default): one KV claim per first delivery
+EVENTWIRE_REPLAY = "eventwire+replay"
+CASES = (RAW, HAND_SIGNED, EVENTWIRE, EVENTWIRE_REPLAY)
 REQUEST_REPLY = "request-reply"
 TARGET = 0.8
 
