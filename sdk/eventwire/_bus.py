@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Literal, Self
 import nats
 import nats.errors
 import nats.js.errors
-from nats.aio.client import Client as NatsClient
 
 from eventwire_security import (
     DEFAULT_MAX_BYTES,
@@ -25,19 +24,18 @@ from eventwire_security import (
 )
 
 from ._codec import Codec
+from ._connection import connect_nats
 from ._consumer import Subscription, durable_name
 from ._direct import request, serve_requests
 from ._dlq import DeadLetterQueue
 from ._errors import (
     ConfigError,
-    ConnectionFailed,
     Forbidden,
     InvalidEvent,
     NotRunning,
-    PublishFailed,
 )
 from ._idempotency import DEFAULT_WINDOW, ProcessedIds
-from ._publisher import AckedPublisher
+from ._publisher import AckedPublisher, acquire_slot, publish_error
 from ._registry import list_agents, open_registry
 from ._retry import DEFAULT_RETRY, RetryPolicy
 from ._seen import SeenIds
@@ -49,6 +47,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
     from types import TracebackType
 
+    from nats.aio.client import Client as NatsClient
     from nats.aio.subscription import Subscription as NatsSubscription
     from nats.js import JetStreamContext
     from nats.js.api import PubAck
@@ -231,7 +230,7 @@ class Bus:
         if self._url is None:
             self._server = EmbeddedServer(store_dir=self._store_dir)
             await self._server.start()
-        self._nc = await _connect_nats(
+        self._nc = await connect_nats(
             self.url, self._name, self._connect_timeout, self._on_reconnected
         )
         self._js = self._nc.jetstream()
@@ -348,7 +347,7 @@ class Bus:
                 attempts=attempts,
             )
         except (nats.errors.Error, TimeoutError) as exc:
-            raise _publish_error(exc, signed.subject) from exc
+            raise publish_error(exc, signed.subject) from exc
         return PublishAck(signed.event_id, signed.subject, ack.stream, ack.seq, bool(ack.duplicate))
 
     async def publish_many(
@@ -375,7 +374,7 @@ class Bus:
         try:
             for start in range(0, len(items), _SIGN_CHUNK):
                 for item in codec.sign_many(items[start : start + _SIGN_CHUNK], identity):
-                    await _acquire(slots, sent, timeout)
+                    await acquire_slot(slots, sent, timeout)
                     future = await publisher.publish(
                         item.wire_subject, item.token, {"Nats-Msg-Id": item.msg_id}
                     )
@@ -385,7 +384,7 @@ class Bus:
             for _, future in sent:
                 future.cancel()  # the caller gets the error; nobody waits for these acks
             if isinstance(exc, nats.errors.Error | asyncio.TimeoutError):
-                raise _publish_error(exc, items[len(sent)].subject()) from exc
+                raise publish_error(exc, items[len(sent)].subject()) from exc
             raise
         return await self._collect_acks(sent, timeout)
 
@@ -409,7 +408,7 @@ class Bus:
                     )
                 )
             elif isinstance(error, nats.js.errors.APIError):
-                raise _publish_error(error, item.subject) from error
+                raise publish_error(error, item.subject) from error
             else:
                 acks.append(await self._send(item, timeout=timeout, attempts=4))
         return acks
@@ -430,6 +429,7 @@ class Bus:
         replay_check: bool = True,
         actor: Actor | None = None,
         sealing_key: SealingKey | None = None,
+        key_order: bool = False,
     ) -> Subscription:
         """A durable subscription: ``async with bus.subscribe(...)`` or ``await sub.start()``.
 
@@ -443,6 +443,9 @@ class Bus:
         With a bus policy, ``actor`` is required and events it may not consume are refused
         before the handler (counted as ``policy-denied``). Sealed events addressed to
         ``sealing_key`` arrive opened; others arrive unreadable (``event.readable``).
+        With ``key_order`` and ``max_in_flight`` > 1, events with the same partition key
+        are handled one after another in stream order (retried in place on failure, so a
+        later event never overtakes a failed one), different keys concurrently.
         The bus stops every subscription it made when it closes.
         """
         subscription = Subscription(
@@ -464,6 +467,7 @@ class Bus:
             seen=self._seen if replay_check else None,
             may_consume=compiled.may_consume if (compiled := self._may(actor)) else None,
             sealing_key=sealing_key,
+            key_order=key_order,
         )
         self._subscriptions.append(subscription)
         return subscription
@@ -519,65 +523,3 @@ class Bus:
         if capability is None:
             return found
         return [info for info in found if capability in info.capabilities]
-
-
-async def _acquire(
-    slots: asyncio.Semaphore, sent: list[tuple[Signed, asyncio.Future[PubAck]]], timeout: float
-) -> None:
-    """A window slot; if no ack came for ``timeout`` seconds (server gone), the unacked
-    publishes are given up on here, to be sent again one by one once the window drains."""
-    try:
-        async with asyncio.timeout(timeout):
-            await slots.acquire()
-    except TimeoutError:
-        for _, future in sent:
-            if not future.done():
-                future.set_exception(TimeoutError())  # releases its slot
-        await slots.acquire()
-
-
-async def _connect_nats(
-    url: str, name: str, timeout: float, reconnected: Callable[[], Awaitable[None]]
-) -> NatsClient:
-    """Connect within ``timeout``; once connected, reconnect forever (servers restart)."""
-
-    async def on_error(exc: Exception) -> None:
-        log.warning("nats: %r", exc)
-
-    async def on_disconnected() -> None:
-        if not (nc.is_closed or nc.is_draining):
-            log.warning("nats: disconnected from %s", url)
-
-    async def on_reconnected() -> None:
-        log.info("nats: reconnected to %s", url)
-        await reconnected()
-
-    nc = NatsClient()
-    try:
-        async with asyncio.timeout(timeout):
-            await nc.connect(
-                url,
-                name=name,
-                connect_timeout=max(1, min(int(timeout), 2)),
-                max_reconnect_attempts=-1,
-                # nats-py annotates int but sleeps for a float; half a second shortens failover.
-                reconnect_time_wait=0.5,  # type: ignore[arg-type]
-                error_cb=on_error,
-                disconnected_cb=on_disconnected,
-                reconnected_cb=on_reconnected,
-            )
-    except (nats.errors.Error, OSError, TimeoutError) as exc:
-        with contextlib.suppress(nats.errors.Error):
-            await nc.close()
-        raise ConnectionFailed(f"cannot connect to {url} within {timeout}s: {exc!r}") from exc
-    return nc
-
-
-def _publish_error(exc: BaseException, subject: str) -> PublishFailed:
-    if isinstance(exc, nats.js.errors.NoStreamResponseError):
-        return PublishFailed("no stream answered (no responders)", subject=subject)
-    if isinstance(exc, nats.js.errors.APIError):
-        return PublishFailed(str(exc.description), subject=subject, code=exc.err_code)
-    if isinstance(exc, nats.errors.TimeoutError | asyncio.TimeoutError):
-        return PublishFailed("timed out waiting for the stream's ack", subject=subject)
-    return PublishFailed(repr(exc), subject=subject)

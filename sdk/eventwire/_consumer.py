@@ -31,6 +31,7 @@ from ._errors import (
     StreamConfigError,
     Unprocessable,
 )
+from ._lanes import KeyLanes
 from ._pull import Pull
 from ._retry import DEFAULT_RETRY, RetryPolicy
 from ._subjects import check_pattern, to_wire
@@ -106,6 +107,7 @@ class Subscription:
         seen: SeenIds | None = None,
         may_consume: Callable[[str], bool] | None = None,
         sealing_key: SealingKey | None = None,
+        key_order: bool = False,
     ) -> None:
         if max_in_flight < 1 or batch < 1 or ack_wait <= 0:
             raise ConfigError("max_in_flight and batch must be >= 1, ack_wait > 0")
@@ -132,6 +134,7 @@ class Subscription:
         self._seen = seen
         self._may_consume = may_consume
         self._sealing_key = sealing_key
+        self._lanes = KeyLanes() if key_order else None
         self._in_flight: dict[int, tuple[Msg, float]] = {}  # by id(msg): Msg is unhashable
         self._keepalive: asyncio.Task[None] | None = None
         self._advisories: NatsSubscription | None = None
@@ -274,7 +277,13 @@ class Subscription:
             await self._handle(msg, result)
         else:
             await self._slots.acquire()
-            group.create_task(self._handle_in_slot(msg, result))
+            if self._lanes is not None and result.partitionkey is not None:
+                event = result
+                self._lanes.run(
+                    group, result.partitionkey, lambda: self._handle_in_slot(msg, event)
+                )
+            else:
+                group.create_task(self._handle_in_slot(msg, result))
 
     async def _handle_in_slot(self, msg: Msg, event: Event) -> None:
         try:
@@ -284,22 +293,42 @@ class Subscription:
 
     async def _handle(self, msg: Msg, event: Event) -> None:
         self._in_flight[id(msg)] = (msg, time.monotonic())
+        deliveries = msg.metadata.num_delivered or 1
         try:
-            if self._processed is not None and await self._processed.seen(self.durable, event.id):
-                self.stats.duplicates += 1
-            else:
-                await self._handler(event)
-                if self._processed is not None:
-                    await self._mark_processed(event)
-                self.stats.handled += 1
-        except Exception as exc:
-            self.stats.failed += 1
-            await self._failed(msg, event, exc)
-        else:
-            await msg.ack()
+            while True:
+                try:
+                    await self._attempt(event)
+                except Exception as exc:
+                    self.stats.failed += 1
+                    if not await self._retry_in_place(event, exc, deliveries):
+                        await self._failed(msg, event, exc, deliveries)
+                        return
+                    deliveries += 1
+                else:
+                    await msg.ack()
+                    return
         finally:
             del self._in_flight[id(msg)]
             await self._done(1)
+
+    async def _attempt(self, event: Event) -> None:
+        if self._processed is not None and await self._processed.seen(self.durable, event.id):
+            self.stats.duplicates += 1
+            return
+        await self._handler(event)
+        if self._processed is not None:
+            await self._mark_processed(event)
+        self.stats.handled += 1
+
+    async def _retry_in_place(self, event: Event, exc: Exception, deliveries: int) -> bool:
+        """With key order, a keyed event is retried here, holding back its key's lane,
+        instead of going back to the server (which would let later events overtake it)."""
+        if self._lanes is None or event.partitionkey is None:
+            return False
+        if isinstance(exc, self._terminal) or self._retry.exhausted(deliveries):
+            return False
+        await asyncio.sleep(self._retry.delay(deliveries))
+        return True
 
     async def _mark_processed(self, event: Event) -> None:
         """Record a handled id; keep trying through an outage rather than run it twice."""
@@ -318,8 +347,7 @@ class Subscription:
         if self._pull is not None:
             self._pull.reset()
 
-    async def _failed(self, msg: Msg, event: Event, exc: Exception) -> None:
-        deliveries = msg.metadata.num_delivered or 1
+    async def _failed(self, msg: Msg, event: Event, exc: Exception, deliveries: int) -> None:
         error = f"{type(exc).__name__}: {exc}"
         if isinstance(exc, self._terminal):
             reason = "unprocessable"

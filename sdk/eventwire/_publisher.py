@@ -15,10 +15,14 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import PubAck
 
+from ._errors import PublishFailed
+
 if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.msg import Msg
     from nats.aio.subscription import Subscription as NatsSubscription
+
+    from ._codec import Signed
 
 _NO_RESPONDERS = "503"
 
@@ -101,3 +105,28 @@ class AckedPublisher:
             future.set_exception(exc)
         except (ValueError, TypeError, KeyError) as exc:
             future.set_exception(nats.errors.Error(f"unreadable publish ack: {exc!r}"))
+
+
+async def acquire_slot(
+    slots: asyncio.Semaphore, sent: list[tuple[Signed, asyncio.Future[PubAck]]], timeout: float
+) -> None:
+    """A window slot; if no ack came for ``timeout`` seconds (server gone), the unacked
+    publishes are given up on here, to be sent again one by one once the window drains."""
+    try:
+        async with asyncio.timeout(timeout):
+            await slots.acquire()
+    except TimeoutError:
+        for _, future in sent:
+            if not future.done():
+                future.set_exception(TimeoutError())  # releases its slot
+        await slots.acquire()
+
+
+def publish_error(exc: BaseException, subject: str) -> PublishFailed:
+    if isinstance(exc, nats.js.errors.NoStreamResponseError):
+        return PublishFailed("no stream answered (no responders)", subject=subject)
+    if isinstance(exc, nats.js.errors.APIError):
+        return PublishFailed(str(exc.description), subject=subject, code=exc.err_code)
+    if isinstance(exc, nats.errors.TimeoutError | asyncio.TimeoutError):
+        return PublishFailed("timed out waiting for the stream's ack", subject=subject)
+    return PublishFailed(repr(exc), subject=subject)
