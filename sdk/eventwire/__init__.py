@@ -14,6 +14,7 @@ from eventwire_security import (
 )
 
 from ._agent import Agent
+from ._batches import Batch
 from ._bus import DEFAULT_REPLAY_WINDOW, Bus, PublishAck, connect
 from ._codec import Rejection, SecurityStats
 from ._consumer import Subscription, SubscriptionStats
@@ -66,6 +67,7 @@ __all__ = [
     "Agent",
     "AgentInfo",
     "AgentLifecycle",
+    "Batch",
     "Bus",
     "ConfigError",
     "ConnectionFailed",

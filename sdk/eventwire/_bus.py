@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import nats
 import nats.errors
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 
     from eventwire_security import CompiledPolicy, Identity, Policy, SealingKey
 
+    from ._batches import Batch
     from ._codec import Rejection, SecurityStats, Signed
     from ._direct import RequestHandler
     from ._event import Event, Publishable
@@ -470,6 +471,26 @@ class Bus:
             key_order=key_order,
         )
         self._subscriptions.append(subscription)
+        return subscription
+
+    def subscribe_batch(
+        self,
+        pattern: str,
+        handler: Callable[[Batch], Awaitable[None]],
+        *,
+        durable: str,
+        max_size: int = 100,
+        **options: Any,
+    ) -> Subscription:
+        """Like :meth:`subscribe`, but ``handler`` gets up to ``max_size`` events at once
+        (what has arrived, without waiting for a full batch) and decides per event with
+        :meth:`Batch.fail`; the others are acknowledged when it returns."""
+
+        async def unused(event: Event) -> None:  # pragma: no cover - batches only
+            raise AssertionError("batch subscriptions deliver batches")
+
+        subscription = self.subscribe(pattern, unused, durable=durable, batch=max_size, **options)
+        subscription.use_batches(handler)
         return subscription
 
     async def request(

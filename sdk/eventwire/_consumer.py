@@ -22,6 +22,7 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from ._batches import Batch
 from ._codec import Rejection
 from ._errors import (
     ConfigError,
@@ -135,9 +136,16 @@ class Subscription:
         self._may_consume = may_consume
         self._sealing_key = sealing_key
         self._lanes = KeyLanes() if key_order else None
+        self._batch_handler: Callable[[Batch], Awaitable[None]] | None = None
         self._in_flight: dict[int, tuple[Msg, float]] = {}  # by id(msg): Msg is unhashable
         self._keepalive: asyncio.Task[None] | None = None
         self._advisories: NatsSubscription | None = None
+
+    def use_batches(self, handler: Callable[[Batch], Awaitable[None]]) -> None:
+        """Deliver batches to ``handler`` instead of events one by one (before start)."""
+        if self._task is not None:
+            raise NotRunning("choose batches before the subscription starts")
+        self._batch_handler = handler
 
     def _config(self) -> ConsumerConfig:
         return ConsumerConfig(
@@ -201,6 +209,9 @@ class Subscription:
                     self._unseal(results)
                     if self._seen is not None and not await self._refuse_replays(msgs, results):
                         continue
+                    if self._batch_handler is not None:
+                        await self._deliver_batch(msgs, results)
+                        continue
                     for index, (msg, result) in enumerate(zip(msgs, results, strict=True)):
                         if self._stopping:
                             await _nak_all(msgs[index:])
@@ -209,6 +220,33 @@ class Subscription:
                         await self._deliver(msg, result, group)
         finally:
             await _nak_all(await pull.close())
+
+    async def _deliver_batch(self, msgs: list[Msg], results: list[Event | Rejection]) -> None:
+        """One call of the batch handler, then one ack decision per event."""
+        assert self._batch_handler is not None
+        valid: list[tuple[Msg, Event]] = []
+        for msg, result in zip(msgs, results, strict=True):
+            self.stats.delivered += 1
+            if isinstance(result, Rejection):
+                self.stats.rejected += 1
+                await msg.term()
+            else:
+                valid.append((msg, result))
+        batch = Batch([event for _, event in valid])
+        try:
+            if batch.events:
+                await self._batch_handler(batch)
+        except Exception as exc:
+            batch.failures = {event.id: exc for event in batch.events}
+        for msg, event in valid:
+            error = batch.failures.get(event.id)
+            if error is None:
+                self.stats.handled += 1
+                await msg.ack()
+            else:
+                self.stats.failed += 1
+                await self._failed(msg, event, error, msg.metadata.num_delivered or 1)
+        await self._done(len(msgs))
 
     def _unseal(self, results: list[Event | Rejection]) -> None:
         """Open sealed data addressed to this consumer's key; a broken seal is refused."""

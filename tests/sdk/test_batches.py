@@ -1,0 +1,52 @@
+"""Batch handlers: many events per call, one ack decision per event."""
+
+from __future__ import annotations
+
+import eventwire
+from eventwire import Batch, CustomEvent, RetryPolicy
+from tests.conftest import make_identity, wait_until
+
+
+async def test_batches_with_per_event_outcomes(bus: eventwire.Bus) -> None:
+    alice = make_identity("alice", bus.keyring)
+    sizes: list[int] = []
+    handled: list[int] = []
+
+    async def handler(batch: Batch) -> None:
+        sizes.append(len(batch))
+        for event in batch.events:
+            assert isinstance(event.data, int)
+            if event.data % 10 == 9:
+                batch.fail(event, ValueError("bad row"))
+            else:
+                handled.append(event.data)
+
+    retry = RetryPolicy(max_deliveries=2, initial_delay=0.01, jitter=0)
+    await bus.publish_many(
+        [CustomEvent("custom.rows", "row", i) for i in range(100)], identity=alice
+    )
+    async with bus.subscribe_batch(
+        "custom.rows", handler, durable="rows", max_size=32, retry=retry
+    ) as sub:
+        await wait_until(lambda: sub.stats.dead_lettered == 10)
+    assert sorted(handled) == [i for i in range(100) if i % 10 != 9]
+    assert max(sizes) <= 32
+    assert sum(sizes) == 100 + 10  # the ten failures came back once before dead-lettering
+    assert (sub.stats.handled, sub.stats.failed) == (90, 20)
+
+
+async def test_a_raising_batch_handler_fails_the_whole_batch(bus: eventwire.Bus) -> None:
+    alice = make_identity("alice", bus.keyring)
+    calls = 0
+
+    async def handler(batch: Batch) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("database down")
+
+    await bus.publish_many([CustomEvent("custom.b", "b", i) for i in range(5)], identity=alice)
+    retry = RetryPolicy(initial_delay=0.01, jitter=0)
+    async with bus.subscribe_batch("custom.b", handler, durable="b", retry=retry) as sub:
+        await wait_until(lambda: sub.stats.handled == 5)
+    assert sub.stats.failed == 5
