@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import nats.js.errors
@@ -33,22 +34,70 @@ def events_stream_config(root: str, *, replicas: int = 1) -> StreamConfig:
     )
 
 
-async def ensure_stream(js: JetStreamContext, wanted: StreamConfig) -> None:
-    """Create the stream if absent; if present, refuse settings that differ from the code's."""
+# Settings the code declares; the server may not change the first three in place.
+_FIXED = ("storage", "retention")
+_CHECKED = (*_FIXED, "subjects", "num_replicas", "discard", "duplicate_window")
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """One setting of a stream that is not what the code declares."""
+
+    stream: str
+    field: str
+    server: object
+    code: object
+    updatable: bool
+
+    def __str__(self) -> str:
+        return f"{self.field}: server has {self.server!r}, code wants {self.code!r}"
+
+
+async def diff_stream(js: JetStreamContext, wanted: StreamConfig) -> list[Difference] | None:
+    """The differences between the server's stream and ``wanted``; None if it is absent."""
     assert wanted.name is not None
     try:
         info = await js.stream_info(wanted.name)
     except nats.js.errors.NotFoundError:
+        return None
+    return [
+        Difference(wanted.name, name, getattr(info.config, name), getattr(wanted, name),
+                   name not in _FIXED)
+        for name in _CHECKED
+        if _norm(getattr(info.config, name)) != _norm(getattr(wanted, name))
+    ]  # fmt: skip
+
+
+async def ensure_stream(js: JetStreamContext, wanted: StreamConfig) -> None:
+    """Create the stream if absent; if present, refuse settings that differ from the code's."""
+    diffs = await diff_stream(js, wanted)
+    if diffs is None:
         await js.add_stream(wanted)
-        return
-    have = info.config
-    diffs = [
-        f"{name}: server has {getattr(have, name)!r}, code wants {getattr(wanted, name)!r}"
-        for name in ("subjects", "storage", "retention", "num_replicas")
-        if _norm(getattr(have, name)) != _norm(getattr(wanted, name))
-    ]
+    elif diffs:
+        raise StreamConfigError(
+            f"stream {wanted.name!r} differs: " + "; ".join(str(d) for d in diffs)
+            + " (see `eventwire streams diff`)"
+        )  # fmt: skip
+
+
+async def apply_stream(js: JetStreamContext, wanted: StreamConfig) -> list[Difference]:
+    """Create the stream, or update it to the code's settings; returns what changed.
+
+    Storage and retention cannot change in place: :class:`StreamConfigError` names them.
+    """
+    diffs = await diff_stream(js, wanted)
+    if diffs is None:
+        await js.add_stream(wanted)
+        return []
+    fixed = [d for d in diffs if not d.updatable]
+    if fixed:
+        raise StreamConfigError(
+            f"stream {wanted.name!r} cannot be changed in place: "
+            + "; ".join(str(d) for d in fixed)
+        )
     if diffs:
-        raise StreamConfigError(f"stream {wanted.name!r} differs: " + "; ".join(diffs))
+        await js.update_stream(wanted)
+    return diffs
 
 
 def _norm(value: object) -> object:
@@ -56,4 +105,6 @@ def _norm(value: object) -> object:
         return sorted(value)
     if value is None:
         return 1  # num_replicas defaults to 1 on the server
+    if isinstance(value, float):
+        return round(value, 3)
     return value

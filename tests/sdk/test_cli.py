@@ -6,6 +6,8 @@ import asyncio
 import sys
 from typing import TYPE_CHECKING
 
+import nats
+
 import eventwire
 from eventwire import CustomEvent, Event, RetryPolicy, Unprocessable
 from tests.conftest import TENANT, make_identity, wait_until
@@ -65,3 +67,29 @@ async def test_dlq_list_show_redrive_purge(
     assert "no dead letter 1" in out
     code, out = await cli("dlq", "purge", *where)
     assert (code, "purged 1 dead letters" in out) == (0, True), out
+
+
+async def test_streams_diff_and_apply(nats_server: EmbeddedServer, root: str) -> None:
+    where = ("--url", nats_server.url, "--root", root)
+    code, out = await cli("streams", "diff", *where)
+    assert code == 1
+    assert "absent" in out
+    code, out = await cli("streams", "apply", *where)
+    assert (code, f"{root}-events: ok" in out) == (0, True), out
+    code, out = await cli("streams", "diff", *where)
+    assert (code, "no drift" in out) == (0, True), out
+    # Someone changes the duplicate window on the server: diff names it, apply fixes it.
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        config = (await js.stream_info(f"{root}-events")).config
+        config.duplicate_window = 5.0
+        await js.update_stream(config)
+    finally:
+        await nc.close()
+    code, out = await cli("streams", "diff", *where)
+    assert (code, "duplicate_window" in out) == (1, True), out
+    code, out = await cli("streams", "apply", *where)
+    assert (code, "duplicate_window" in out) == (0, True), out
+    code, out = await cli("streams", "diff", *where)
+    assert code == 0, out

@@ -7,6 +7,7 @@ import typer
 from ._bench import bench
 from ._demo import demo
 from ._dlq import app as dlq_app
+from ._streams import app as streams_app
 
 app = typer.Typer(
     name="eventwire",
@@ -17,6 +18,7 @@ app = typer.Typer(
 app.command(help="Run agents on an embedded server and print a verified timeline.")(demo)
 app.command(help="Measure eventwire against raw nats-py on the same server.")(bench)
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(streams_app, name="streams")
 
 
 @app.command()
