@@ -14,8 +14,10 @@ from eventwire_security import (
 )
 
 from ._agent import Agent
+from ._audit_log import AuditCorrupted, AuditLog, AuditLogError, AuditWriteFailed
 from ._batches import Batch
 from ._bus import DEFAULT_REPLAY_WINDOW, Bus, PublishAck, connect
+from ._cluster import EmbeddedCluster
 from ._codec import Rejection, SecurityStats
 from ._consumer import Subscription, SubscriptionStats
 from ._dlq import DeadLetter, DeadLetterQueue
@@ -41,6 +43,7 @@ from ._errors import (
     WrongTenant,
 )
 from ._event import Event, Publishable
+from ._keyring_store import KeyringError, KeyringRefusal, KeyringWatcher, publish_keyring
 from ._kinds import (
     AgentLifecycle,
     CustomEvent,
@@ -67,6 +70,10 @@ __all__ = [
     "Agent",
     "AgentInfo",
     "AgentLifecycle",
+    "AuditCorrupted",
+    "AuditLog",
+    "AuditLogError",
+    "AuditWriteFailed",
     "Batch",
     "Bus",
     "ConfigError",
@@ -75,6 +82,7 @@ __all__ = [
     "DeadLetter",
     "DeadLetterError",
     "DeadLetterQueue",
+    "EmbeddedCluster",
     "EmbeddedServer",
     "ErrorReported",
     "Event",
@@ -86,6 +94,9 @@ __all__ = [
     "Identity",
     "InvalidEvent",
     "Keyring",
+    "KeyringError",
+    "KeyringRefusal",
+    "KeyringWatcher",
     "KnowledgeShared",
     "NoResponders",
     "NotRunning",
@@ -115,4 +126,5 @@ __all__ = [
     "WrongTenant",
     "__version__",
     "connect",
+    "publish_keyring",
 ]

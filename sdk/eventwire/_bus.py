@@ -23,6 +23,7 @@ from eventwire_security import (
     check_name,
 )
 
+from ._auditing import Auditor
 from ._codec import Codec
 from ._connection import connect_nats
 from ._consumer import Subscription, durable_name
@@ -35,7 +36,7 @@ from ._errors import (
     NotRunning,
 )
 from ._idempotency import DEFAULT_WINDOW, ProcessedIds
-from ._publisher import AckedPublisher, acquire_slot, publish_error
+from ._publisher import NO_LEADER_WINDOW, AckedPublisher, acquire_slot, publish_error
 from ._registry import list_agents, open_registry
 from ._retry import DEFAULT_RETRY, RetryPolicy
 from ._seen import SeenIds
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
 
     from eventwire_security import CompiledPolicy, Identity, Policy, SealingKey
 
+    from ._audit_log import AuditLog
     from ._batches import Batch
     from ._codec import Rejection, SecurityStats, Signed
     from ._direct import RequestHandler
@@ -94,11 +96,15 @@ def connect(
     dedupe_window: float = DEFAULT_WINDOW,
     replay_window: ReplayWindow | None = DEFAULT_REPLAY_WINDOW,
     policy: Policy | None = None,
+    audit_identity: Identity | None = None,
+    admins: Keyring | None = None,
+    leader_wait: float = NO_LEADER_WINDOW,
 ) -> Bus:
     """A :class:`Bus` to use as ``async with connect(...) as bus``.
 
     With no ``url`` an embedded ``nats-server -js`` is started on a free 127.0.0.1 port
-    (data in ``store_dir`` or a temporary directory) and stopped on exit.
+    (data in ``store_dir`` or a temporary directory) and stopped on exit. Publishes wait up
+    to ``leader_wait`` seconds for a stream leader (an election) before failing.
     ``on_reject`` is called on the event loop for every received message refused before a
     handler saw it.
     """
@@ -116,6 +122,9 @@ def connect(
         dedupe_window=dedupe_window,
         replay_window=replay_window,
         policy=policy,
+        audit_identity=audit_identity,
+        admins=admins,
+        leader_wait=leader_wait,
     )
 
 
@@ -138,6 +147,9 @@ class Bus:
         dedupe_window: float = DEFAULT_WINDOW,
         replay_window: ReplayWindow | None = DEFAULT_REPLAY_WINDOW,
         policy: Policy | None = None,
+        audit_identity: Identity | None = None,
+        admins: Keyring | None = None,
+        leader_wait: float = NO_LEADER_WINDOW,
     ) -> None:
         self.tenant = check_name("tenant", tenant)
         self.root = check_token(root, field="root")
@@ -153,6 +165,10 @@ class Bus:
         self._dedupe_window = dedupe_window
         self._replay_window = replay_window
         self.policy = policy
+        self._audit_identity = audit_identity
+        self._admins = admins
+        self._leader_wait = leader_wait
+        self._auditor: Auditor | None = None
         self._compiled: dict[Actor, CompiledPolicy] = {}
         self._server: EmbeddedServer | None = None
         self._nc: NatsClient | None = None
@@ -240,12 +256,17 @@ class Bus:
             root=self.root,
             keyring=self.keyring,
             max_bytes=min(DEFAULT_MAX_BYTES, self._nc.max_payload),
-            on_reject=self._on_reject,
+            on_reject=self._rejected,
             replay=self._replay_window,
         )
         await ensure_stream(self._js, events_stream_config(self.root, replicas=self._replicas))
         self._publisher = AckedPublisher(self._nc)
         await self._publisher.open()
+        self._auditor = await Auditor.open(
+            self._js, self._publisher, self.root,
+            actor=f"{self.tenant}/{self._name}", writer=self._audit_identity,
+            replicas=self._replicas, admins=self._admins, keyring=self.keyring,
+        )  # fmt: skip
         self._processed = await ProcessedIds.open(
             self._js, self.root, self._dedupe_window, self._replicas
         )
@@ -262,10 +283,25 @@ class Bus:
         for subscription in self._subscriptions:
             subscription.reset_pull()
 
+    def _rejected(self, rejection: Rejection) -> None:
+        if self._auditor is not None:
+            self._auditor.refused(rejection)
+        if self._on_reject is not None:
+            self._on_reject(rejection)
+
+    @property
+    def audit(self) -> AuditLog:
+        """The tamper-evident audit log of this deployment (``<root>-audit``)."""
+        if self._auditor is None:
+            raise NotRunning("bus is not connected")
+        return self._auditor.log
+
     async def _close(self) -> None:
         subscriptions, self._subscriptions = self._subscriptions, []
         for subscription in subscriptions:
             await subscription.stop()
+        if self._auditor is not None:
+            await self._auditor.close()
         if self._publisher is not None:
             await self._publisher.close()
         if self._nc is not None and not self._nc.is_closed:
@@ -277,7 +313,7 @@ class Bus:
         if self._server is not None:
             await self._server.close()
         self._nc = self._js = self._codec = self._registry = None
-        self._publisher = self._dlq = self._processed = self._seen = None
+        self._publisher = self._dlq = self._processed = self._seen = self._auditor = None
 
     def _may(self, actor: Actor | None) -> CompiledPolicy | None:
         """The bus policy compiled for ``actor`` (cached), or None without a policy."""
@@ -302,6 +338,8 @@ class Bus:
         try:
             compiled.check("publish", subject)
         except PolicyDenied as exc:
+            if self._auditor is not None:
+                self._auditor.note("refused", subject, "policy-denied", {"actor": who.source})
             raise Forbidden(who.source, "publish", subject, exc.reason) from None
 
     async def publish(
@@ -346,6 +384,7 @@ class Bus:
                 {"Nats-Msg-Id": signed.msg_id},
                 timeout=timeout,
                 attempts=attempts,
+                leader_wait=self._leader_wait,
             )
         except (nats.errors.Error, TimeoutError) as exc:
             raise publish_error(exc, signed.subject) from exc

@@ -38,7 +38,7 @@ async def connect_nats(
     try:
         async with asyncio.timeout(timeout):
             await nc.connect(
-                url,
+                [part.strip() for part in url.split(",") if part.strip()],
                 name=name,
                 connect_timeout=max(1, min(int(timeout), 2)),
                 max_reconnect_attempts=-1,
@@ -49,7 +49,7 @@ async def connect_nats(
                 reconnected_cb=on_reconnected,
             )
     except (nats.errors.Error, OSError, TimeoutError) as exc:
-        with contextlib.suppress(nats.errors.Error):
+        with contextlib.suppress(nats.errors.Error, AssertionError):  # never connected
             await nc.close()
         raise ConnectionFailed(f"cannot connect to {url} within {timeout}s: {exc!r}") from exc
     return nc

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from ._codec import Signed
 
 _NO_RESPONDERS = "503"
+NO_LEADER_WINDOW = 20.0
 
 
 class AckedPublisher:
@@ -68,25 +70,36 @@ class AckedPublisher:
         *,
         timeout: float,
         attempts: int,
+        leader_wait: float = NO_LEADER_WINDOW,
     ) -> PubAck:
         """Publish and wait for the ack, retrying the same bytes on transient failures.
 
-        No responders (a stream electing a leader), timeouts and a reconnecting connection
-        are retried with backoff, ``attempts`` times in all; the ``Nats-Msg-Id`` makes a
+        Timeouts and a reconnecting connection are retried with backoff, ``attempts``
+        times in all; "no responders" (a stream electing a leader) is retried for up to
+        ``leader_wait`` seconds (default two election rounds). The ``Nats-Msg-Id`` makes a
         retry of an event that was stored after all a duplicate, not a second copy. Errors
         the server states (an API error) and a closed connection are not retried.
         """
-        for attempt in range(1, attempts + 1):
+        loop = asyncio.get_running_loop()
+        failures = 0
+        leaderless_until: float | None = None
+        for retry in itertools.count():
             try:
                 future = await self.publish(subject, payload, headers)
                 async with asyncio.timeout(timeout):
                     return await future
             except (nats.js.errors.APIError, nats.errors.ConnectionClosedError):
                 raise
-            except (nats.errors.Error, TimeoutError):
-                if attempt == attempts:
+            except nats.js.errors.NoStreamResponseError:
+                # No stream leader: an election takes 4-9 s. Wait it out, within bounds.
+                leaderless_until = leaderless_until or loop.time() + leader_wait
+                if loop.time() >= leaderless_until:
                     raise
-                await asyncio.sleep(min(2.0, 0.1 * 2 ** (attempt - 1)))
+            except (nats.errors.Error, TimeoutError):
+                failures += 1
+                if failures >= attempts:
+                    raise
+            await asyncio.sleep(min(1.0, 0.1 * 2**retry))
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _on_ack(self, msg: Msg) -> None:

@@ -230,17 +230,15 @@ async def test_bad_inputs_are_typed_errors(bus: eventwire.Bus) -> None:
 
 
 async def test_publish_without_a_stream_is_publish_failed(
-    bus: eventwire.Bus, nats_server: EmbeddedServer
+    nats_server: EmbeddedServer, root: str
 ) -> None:
-    alice = make_identity("alice", bus.keyring)
-    nc = await nats.connect(nats_server.url)
-    try:
-        await nc.jetstream().delete_stream(bus.stream)
-    finally:
-        await nc.close()
-    with pytest.raises(PublishFailed) as failed:
-        await bus.publish(KnowledgeShared(topic="ml", content="x"), identity=alice, timeout=2)
+    async with eventwire.connect(nats_server.url, tenant=TENANT, root=root, leader_wait=1) as bus:
+        alice = make_identity("alice", bus.keyring)
+        await bus._js_or_raise().delete_stream(bus.stream)
+        with pytest.raises(PublishFailed) as failed:
+            await bus.publish(KnowledgeShared(topic="ml", content="x"), identity=alice, timeout=2)
     assert failed.value.subject == "knowledge.ml"
+    assert "no responders" in str(failed.value)
 
 
 async def test_stream_drift_is_a_readable_error(nats_server: EmbeddedServer, root: str) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import typer
 
+from ._audit import app as audit_app
 from ._bench import bench
 from ._demo import demo
 from ._dlq import app as dlq_app
+from ._keys import app as keys_app
 from ._streams import app as streams_app
 
 app = typer.Typer(
@@ -18,6 +20,8 @@ app = typer.Typer(
 app.command(help="Run agents on an embedded server and print a verified timeline.")(demo)
 app.command(help="Measure eventwire against raw nats-py on the same server.")(bench)
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(keys_app, name="keys")
+app.add_typer(audit_app, name="audit")
 app.add_typer(streams_app, name="streams")
 
 

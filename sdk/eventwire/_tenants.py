@@ -1,0 +1,472 @@
+"""Tenants of a deployment: one NATS account each, changed without restarting the server.
+
+A deployment is a directory that the ``eventwire tenant`` commands own::
+
+    <dir>/deployment.json             subject root, JetStream store and port of the server
+    <dir>/tenants/<name>/policy.toml  the tenant's policy (eventwire_security.Policy)
+    <dir>/tenants/<name>/users.json   agent -> {capabilities, roles, password_bcrypt | password}
+    <dir>/nats-server.conf            rendered from the above (mode 0600)
+
+Every tenant is a NATS account with JetStream enabled. Its ``admin`` user may publish and
+subscribe to ``>`` in that account, so it can create streams and consumers. Each agent's user
+gets :func:`eventwire_security.compile_permissions` of the tenant's policy. NATS user names
+are global to a server, so the user of agent ``bot`` of tenant ``acme`` is ``acme-bot``. A
+name that another tenant already uses is refused.
+
+**Why configuration reload and not account JWTs.** A new tenant, agent or policy changes the
+config file, and the running server is told to read it again (SIGHUP, the same signal that
+``nats-server --signal reload=<pid>`` sends). A reload adds and removes accounts and users and
+changes permissions, also for connections that are already open. It keeps the port, the
+JetStream store and every stream. Reload needs no extra infrastructure: there is one file, and
+the CLI owns it. Decentralized JWT auth would need an operator and account signing keys, a
+resolver (a full nats-resolver or a URL resolver) and pushing each account JWT to it. That is
+the better choice with very many tenants, or when tenants administer their own users. It is
+not worth it for a deployment that one operator runs.
+
+What a reload does not change: the listen address and port, and the JetStream store
+directory. The server keeps its old config and logs the error, and a restart is needed.
+SIGHUP only asks for a reload. Whether the reload worked can be seen only in the server's log,
+or by connecting as the new user. Passwords are stored as bcrypt hashes when the ``bcrypt``
+module is importable. When it is not, they are stored in plaintext, in files of mode 0600.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from eventwire_security import SecurityError
+from eventwire_security._keys import check_name
+from eventwire_security._nats_permissions import (
+    DEFAULT_ROOT,
+    compile_permissions,
+    render_server_config,
+)
+from eventwire_security._policy import Actor, Policy
+
+from ._errors import EventwireError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator, Mapping
+
+ADMIN = "admin"
+DEFAULT_PORT = 4222
+LOOPBACK = "127.0.0.1"
+CONFIG_NAME = "nats-server.conf"
+DEFAULT_POLICY = """\
+version = 1
+
+# Deny by default: only the agent lifecycle events are allowed to everyone.
+# Replace with `eventwire tenant policy TENANT FILE`.
+[[rule]]
+principal = "*"
+publish = ["agent.lifecycle.*"]
+consume = ["agent.lifecycle.*"]
+"""
+_SETTINGS, _POLICY, _USERS = "deployment.json", "policy.toml", "users.json"
+_ADMIN_RIGHTS: dict[str, Any] = {"publish": {"allow": [">"]}, "subscribe": {"allow": [">"]}}
+_ENTRY_KEYS = frozenset({"capabilities", "roles", "password", "password_bcrypt"})
+_BCRYPT_ROUNDS = 12
+
+
+class DeploymentError(EventwireError):
+    """The deployment directory, an input to it, or the server to reload is unusable."""
+
+
+class TenantExists(DeploymentError):
+    def __init__(self, tenant: str) -> None:
+        super().__init__(f"tenant {tenant!r} already exists")
+        self.tenant = tenant
+
+
+class UnknownTenant(DeploymentError):
+    def __init__(self, tenant: str) -> None:
+        super().__init__(f"no tenant {tenant!r} in this deployment")
+        self.tenant = tenant
+
+
+class AgentExists(DeploymentError):
+    def __init__(self, tenant: str, agent: str) -> None:
+        super().__init__(f"tenant {tenant!r} already has a user {agent!r}")
+        self.tenant = tenant
+        self.agent = agent
+
+
+class ServerGone(DeploymentError):
+    """No running process has this PID: there is no server to reload."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(f"no running process {pid}: nothing to reload")
+        self.pid = pid
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """A new NATS user's password, returned once. ``hashed``: only a bcrypt hash is stored."""
+
+    tenant: str
+    agent: str
+    user: str
+    password: str = field(repr=False)
+    hashed: bool
+
+    def url(self, server: str = f"nats://{LOOPBACK}:{DEFAULT_PORT}") -> str:
+        """``server`` with the user and password in it (what ``eventwire.connect`` takes)."""
+        scheme, sep, rest = server.partition("://")
+        return f"{scheme}://{self.user}:{self.password}@{rest}" if sep else server
+
+
+@dataclass(frozen=True, slots=True)
+class UserEntry:
+    """One user of a tenant as stored in ``users.json`` (``secret``: a hash or plaintext)."""
+
+    name: str
+    capabilities: tuple[str, ...]
+    roles: tuple[str, ...]
+    secret: str = field(repr=False)
+    hashed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    root: str
+    store_dir: str
+    port: int
+
+
+class Deployment:
+    """A deployment directory: tenants, their policies and users, and the server config."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_NAME
+
+    def settings(self) -> Settings:
+        """The stored settings, or the defaults (root ``ew``, store ``<dir>/jetstream``)."""
+        default = Settings(DEFAULT_ROOT, str((self.path / "jetstream").absolute()), DEFAULT_PORT)
+        try:
+            data = json.loads((self.path / _SETTINGS).read_text())
+        except FileNotFoundError:
+            return default
+        except (OSError, ValueError) as exc:
+            raise DeploymentError(f"cannot read {self.path / _SETTINGS}: {exc}") from None
+        if not isinstance(data, dict) or set(data) - {"root", "store_dir", "port"}:
+            raise DeploymentError(f"{self.path / _SETTINGS}: expected root, store_dir, port")
+        return _checked_settings(
+            data.get("root", default.root),
+            data.get("store_dir", default.store_dir),
+            data.get("port", default.port),
+        )
+
+    def configure(
+        self, *, root: str | None = None, store_dir: str | None = None, port: int | None = None
+    ) -> Settings:
+        """Change the stored settings. A running server must restart for a new store or port."""
+        with self._locked():
+            old = self.settings()
+            new = _checked_settings(
+                old.root if root is None else root,
+                old.store_dir if store_dir is None else str(Path(store_dir).absolute()),
+                old.port if port is None else port,
+            )
+            text = json.dumps({"root": new.root, "store_dir": new.store_dir, "port": new.port})
+            _write_atomic(self.path / _SETTINGS, text + "\n")
+        return new
+
+    def tenants(self) -> list[str]:
+        tenants = self.path / "tenants"
+        if not tenants.is_dir():
+            return []
+        return sorted(p.name for p in tenants.iterdir() if p.is_dir() and p.name[0] != ".")
+
+    def policy(self, tenant: str) -> Policy:
+        try:
+            return Policy.load(self._tenant_dir(tenant) / _POLICY)
+        except (OSError, SecurityError) as exc:
+            raise DeploymentError(f"policy of tenant {tenant!r}: {exc}") from None
+
+    def users(self, tenant: str) -> dict[str, UserEntry]:
+        """The users of ``tenant`` by agent name, the ``admin`` user included."""
+        path = self._tenant_dir(tenant) / _USERS
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise DeploymentError(f"cannot read {path}: {exc}") from None
+        if not isinstance(data, dict):
+            raise DeploymentError(f"{path}: expected an object of users")
+        return {name: _entry(path, name, raw) for name, raw in data.items()}
+
+    def create_tenant(self, name: str) -> Credentials:
+        """A new tenant with the default deny-by-default policy and its ``admin`` user."""
+        _check("tenant", name)
+        with self._locked():
+            target = self.path / "tenants" / name
+            if target.exists():
+                raise TenantExists(name)
+            user = self._free_user(name, ADMIN)
+            password, stored = _new_password()
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
+            try:
+                _write_atomic(staging / _POLICY, DEFAULT_POLICY)
+                _write_atomic(staging / _USERS, _users_json({ADMIN: stored}))
+                staging.rename(target)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+        return Credentials(name, ADMIN, user, password, "password_bcrypt" in stored)
+
+    def add_agent(
+        self, tenant: str, agent: str, capabilities: Iterable[str] = (), roles: Iterable[str] = ()
+    ) -> Credentials:
+        """A new agent user of ``tenant``, with the rights the tenant's policy gives it."""
+        try:
+            actor = Actor(tenant, agent, tuple(capabilities), tuple(roles))
+        except (SecurityError, TypeError) as exc:
+            raise DeploymentError(str(exc)) from None
+        with self._locked():
+            users = self.users(tenant)
+            if agent in users:
+                raise AgentExists(tenant, agent)
+            user = self._free_user(tenant, agent)
+            self._permissions(actor, self.policy(tenant), self.settings().root)
+            password, stored = _new_password()
+            entries = {name: _raw(entry) for name, entry in users.items()}
+            entries[agent] = {
+                "capabilities": list(actor.capabilities),
+                "roles": list(actor.roles),
+                **stored,
+            }
+            _write_atomic(self._tenant_dir(tenant) / _USERS, _users_json(entries))
+        return Credentials(tenant, agent, user, password, "password_bcrypt" in stored)
+
+    def set_policy(self, tenant: str, toml_text: str) -> Policy:
+        """Replace the policy of ``tenant``. An invalid document changes nothing."""
+        try:
+            policy = Policy.from_toml(toml_text)
+        except SecurityError as exc:
+            raise DeploymentError(f"policy refused, nothing changed: {exc}") from None
+        with self._locked():
+            root = self.settings().root
+            for name, entry in self.users(tenant).items():
+                if name != ADMIN:
+                    actor = Actor(tenant, name, entry.capabilities, entry.roles)
+                    self._permissions(actor, policy, root)
+            _write_atomic(self._tenant_dir(tenant) / _POLICY, toml_text)
+        return policy
+
+    def render(self, store_dir: str | None = None, *, port: int | None = None) -> str:
+        """The nats-server config: one JetStream account per tenant, listening on loopback."""
+        settings = self.settings()
+        accounts = {tenant: self._account(tenant, settings.root) for tenant in self.tenants()}
+        if not accounts:
+            raise DeploymentError("no tenant yet: a config without users would admit anyone")
+        try:
+            return render_server_config(
+                accounts,
+                store_dir=str(Path(store_dir or settings.store_dir).absolute()),
+                port=settings.port if port is None else port,
+                host=LOOPBACK,
+            )
+        except SecurityError as exc:
+            raise DeploymentError(f"cannot render the server config: {exc}") from None
+
+    def write_config(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        store_dir: str | None = None,
+        *,
+        port: int | None = None,
+    ) -> Path:
+        """Render and write the config atomically (temporary file, then rename), mode 0600."""
+        target = Path(path) if path is not None else self.config_path
+        with self._locked():
+            _write_atomic(target, self.render(store_dir, port=port))
+        return target
+
+    def reload(self, pid: int, config: str | os.PathLike[str] | None = None) -> None:
+        """Ask the nats-server process ``pid`` to reload its config (SIGHUP).
+
+        On Linux the process is checked first. It must be a live ``nats-server``, and if its
+        command line names a config file, that file must be ``config`` (by default
+        :attr:`config_path`). Otherwise nothing is sent.
+        """
+        if type(pid) is not int or pid <= 0:
+            raise DeploymentError(f"{pid!r} is not a process id")
+        _check_process(pid, Path(config) if config is not None else self.config_path)
+        try:
+            os.kill(pid, signal.SIGHUP)
+        except ProcessLookupError:
+            raise ServerGone(pid) from None
+        except PermissionError as exc:
+            raise DeploymentError(f"may not signal process {pid}: {exc}") from None
+
+    # -- internals ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One writer at a time (an exclusive flock on ``<dir>/.lock``). Not re-entrant."""
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        descriptor = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(descriptor)
+
+    def _tenant_dir(self, tenant: str) -> Path:
+        _check("tenant", tenant)
+        directory = self.path / "tenants" / tenant
+        if not directory.is_dir():
+            raise UnknownTenant(tenant)
+        return directory
+
+    def _free_user(self, tenant: str, agent: str) -> str:
+        user = f"{tenant}-{agent}"
+        _check("NATS user", user)
+        for other in self.tenants():
+            for name in self.users(other):
+                if f"{other}-{name}" == user:
+                    raise DeploymentError(
+                        f"NATS user {user!r} is taken by agent {name!r} of tenant {other!r}"
+                    )
+        return user
+
+    @staticmethod
+    def _permissions(actor: Actor, policy: Policy, root: str) -> dict[str, Any]:
+        try:
+            return dict(compile_permissions(policy, actor, root=root))
+        except SecurityError as exc:
+            raise DeploymentError(f"permissions of {actor.source}: {exc}") from None
+
+    def _account(self, tenant: str, root: str) -> list[tuple[str, str, Mapping[str, Any]]]:
+        policy = self.policy(tenant)
+        account: list[tuple[str, str, Mapping[str, Any]]] = []
+        for name, entry in sorted(self.users(tenant).items()):
+            if name == ADMIN:
+                rights = _ADMIN_RIGHTS
+            else:
+                actor = Actor(tenant, name, entry.capabilities, entry.roles)
+                rights = self._permissions(actor, policy, root)
+            account.append((f"{tenant}-{name}", entry.secret, rights))
+        return account
+
+
+def _check(kind: str, name: str) -> None:
+    try:
+        check_name(kind, name)
+    except SecurityError as exc:
+        raise DeploymentError(str(exc)) from None
+
+
+def _checked_settings(root: object, store_dir: object, port: object) -> Settings:
+    if not isinstance(root, str):
+        raise DeploymentError(f"root must be a string, not {root!r}")
+    _check("root", root)
+    if not isinstance(store_dir, str) or not Path(store_dir).is_absolute():
+        raise DeploymentError(f"store_dir must be an absolute path, not {store_dir!r}")
+    if type(port) is not int or not -1 <= port <= 65535:
+        raise DeploymentError(f"port must be -1 (any free port) to 65535, not {port!r}")
+    return Settings(root, store_dir, port)
+
+
+def _entry(path: Path, name: str, raw: object) -> UserEntry:
+    _check("agent", name)
+    if not isinstance(raw, dict) or not set(raw) <= _ENTRY_KEYS:
+        raise DeploymentError(f"{path}: user {name!r} must be an object of {sorted(_ENTRY_KEYS)}")
+    hashed = "password_bcrypt" in raw
+    secret = raw.get("password_bcrypt", raw.get("password"))
+    lists = [raw.get("capabilities", []), raw.get("roles", [])]
+    if not isinstance(secret, str) or ("password" in raw) == hashed:
+        raise DeploymentError(f"{path}: user {name!r} needs one of password, password_bcrypt")
+    if not all(isinstance(x, list) and all(isinstance(s, str) for s in x) for x in lists):
+        raise DeploymentError(f"{path}: capabilities and roles of {name!r} must be string lists")
+    return UserEntry(name, tuple(lists[0]), tuple(lists[1]), secret, hashed)
+
+
+def _raw(entry: UserEntry) -> dict[str, Any]:
+    raw: dict[str, Any] = {}
+    if entry.name != ADMIN:
+        raw = {"capabilities": list(entry.capabilities), "roles": list(entry.roles)}
+    raw["password_bcrypt" if entry.hashed else "password"] = entry.secret
+    return raw
+
+
+def _users_json(entries: Mapping[str, Mapping[str, Any]]) -> str:
+    return json.dumps(entries, indent=2, sort_keys=True) + "\n"
+
+
+def _new_password() -> tuple[str, dict[str, str]]:
+    """A random password (256 bits, URL-safe) and how to store it: bcrypt hash if available."""
+    password = secrets.token_urlsafe(32)
+    try:
+        bcrypt = importlib.import_module("bcrypt")
+    except ImportError:
+        return password, {"password": password}
+    salt = bcrypt.gensalt(rounds=_BCRYPT_ROUNDS, prefix=b"2a")
+    hashed = bytes(bcrypt.hashpw(password.encode(), salt)).decode("ascii")
+    return password, {"password_bcrypt": hashed}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file of mode 0600 beside ``path``, then rename it."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def _check_process(pid: int, config: Path) -> None:
+    """Refuse to signal a process that is gone, is not nats-server, or reads another config."""
+    proc = Path("/proc") / str(pid)
+    if not Path("/proc/self").is_dir():
+        return  # no procfs (e.g. macOS): trust the caller
+    try:
+        stat = (proc / "stat").read_text()
+        args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+    except FileNotFoundError:
+        raise ServerGone(pid) from None
+    except OSError:
+        return
+    name, state = stat[stat.find("(") + 1 : stat.rfind(")")], stat[stat.rfind(")") + 2 :][:1]
+    if state in ("Z", "X"):
+        raise ServerGone(pid)
+    if "nats-server" not in name:
+        raise DeploymentError(f"process {pid} is {name!r}, not nats-server: not signalled")
+    given = _config_arg(args)
+    if given is None:
+        return
+    with contextlib.suppress(OSError):
+        if not os.path.samefile(proc / "cwd" / given, config):
+            raise DeploymentError(f"nats-server {pid} reads {given}, not {config}: not signalled")
+
+
+def _config_arg(args: list[str]) -> str | None:
+    for index, arg in enumerate(args):
+        if arg in ("-c", "--config", "-config") and index + 1 < len(args):
+            return args[index + 1]
+        for prefix in ("-c=", "--config=", "-config="):
+            if arg.startswith(prefix):
+                return arg[len(prefix) :]
+    return None

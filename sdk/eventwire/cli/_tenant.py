@@ -1,0 +1,163 @@
+"""``eventwire tenant``: one NATS account per tenant, changed without restarting the server.
+
+Every change rewrites ``<dir>/nats-server.conf``. With ``--pid``, the running nats-server is
+then told to reload it (SIGHUP). Passwords are printed once and never again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from .._errors import EventwireError
+from .._tenants import ADMIN, Deployment
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .._tenants import Credentials
+
+app = typer.Typer(
+    help="Tenants: one NATS account each; changes reload a running server (no restart).",
+    no_args_is_help=True,
+)
+console = Console(highlight=False)
+T = TypeVar("T")
+
+Dir = Annotated[Path, typer.Option("--dir", help="Deployment directory.")]
+Pid = Annotated[
+    int | None, typer.Option(help="PID of the running nats-server to reload after the change.")
+]
+Tenant = Annotated[str, typer.Argument(help="Tenant (NATS account) name.")]
+
+
+def _fail(exc: Exception) -> NoReturn:
+    console.print(f"[red]error:[/red] {escape(str(exc))}")
+    raise typer.Exit(1)
+
+
+def _guard(action: Callable[[], T]) -> T:
+    try:
+        return action()
+    except (EventwireError, OSError) as exc:
+        _fail(exc)
+
+
+def _apply(deployment: Deployment, pid: int | None) -> None:
+    """Re-render the config file and, with a PID, reload the running server."""
+    path = _guard(deployment.write_config)
+    console.print(f"wrote {escape(str(path))}")
+    if pid is None:
+        console.print(f"reload a running server with --pid, or start: nats-server -c {path}")
+        return
+    _guard(lambda: deployment.reload(pid))
+    console.print(f"reloaded nats-server (pid {pid}) without a restart")
+
+
+def _show(credentials: Credentials) -> None:
+    console.print(f"tenant    {credentials.tenant}", soft_wrap=True)
+    console.print(f"user      {credentials.user}", soft_wrap=True)
+    console.print(f"password  {escape(credentials.password)}", soft_wrap=True)
+    console.print("[yellow]The password is shown once: store it now.[/yellow]")
+    if not credentials.hashed:
+        console.print(
+            "note: the bcrypt module is not installed, so the password is stored in plaintext "
+            "(users.json and nats-server.conf, mode 0600)."
+        )
+
+
+@app.command()
+def create(
+    name: Tenant,
+    *,
+    dir_: Dir,
+    store: Annotated[
+        Path | None, typer.Option(help="JetStream store directory (default <dir>/jetstream).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Client port (default 4222).")] = None,
+    root: Annotated[str | None, typer.Option(help="Subject root (default ew).")] = None,
+    pid: Pid = None,
+) -> None:
+    """Create a tenant (a NATS account) and its admin user; print the admin password once."""
+    deployment = Deployment(dir_)
+    if store is not None or port is not None or root is not None:
+        configure = deployment.configure
+        _guard(
+            lambda: configure(root=root, port=port, store_dir=None if store is None else str(store))
+        )
+    _show(_guard(lambda: deployment.create_tenant(name)))
+    _apply(deployment, pid)
+
+
+@app.command("add-agent")
+def add_agent(
+    tenant: Tenant,
+    agent: Annotated[str, typer.Argument(help="Agent name.")],
+    *,
+    dir_: Dir,
+    capability: Annotated[
+        list[str] | None, typer.Option(help="A capability of the agent; repeat for several.")
+    ] = None,
+    role: Annotated[list[str] | None, typer.Option(help="A role; repeat for several.")] = None,
+    pid: Pid = None,
+) -> None:
+    """Add an agent user to a tenant; print its password once."""
+    deployment = Deployment(dir_)
+    credentials = _guard(lambda: deployment.add_agent(tenant, agent, capability or (), role or ()))
+    _show(credentials)
+    _apply(deployment, pid)
+
+
+@app.command()
+def policy(
+    tenant: Tenant,
+    file: Annotated[Path, typer.Argument(help="Policy document (TOML).")],
+    dir_: Dir,
+    pid: Pid = None,
+) -> None:
+    """Replace a tenant's policy (validated first: an invalid file changes nothing)."""
+    deployment = Deployment(dir_)
+    text = _guard(lambda: file.read_text(encoding="utf-8"))
+    rules = len(_guard(lambda: deployment.set_policy(tenant, text)).rules)
+    console.print(f"policy of {tenant}: {rules} rules")
+    _apply(deployment, pid)
+
+
+@app.command("list")
+def list_(dir_: Dir) -> None:
+    """List the tenants, their users and policies."""
+    deployment = Deployment(dir_)
+    table = Table(title=f"tenants in {escape(str(dir_))}")
+    for column in ("tenant", "NATS users", "agents (capabilities; roles)", "rules"):
+        table.add_column(column)
+    for tenant in _guard(deployment.tenants):
+        users = _guard(lambda: deployment.users(tenant))  # noqa: B023 - called at once
+        rules = len(_guard(lambda: deployment.policy(tenant)).rules)  # noqa: B023
+        agents = [
+            f"{name} ({', '.join(entry.capabilities) or '-'}; {', '.join(entry.roles) or '-'})"
+            for name, entry in users.items()
+            if name != ADMIN
+        ]
+        names = ", ".join(f"{tenant}-{name}" for name in users)
+        table.add_row(tenant, escape(names), escape("\n".join(agents)) or "-", str(rules))
+    console.print(table)
+
+
+@app.command()
+def render(
+    dir_: Dir,
+    out: Annotated[Path, typer.Option(help="Config file to write (mode 0600).")],
+    store: Annotated[
+        Path | None, typer.Option(help="JetStream store directory (default: the deployment's).")
+    ] = None,
+) -> None:
+    """Write the nats-server config of the deployment to a file."""
+    deployment = Deployment(dir_)
+    store_dir = None if store is None else str(store)
+    path = _guard(lambda: deployment.write_config(out, store_dir))
+    console.print(f"wrote {escape(str(path))}")
