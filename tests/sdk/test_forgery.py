@@ -36,7 +36,7 @@ from eventwire_security import (
     sign_payload,
     verify_envelope,
 )
-from tests.conftest import make_identity
+from tests.conftest import TENANT, make_identity
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -303,3 +303,25 @@ async def test_reply_from_an_impostor_is_rejected(
     assert len(requests) == 1
     assert requests[0]["source"] == "acme/alice"
     assert requests[0]["subject"] == direct_subject("acme", "bob")
+
+
+async def test_a_pre_claimed_message_id_cannot_drop_the_real_event(
+    bus: eventwire.Bus, nats_server: EmbeddedServer
+) -> None:
+    """Nats-Msg-Id de-duplication is unauthenticated: whoever publishes an id first wins.
+    eventwire's id is the hash of the signed bytes, which nobody has before the event is
+    signed; an attacker claiming the ids a naive design would use changes nothing."""
+    alice = make_identity("alice", bus.keyring)
+    event = KnowledgeShared(topic="ml", content="real")
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        for guess in ("1", "knowledge.ml", f"{TENANT}/alice"):
+            await js.publish(
+                f"{bus.root}.knowledge.ml", b"squatter", headers={"Nats-Msg-Id": guess}
+            )
+    finally:
+        await nc.close()
+    ack = await bus.publish(event, identity=alice)
+    assert ack.duplicate is False
+    assert ack.seq == 4
