@@ -93,3 +93,14 @@ async def test_streams_diff_and_apply(nats_server: EmbeddedServer, root: str) ->
     assert (code, "duplicate_window" in out) == (0, True), out
     code, out = await cli("streams", "diff", *where)
     assert code == 0, out
+
+
+async def test_secure_demo_shows_sealing_policy_and_tenancy_in_the_audit_log() -> None:
+    code, out = await cli("demo", "--secure")
+    assert code == 0, out
+    assert "acme/alice  reads 'Q3'" in out
+    assert "not for it: no plaintext" in out
+    assert "Forbidden" in out
+    assert "policy-denied" in out
+    assert "wrong-tenant" in out
+    assert out.count("audit chain intact, 1 records") == 2

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import nats
+import typer
 from rich.console import Console
 from rich.table import Table
 
@@ -159,8 +160,17 @@ def _summary(console: Console, bus: Bus, agents: list[str]) -> None:
     console.print(table)
 
 
-def demo() -> None:
+def demo(
+    secure: Annotated[
+        bool, typer.Option(help="Two tenants, sealing, a policy and the audit log.")
+    ] = False,
+) -> None:
     console = Console(highlight=False)
+    if secure:
+        from ._demo_secure import run_secure_demo
+
+        asyncio.run(run_secure_demo(console))
+        return
     try:
         timeline = asyncio.run(run_demo(console))
     except TimeoutError:
