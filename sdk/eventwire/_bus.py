@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal
 
 import nats
 import nats.errors
@@ -38,6 +38,7 @@ from ._errors import (
 from ._idempotency import DEFAULT_WINDOW, ProcessedIds
 from ._publisher import NO_LEADER_WINDOW, AckedPublisher, acquire_slot, publish_error
 from ._registry import list_agents, open_registry
+from ._resource import AsyncResource
 from ._retry import DEFAULT_RETRY, RetryPolicy
 from ._seen import SeenIds
 from ._server import EmbeddedServer
@@ -46,7 +47,6 @@ from ._subjects import DEFAULT_ROOT, check_token
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
-    from types import TracebackType
 
     from nats.aio.client import Client as NatsClient
     from nats.aio.subscription import Subscription as NatsSubscription
@@ -128,7 +128,7 @@ def connect(
     )
 
 
-class Bus:
+class Bus(AsyncResource):
     """A connection for one tenant. Create it with :func:`connect`."""
 
     def __init__(
@@ -227,22 +227,6 @@ class Bus:
             raise NotRunning("bus is not connected")
         return self._nc
 
-    async def __aenter__(self) -> Self:
-        try:
-            await self._open()
-        except BaseException:
-            await self._close()
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._close()
-
     async def _open(self) -> None:
         if self._url is None:
             self._server = EmbeddedServer(store_dir=self._store_dir)
@@ -296,7 +280,8 @@ class Bus:
             raise NotRunning("bus is not connected")
         return self._auditor.log
 
-    async def _close(self) -> None:
+    async def close(self) -> None:
+        """Stop subscriptions, drain and close the connection, stop the embedded server."""
         subscriptions, self._subscriptions = self._subscriptions, []
         for subscription in subscriptions:
             await subscription.stop()

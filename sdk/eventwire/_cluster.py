@@ -17,18 +17,18 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import nats
 import nats.errors
 
 from ._errors import ConfigError, ServerError
+from ._resource import AsyncResource
 from ._server import LOOPBACK, EmbeddedServer
 
 if TYPE_CHECKING:
     import os
     from collections.abc import AsyncIterator
-    from types import TracebackType
 
     from nats.aio.client import Client as NatsClient
 
@@ -45,7 +45,7 @@ class _Ports:
     http: int
 
 
-class EmbeddedCluster:
+class EmbeddedCluster(AsyncResource):
     """``size`` JetStream nodes (``n1``..``nN``) in cluster ``name``, stopped on exit.
 
     ``base_dir=None`` uses a temporary directory removed on exit; node ``i`` keeps its
@@ -292,6 +292,10 @@ class EmbeddedCluster:
         for node in nodes:  # a stop that was itself interrupted: make sure by PID
             await node.kill()
 
+    async def _open(self) -> None:
+        await self.start()
+        await self.wait_ready()
+
     async def close(self) -> None:
         """Stop every node and remove the temporary directory, if the cluster made one."""
         try:
@@ -300,23 +304,6 @@ class EmbeddedCluster:
             if self._tmp is not None:
                 self._tmp.cleanup()
                 self._tmp = None
-
-    async def __aenter__(self) -> Self:
-        try:
-            await self.start()
-            await self.wait_ready()
-        except BaseException:
-            await self.close()
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
 def _free_ports(count: int) -> list[int]:

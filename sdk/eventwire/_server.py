@@ -12,12 +12,9 @@ import sysconfig
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Self
 
 from ._errors import ServerError
-
-if TYPE_CHECKING:
-    from types import TracebackType
+from ._resource import AsyncResource
 
 LOOPBACK = "127.0.0.1"
 _START_TIMEOUT = 15.0
@@ -44,7 +41,7 @@ def find_nats_server() -> Path:
     )
 
 
-class EmbeddedServer:
+class EmbeddedServer(AsyncResource):
     """A JetStream server process on loopback, stopped on exit (even on error).
 
     ``port=0`` picks a free port; ``store_dir=None`` uses a temporary directory removed on
@@ -171,6 +168,9 @@ class EmbeddedServer:
                 proc.kill()
             await proc.wait()
 
+    async def _open(self) -> None:
+        await self.start()
+
     async def close(self) -> None:
         """Stop the server and remove its temporary store, if it made one."""
         try:
@@ -179,22 +179,6 @@ class EmbeddedServer:
             if self._tmp is not None:
                 self._tmp.cleanup()
                 self._tmp = None
-
-    async def __aenter__(self) -> Self:
-        try:
-            await self.start()
-        except BaseException:
-            await self.close()
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
 def _read_client_port(ports_dir: Path, pid: int) -> int | None:
