@@ -7,32 +7,29 @@ A deployment is a directory that the ``eventwire tenant`` commands own::
     <dir>/tenants/<name>/users.json   agent -> {capabilities, roles, password_bcrypt | password}
     <dir>/nats-server.conf            rendered from the above (mode 0600)
 
-Every tenant is a NATS account with JetStream enabled. Its ``admin`` user may publish and
-subscribe to ``>`` in that account, so it can create streams and consumers. Each agent's user
-gets :func:`eventwire_security.compile_permissions` of the tenant's policy. NATS user names
-are global to a server, so the user of agent ``bot`` of tenant ``acme`` is ``acme-bot``. A
-name that another tenant already uses is refused.
+Each tenant is a JetStream-enabled NATS account. Its ``admin`` user has ``>`` (creates streams
+and consumers); each agent's user gets ``compile_permissions`` of the tenant's policy. User
+names are global to a server: agent ``bot`` of ``acme`` is ``acme-bot``, and a taken one is
+refused.
 
-**Why configuration reload and not account JWTs.** A new tenant, agent or policy changes the
-config file, and the running server is told to read it again (SIGHUP, the same signal that
-``nats-server --signal reload=<pid>`` sends). A reload adds and removes accounts and users and
-changes permissions, also for connections that are already open. It keeps the port, the
-JetStream store and every stream. Reload needs no extra infrastructure: there is one file, and
-the CLI owns it. Decentralized JWT auth would need an operator and account signing keys, a
-resolver (a full nats-resolver or a URL resolver) and pushing each account JWT to it. That is
-the better choice with very many tenants, or when tenants administer their own users. It is
-not worth it for a deployment that one operator runs.
+**Configuration reload, not account JWTs.** A change rewrites the config file and the running
+server re-reads it on SIGHUP (what ``nats-server --signal reload=<pid>`` sends). That adds and
+removes accounts and users and changes permissions, of open connections too (a removed user
+is disconnected), keeping the port, the store and every stream. No infrastructure: one file,
+owned by the CLI. JWTs need an operator, signing keys, a resolver and each account JWT pushed
+to it: the choice for very many tenants or tenants that manage their own users, not here.
 
-What a reload does not change: the listen address and port, and the JetStream store
-directory. The server keeps its old config and logs the error, and a restart is needed.
-SIGHUP only asks for a reload. Whether the reload worked can be seen only in the server's log,
-or by connecting as the new user. Passwords are stored as bcrypt hashes when the ``bcrypt``
-module is importable. When it is not, they are stored in plaintext, in files of mode 0600.
+A reload cannot change the port or the store directory: the server then rejects the WHOLE
+reload (it logs ``config reload not supported for ...``) and keeps the old config until a
+restart. SIGHUP gets no answer; the server's log, or a login as the new user, tells whether
+it worked. Passwords are stored as bcrypt hashes when ``bcrypt`` is importable, otherwise in
+plaintext, in files of mode 0600.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import importlib
 import json
@@ -45,14 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from eventwire_security import SecurityError
-from eventwire_security._keys import check_name
-from eventwire_security._nats_permissions import (
-    DEFAULT_ROOT,
-    compile_permissions,
-    render_server_config,
-)
-from eventwire_security._policy import Actor, Policy
+from eventwire_security import Actor, Policy, SecurityError, check_name, compile_permissions
+from eventwire_security._nats_permissions import DEFAULT_ROOT, render_server_config
 
 from ._errors import EventwireError
 
@@ -77,6 +68,7 @@ _SETTINGS, _POLICY, _USERS = "deployment.json", "policy.toml", "users.json"
 _ADMIN_RIGHTS: dict[str, Any] = {"publish": {"allow": [">"]}, "subscribe": {"allow": [">"]}}
 _ENTRY_KEYS = frozenset({"capabilities", "roles", "password", "password_bcrypt"})
 _BCRYPT_ROUNDS = 12
+StrPath = str | os.PathLike[str]
 
 
 class DeploymentError(EventwireError):
@@ -84,22 +76,15 @@ class DeploymentError(EventwireError):
 
 
 class TenantExists(DeploymentError):
-    def __init__(self, tenant: str) -> None:
-        super().__init__(f"tenant {tenant!r} already exists")
-        self.tenant = tenant
+    """``create_tenant`` of a tenant that exists: nothing was changed."""
 
 
 class UnknownTenant(DeploymentError):
-    def __init__(self, tenant: str) -> None:
-        super().__init__(f"no tenant {tenant!r} in this deployment")
-        self.tenant = tenant
+    """No tenant of this name in the deployment."""
 
 
 class AgentExists(DeploymentError):
-    def __init__(self, tenant: str, agent: str) -> None:
-        super().__init__(f"tenant {tenant!r} already has a user {agent!r}")
-        self.tenant = tenant
-        self.agent = agent
+    """``add_agent`` of a user the tenant has already (``admin`` included)."""
 
 
 class ServerGone(DeploymentError):
@@ -147,7 +132,7 @@ class Settings:
 class Deployment:
     """A deployment directory: tenants, their policies and users, and the server config."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: StrPath) -> None:
         self.path = Path(path)
 
     @property
@@ -155,35 +140,24 @@ class Deployment:
         return self.path / CONFIG_NAME
 
     def settings(self) -> Settings:
-        """The stored settings, or the defaults (root ``ew``, store ``<dir>/jetstream``)."""
-        default = Settings(DEFAULT_ROOT, str((self.path / "jetstream").absolute()), DEFAULT_PORT)
+        """The stored settings over the defaults (``ew``, ``<dir>/jetstream``, port 4222)."""
+        file = self.path / _SETTINGS
         try:
-            data = json.loads((self.path / _SETTINGS).read_text())
-        except FileNotFoundError:
-            return default
+            stored = json.loads(file.read_text()) if file.exists() else {}
         except (OSError, ValueError) as exc:
-            raise DeploymentError(f"cannot read {self.path / _SETTINGS}: {exc}") from None
-        if not isinstance(data, dict) or set(data) - {"root", "store_dir", "port"}:
-            raise DeploymentError(f"{self.path / _SETTINGS}: expected root, store_dir, port")
-        return _checked_settings(
-            data.get("root", default.root),
-            data.get("store_dir", default.store_dir),
-            data.get("port", default.port),
-        )
+            raise DeploymentError(f"cannot read {file}: {exc}") from None
+        default = Settings(DEFAULT_ROOT, str((self.path / "jetstream").absolute()), DEFAULT_PORT)
+        return _settings(stored, default)
 
     def configure(
         self, *, root: str | None = None, store_dir: str | None = None, port: int | None = None
     ) -> Settings:
         """Change the stored settings. A running server must restart for a new store or port."""
+        store = None if store_dir is None else str(Path(store_dir).absolute())
+        given = {"root": root, "store_dir": store, "port": port}
         with self._locked():
-            old = self.settings()
-            new = _checked_settings(
-                old.root if root is None else root,
-                old.store_dir if store_dir is None else str(Path(store_dir).absolute()),
-                old.port if port is None else port,
-            )
-            text = json.dumps({"root": new.root, "store_dir": new.store_dir, "port": new.port})
-            _write_atomic(self.path / _SETTINGS, text + "\n")
+            new = _settings({k: v for k, v in given.items() if v is not None}, self.settings())
+            _write_atomic(self.path / _SETTINGS, json.dumps(dataclasses.asdict(new)) + "\n")
         return new
 
     def tenants(self) -> list[str]:
@@ -200,14 +174,7 @@ class Deployment:
 
     def users(self, tenant: str) -> dict[str, UserEntry]:
         """The users of ``tenant`` by agent name, the ``admin`` user included."""
-        path = self._tenant_dir(tenant) / _USERS
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise DeploymentError(f"cannot read {path}: {exc}") from None
-        if not isinstance(data, dict):
-            raise DeploymentError(f"{path}: expected an object of users")
-        return {name: _entry(path, name, raw) for name, raw in data.items()}
+        return {name: _entry(name, raw) for name, raw in self._users_json(tenant).items()}
 
     def create_tenant(self, name: str) -> Credentials:
         """A new tenant with the default deny-by-default policy and its ``admin`` user."""
@@ -215,14 +182,14 @@ class Deployment:
         with self._locked():
             target = self.path / "tenants" / name
             if target.exists():
-                raise TenantExists(name)
+                raise TenantExists(f"tenant {name!r} already exists")
             user = self._free_user(name, ADMIN)
             password, stored = _new_password()
             target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
             try:
                 _write_atomic(staging / _POLICY, DEFAULT_POLICY)
-                _write_atomic(staging / _USERS, _users_json({ADMIN: stored}))
+                _write_atomic(staging / _USERS, _dumps({ADMIN: stored}))
                 staging.rename(target)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -238,19 +205,14 @@ class Deployment:
         except (SecurityError, TypeError) as exc:
             raise DeploymentError(str(exc)) from None
         with self._locked():
-            users = self.users(tenant)
+            users = self._users_json(tenant)
             if agent in users:
-                raise AgentExists(tenant, agent)
+                raise AgentExists(f"tenant {tenant!r} already has a user {agent!r}")
             user = self._free_user(tenant, agent)
             self._permissions(actor, self.policy(tenant), self.settings().root)
             password, stored = _new_password()
-            entries = {name: _raw(entry) for name, entry in users.items()}
-            entries[agent] = {
-                "capabilities": list(actor.capabilities),
-                "roles": list(actor.roles),
-                **stored,
-            }
-            _write_atomic(self._tenant_dir(tenant) / _USERS, _users_json(entries))
+            users[agent] = {"capabilities": actor.capabilities, "roles": actor.roles, **stored}
+            _write_atomic(self._tenant_dir(tenant) / _USERS, _dumps(users))
         return Credentials(tenant, agent, user, password, "password_bcrypt" in stored)
 
     def set_policy(self, tenant: str, toml_text: str) -> Policy:
@@ -284,20 +246,14 @@ class Deployment:
         except SecurityError as exc:
             raise DeploymentError(f"cannot render the server config: {exc}") from None
 
-    def write_config(
-        self,
-        path: str | os.PathLike[str] | None = None,
-        store_dir: str | None = None,
-        *,
-        port: int | None = None,
-    ) -> Path:
+    def write_config(self, path: StrPath | None = None, store_dir: str | None = None) -> Path:
         """Render and write the config atomically (temporary file, then rename), mode 0600."""
         target = Path(path) if path is not None else self.config_path
         with self._locked():
-            _write_atomic(target, self.render(store_dir, port=port))
+            _write_atomic(target, self.render(store_dir))
         return target
 
-    def reload(self, pid: int, config: str | os.PathLike[str] | None = None) -> None:
+    def reload(self, pid: int, config: StrPath | None = None) -> None:
         """Ask the nats-server process ``pid`` to reload its config (SIGHUP).
 
         On Linux the process is checked first. It must be a live ``nats-server``, and if its
@@ -331,8 +287,20 @@ class Deployment:
         _check("tenant", tenant)
         directory = self.path / "tenants" / tenant
         if not directory.is_dir():
-            raise UnknownTenant(tenant)
+            raise UnknownTenant(f"no tenant {tenant!r} in {self.path}")
         return directory
+
+    def _users_json(self, tenant: str) -> dict[str, Any]:
+        path = self._tenant_dir(tenant) / _USERS
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise DeploymentError(f"cannot read {path}: {exc}") from None
+        if not isinstance(data, dict):
+            raise DeploymentError(f"{path}: expected an object of users")
+        for name, raw in data.items():
+            _entry(name, raw, path)
+        return data
 
     def _free_user(self, tenant: str, agent: str) -> str:
         user = f"{tenant}-{agent}"
@@ -367,14 +335,15 @@ class Deployment:
 
 def _check(kind: str, name: str) -> None:
     try:
-        check_name(kind, name)
+        check_name(kind, name)  # also refuses a non-string
     except SecurityError as exc:
         raise DeploymentError(str(exc)) from None
 
 
-def _checked_settings(root: object, store_dir: object, port: object) -> Settings:
-    if not isinstance(root, str):
-        raise DeploymentError(f"root must be a string, not {root!r}")
+def _settings(data: object, base: Settings) -> Settings:
+    if not isinstance(data, dict) or set(data) - {"root", "store_dir", "port"}:
+        raise DeploymentError(f"{_SETTINGS}: expected an object of root, store_dir, port")
+    root, store_dir, port = (data.get(k, getattr(base, k)) for k in ("root", "store_dir", "port"))
     _check("root", root)
     if not isinstance(store_dir, str) or not Path(store_dir).is_absolute():
         raise DeploymentError(f"store_dir must be an absolute path, not {store_dir!r}")
@@ -383,7 +352,7 @@ def _checked_settings(root: object, store_dir: object, port: object) -> Settings
     return Settings(root, store_dir, port)
 
 
-def _entry(path: Path, name: str, raw: object) -> UserEntry:
+def _entry(name: str, raw: object, path: Path | str = _USERS) -> UserEntry:
     _check("agent", name)
     if not isinstance(raw, dict) or not set(raw) <= _ENTRY_KEYS:
         raise DeploymentError(f"{path}: user {name!r} must be an object of {sorted(_ENTRY_KEYS)}")
@@ -397,16 +366,8 @@ def _entry(path: Path, name: str, raw: object) -> UserEntry:
     return UserEntry(name, tuple(lists[0]), tuple(lists[1]), secret, hashed)
 
 
-def _raw(entry: UserEntry) -> dict[str, Any]:
-    raw: dict[str, Any] = {}
-    if entry.name != ADMIN:
-        raw = {"capabilities": list(entry.capabilities), "roles": list(entry.roles)}
-    raw["password_bcrypt" if entry.hashed else "password"] = entry.secret
-    return raw
-
-
-def _users_json(entries: Mapping[str, Mapping[str, Any]]) -> str:
-    return json.dumps(entries, indent=2, sort_keys=True) + "\n"
+def _dumps(users: Mapping[str, Mapping[str, Any]]) -> str:
+    return json.dumps(users, indent=2, sort_keys=True) + "\n"
 
 
 def _new_password() -> tuple[str, dict[str, str]]:
@@ -457,16 +418,14 @@ def _check_process(pid: int, config: Path) -> None:
     given = _config_arg(args)
     if given is None:
         return
-    with contextlib.suppress(OSError):
-        if not os.path.samefile(proc / "cwd" / given, config):
-            raise DeploymentError(f"nats-server {pid} reads {given}, not {config}: not signalled")
+    if os.path.realpath(proc / "cwd" / given) != os.path.realpath(config):
+        raise DeploymentError(f"nats-server {pid} reads {given}, not {config}: not signalled")
 
 
 def _config_arg(args: list[str]) -> str | None:
-    for index, arg in enumerate(args):
-        if arg in ("-c", "--config", "-config") and index + 1 < len(args):
+    for index, arg in enumerate(args[:-1]):
+        if arg in ("-c", "--config", "-config"):
             return args[index + 1]
-        for prefix in ("-c=", "--config=", "-config="):
-            if arg.startswith(prefix):
-                return arg[len(prefix) :]
+        if arg.startswith(("-c=", "--config=", "-config=")):
+            return arg.partition("=")[2]
     return None

@@ -10,6 +10,7 @@ from ._demo import demo
 from ._dlq import app as dlq_app
 from ._keys import app as keys_app
 from ._streams import app as streams_app
+from ._tenant import app as tenant_app
 
 app = typer.Typer(
     name="eventwire",
@@ -23,6 +24,7 @@ app.add_typer(dlq_app, name="dlq")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.add_typer(streams_app, name="streams")
+app.add_typer(tenant_app, name="tenant")
 
 
 @app.command()

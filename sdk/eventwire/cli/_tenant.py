@@ -56,7 +56,10 @@ def _apply(deployment: Deployment, pid: int | None) -> None:
         console.print(f"reload a running server with --pid, or start: nats-server -c {path}")
         return
     _guard(lambda: deployment.reload(pid))
-    console.print(f"reloaded nats-server (pid {pid}) without a restart")
+    console.print(
+        f"asked nats-server (pid {pid}) to reload, no restart; "
+        "its log says 'Reloaded server configuration' when done"
+    )
 
 
 def _show(credentials: Credentials) -> None:
