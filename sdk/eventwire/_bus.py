@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -66,6 +67,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("eventwire.bus")
 DEFAULT_REGISTRY_TTL = 15.0
 _SIGN_CHUNK = 128
+_RECIPIENTS_TTL = 5.0
 # Events are valid for a day by default (their ``exp``); allow 30 s of clock skew.
 DEFAULT_REPLAY_WINDOW = ReplayWindow(max_age=24 * 3600.0, skew=30.0)
 
@@ -168,6 +170,8 @@ class Bus(AsyncResource):
         self._audit_identity = audit_identity
         self._admins = admins
         self._leader_wait = leader_wait
+        self._recipients_seen: list[AgentInfo] = []
+        self._recipients_at = float("-inf")
         self._auditor: Auditor | None = None
         self._compiled: dict[Actor, CompiledPolicy] = {}
         self._server: EmbeddedServer | None = None
@@ -541,26 +545,17 @@ class Bus(AsyncResource):
         return self._registry_ttl
 
     async def _recipients(self, wanted: Sequence[str | RecipientKey]) -> list[RecipientKey]:
-        """Sealing keys for agent names, ``capability:<name>`` or keys given as they are."""
-        live = await self.agents()
-        keys: dict[str, RecipientKey] = {}
-        for target in wanted:
-            if isinstance(target, RecipientKey):
-                keys[target.kid] = target
-                continue
-            capability = target.removeprefix("capability:")
-            found = [
-                info.sealing_key
-                for info in live
-                if info.sealing_key is not None
-                and (
-                    capability in info.capabilities if capability != target else info.name == target
-                )
-            ]
-            if not found:
-                raise InvalidEvent(f"no live agent to seal to for {target!r}", field="seal_to")
-            keys.update((key.kid, key) for key in found)
-        return list(keys.values())
+        """Sealing keys for agent names, ``capability:<name>`` or keys given as they are.
+
+        The registry listing is reused for ``_RECIPIENTS_TTL`` seconds and read again once
+        when a name is not in it (an agent that just started)."""
+        now = time.monotonic()
+        fresh = now - self._recipients_at < _RECIPIENTS_TTL
+        try:
+            return _sealing_keys(wanted, self._recipients_seen if fresh else [])
+        except InvalidEvent:
+            self._recipients_seen, self._recipients_at = await self.agents(), now
+            return _sealing_keys(wanted, self._recipients_seen)
 
     async def agents(self, *, capability: str | None = None) -> list[AgentInfo]:
         """Live agents of this tenant (verified entries), optionally those with a capability."""
@@ -568,3 +563,24 @@ class Bus(AsyncResource):
         if capability is None:
             return found
         return [info for info in found if capability in info.capabilities]
+
+
+def _sealing_keys(
+    wanted: Sequence[str | RecipientKey], live: list[AgentInfo]
+) -> list[RecipientKey]:
+    keys: dict[str, RecipientKey] = {}
+    for target in wanted:
+        if isinstance(target, RecipientKey):
+            keys[target.kid] = target
+            continue
+        capability = target.removeprefix("capability:")
+        found = [
+            info.sealing_key
+            for info in live
+            if info.sealing_key is not None
+            and (capability in info.capabilities if capability != target else info.name == target)
+        ]
+        if not found:
+            raise InvalidEvent(f"no live agent to seal to for {target!r}", field="seal_to")
+        keys.update((key.kid, key) for key in found)
+    return list(keys.values())
