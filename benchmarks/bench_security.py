@@ -47,9 +47,12 @@ async def run_case(url: str, count: int, *, policy: bool, recipients: int) -> fl
             done.set()
 
     root = "s" + secrets.token_hex(4)
-    async with eventwire.connect(
-        url, root=root, keyring=keyring, replay_window=None, policy=POLICY if policy else None
-    ) as bus, contextlib.AsyncExitStack() as stack:
+    async with (
+        eventwire.connect(
+            url, root=root, keyring=keyring, replay_window=None, policy=POLICY if policy else None
+        ) as bus,
+        contextlib.AsyncExitStack() as stack,
+    ):
         for agent in (reader, sender, *extra):
             await stack.enter_async_context(agent.serve(bus))
         seal_to = ["reader", *(a.name for a in extra)] if recipients else []
