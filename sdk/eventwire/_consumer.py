@@ -331,13 +331,14 @@ class Subscription:
 
     async def _handle(self, msg: Msg, event: Event) -> None:
         self._in_flight[id(msg)] = (msg, time.monotonic())
-        deliveries = msg.metadata.num_delivered or 1
+        deliveries = 0  # read from the message only when something fails
         try:
             while True:
                 try:
                     await self._attempt(event)
                 except Exception as exc:
                     self.stats.failed += 1
+                    deliveries = deliveries or msg.metadata.num_delivered or 1
                     if not await self._retry_in_place(event, exc, deliveries):
                         await self._failed(msg, event, exc, deliveries)
                         return
