@@ -335,7 +335,7 @@ class Subscription:
         try:
             while True:
                 try:
-                    await self._attempt(event)
+                    await self._attempt(msg, event)
                 except Exception as exc:
                     self.stats.failed += 1
                     deliveries = deliveries or msg.metadata.num_delivered or 1
@@ -350,14 +350,23 @@ class Subscription:
             del self._in_flight[id(msg)]
             await self._done(1)
 
-    async def _attempt(self, event: Event) -> None:
-        if self._processed is not None and await self._processed.seen(self.durable, event.id):
+    async def _attempt(self, msg: Msg, event: Event) -> None:
+        if self._processed is not None and await self._handled_before(msg, event):
             self.stats.duplicates += 1
             return
         await self._handler(event)
         if self._processed is not None:
             await self._mark_processed(event)
         self.stats.handled += 1
+
+    async def _handled_before(self, msg: Msg, event: Event) -> bool:
+        """Whether the id was recorded as handled. A first delivery that passed the replay
+        claim cannot have been (its id was new to this consumer), so only redeliveries, or
+        consumers without replay protection, ask the bucket."""
+        assert self._processed is not None
+        if self._seen is not None and msg.metadata.num_delivered == 1:
+            return False
+        return await self._processed.seen(self.durable, event.id)
 
     async def _retry_in_place(self, event: Event, exc: Exception, deliveries: int) -> bool:
         """With key order, a keyed event is retried here, holding back its key's lane,

@@ -103,3 +103,26 @@ async def test_replay_check_can_be_turned_off_to_reread_history(
         async with bus.subscribe("custom.>", two, durable="b"):
             await wait_until(lambda: len(second) == 1)
     assert first == second
+
+
+async def test_without_replay_protection_the_idempotent_helper_skips_a_resent_event(
+    nats_server: EmbeddedServer, root: str
+) -> None:
+    async with eventwire.connect(
+        nats_server.url, tenant=TENANT, root=root, replay_window=None
+    ) as bus:
+        alice = make_identity("alice", bus.keyring)
+        calls: list[str] = []
+
+        async def handler(event: Event) -> None:
+            calls.append(event.id)
+
+        async with bus.subscribe("custom.>", handler, durable="i", idempotent=True) as sub:
+            ack = await bus.publish(CustomEvent("custom.i", "i"), identity=alice)
+            await wait_until(lambda: calls == [ack.event_id])
+            stored = await bus._js_or_raise().get_msg(bus.stream, ack.seq)
+            await bus._js_or_raise().publish(
+                stored.subject or "", stored.data or b"", headers={"Nats-Msg-Id": "again"}
+            )
+            await wait_until(lambda: sub.stats.duplicates == 1)
+    assert calls == [ack.event_id]
