@@ -83,67 +83,27 @@ class PublishAck:
     duplicate: bool
 
 
-def connect(
-    url: str | None = None,
-    *,
-    tenant: str = "default",
-    keyring: Keyring | None = None,
-    root: str = DEFAULT_ROOT,
-    store_dir: str | None = None,
-    registry_ttl: float = DEFAULT_REGISTRY_TTL,
-    replicas: int = 1,
-    name: str = "eventwire",
-    on_reject: Callable[[Rejection], None] | None = None,
-    connect_timeout: float = 10.0,
-    dedupe_window: float = DEFAULT_WINDOW,
-    replay_window: ReplayWindow | None = DEFAULT_REPLAY_WINDOW,
-    policy: Policy | None = None,
-    audit_identity: Identity | None = None,
-    admins: Keyring | None = None,
-    leader_wait: float = NO_LEADER_WINDOW,
-) -> Bus:
-    """A :class:`Bus` to use as ``async with connect(...) as bus``.
+class Bus(AsyncResource):
+    """A connection for one tenant, used as ``async with connect(...) as bus``.
 
     With no ``url`` an embedded ``nats-server -js`` is started on a free 127.0.0.1 port
-    (data in ``store_dir`` or a temporary directory) and stopped on exit. Publishes wait up
-    to ``leader_wait`` seconds for a stream leader (an election) before failing.
-    ``on_reject`` is called on the event loop for every received message refused before a
-    handler saw it.
+    (data in ``store_dir`` or a temporary directory) and stopped on exit; ``url`` may list
+    several servers, comma-separated. Publishes wait up to ``leader_wait`` seconds for a
+    stream leader (an election) before failing. ``on_reject`` is called on the event loop
+    for every received message refused before a handler saw it.
     """
-    return Bus(
-        url,
-        tenant=tenant,
-        keyring=keyring if keyring is not None else Keyring(),
-        root=root,
-        store_dir=store_dir,
-        registry_ttl=registry_ttl,
-        replicas=replicas,
-        name=name,
-        on_reject=on_reject,
-        connect_timeout=connect_timeout,
-        dedupe_window=dedupe_window,
-        replay_window=replay_window,
-        policy=policy,
-        audit_identity=audit_identity,
-        admins=admins,
-        leader_wait=leader_wait,
-    )
-
-
-class Bus(AsyncResource):
-    """A connection for one tenant. Create it with :func:`connect`."""
 
     def __init__(
         self,
-        url: str | None,
+        url: str | None = None,
         *,
-        tenant: str,
-        keyring: Keyring,
-        root: str,
-        store_dir: str | None,
-        registry_ttl: float,
-        replicas: int,
-        name: str,
+        tenant: str = "default",
+        keyring: Keyring | None = None,
+        root: str = DEFAULT_ROOT,
+        store_dir: str | None = None,
+        registry_ttl: float = DEFAULT_REGISTRY_TTL,
+        replicas: int = 1,
+        name: str = "eventwire",
         on_reject: Callable[[Rejection], None] | None = None,
         connect_timeout: float = 10.0,
         dedupe_window: float = DEFAULT_WINDOW,
@@ -155,7 +115,7 @@ class Bus(AsyncResource):
     ) -> None:
         self.tenant = check_name("tenant", tenant)
         self.root = check_token(root, field="root")
-        self.keyring = keyring
+        self.keyring = keyring if keyring is not None else Keyring()
         self.stream = events_stream_name(root)
         self._url = url
         self._store_dir = store_dir
@@ -584,3 +544,7 @@ def _sealing_keys(
             raise InvalidEvent(f"no live agent to seal to for {target!r}", field="seal_to")
         keys.update((key.kid, key) for key in found)
     return list(keys.values())
+
+
+# ``connect(...)`` reads better at the call site; it is the Bus constructor, nothing more.
+connect = Bus
