@@ -257,8 +257,6 @@ class Bus(AsyncResource):
             with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
                 await self._nc.drain()
             await self._nc.close()
-        if self._codec is not None:
-            self._codec.close()
         if self._server is not None:
             await self._server.close()
         self._nc = self._js = self._codec = self._registry = None

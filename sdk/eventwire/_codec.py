@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import pydantic_core
 
@@ -41,8 +41,6 @@ if TYPE_CHECKING:
     from ._event import Event, Publishable
 
 log = logging.getLogger("eventwire.security")
-_PARALLEL_FROM = 4
-_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +98,6 @@ class Codec:
         self.keyring = keyring
         self.max_bytes = max_bytes
         self.stats = SecurityStats()
-
-    def close(self) -> None:
-        """Nothing to release today; kept so the bus can close what it opened."""
 
     def _prepare(
         self, item: Publishable, identity: Identity, subject: str | None, context: dict[str, Any]

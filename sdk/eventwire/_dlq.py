@@ -22,7 +22,7 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfi
 
 from ._codec import Rejection
 from ._errors import DeadLetterError
-from ._streams import ensure_stream
+from ._streams import DUPLICATE_WINDOW_SECONDS, ensure_stream
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
@@ -63,7 +63,7 @@ def dlq_stream_config(root: str, *, replicas: int = 1) -> StreamConfig:
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         discard=DiscardPolicy.OLD,
-        duplicate_window=120.0,
+        duplicate_window=DUPLICATE_WINDOW_SECONDS,
         num_replicas=replicas,
     )
 

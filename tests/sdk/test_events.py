@@ -8,7 +8,7 @@ import re
 import time
 import uuid
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pydantic
 import pytest
@@ -45,9 +45,6 @@ from eventwire_security import (
 )
 from tests.conftest import make_identity
 
-if TYPE_CHECKING:
-    from collections.abc import Iterator
-
 ALICE = Principal("acme", "alice")
 RFC3339_UTC = re.compile(r"\A\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z\Z")
 
@@ -58,17 +55,13 @@ def alice(keyring: Keyring) -> Identity:
 
 
 @pytest.fixture
-def codec(keyring: Keyring) -> Iterator[Codec]:
-    c = Codec(tenant="acme", root="ew", keyring=keyring, max_bytes=DEFAULT_MAX_BYTES)
-    yield c
-    c.close()
+def codec(keyring: Keyring) -> Codec:
+    return Codec(tenant="acme", root="ew", keyring=keyring, max_bytes=DEFAULT_MAX_BYTES)
 
 
 @pytest.fixture
-def small_codec(keyring: Keyring) -> Iterator[Codec]:
-    c = Codec(tenant="acme", root="ew", keyring=keyring, max_bytes=1024)
-    yield c
-    c.close()
+def small_codec(keyring: Keyring) -> Codec:
+    return Codec(tenant="acme", root="ew", keyring=keyring, max_bytes=1024)
 
 
 def unb64(data: bytes) -> bytes:
