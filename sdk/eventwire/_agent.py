@@ -221,15 +221,8 @@ class Agent:
                 await subscription.start()
             if self._on_request is not None:
                 await bus.serve_requests(self.identity, self._on_request)
-            kv = await bus.registry()
             started = time.time()
-            await announce(
-                kv,
-                self.identity,
-                instance=self.instance,
-                capabilities=self.capabilities,
-                started_at=started,
-            )
+            await self._announce(started)
             heartbeat = asyncio.create_task(self._heartbeat(started), name=f"heartbeat:{self.name}")
             await self._announce_phase("started")
             self._serving = True
@@ -264,19 +257,24 @@ class Agent:
             )
         )
 
+    async def _announce(self, started: float) -> None:
+        """Put (or refresh) this instance's signed registry entry."""
+        await announce(
+            await self.bus.registry(),
+            self.identity,
+            instance=self.instance,
+            capabilities=self.capabilities,
+            started_at=started,
+            sealing_key=self.sealing_key.public,
+        )
+
     async def _heartbeat(self, started: float) -> None:
         bus = self.bus
         interval = bus.registry_ttl / 3
         while True:
             await asyncio.sleep(interval)
             try:
-                await announce(
-                    await bus.registry(),
-                    self.identity,
-                    instance=self.instance,
-                    capabilities=self.capabilities,
-                    started_at=started,
-                )
+                await self._announce(started)
             except Exception as exc:  # keep beating through a reconnect
                 log.warning("heartbeat of %s failed: %r", self.name, exc)
 

@@ -14,7 +14,6 @@ from nats.js.api import KeyValueConfig, StorageType
 from eventwire_security import (
     EnvelopeError,
     RecipientKey,
-    SealingKey,
     SecurityError,
     sign_claims,
     verify_envelope,
@@ -66,6 +65,7 @@ async def announce(
     instance: str,
     capabilities: tuple[str, ...],
     started_at: float,
+    sealing_key: RecipientKey,
 ) -> None:
     """Put (or refresh) this instance's signed entry: a heartbeat."""
     principal = identity.principal
@@ -77,7 +77,7 @@ async def announce(
         "started": started_at,
         "iat": time.time(),
         # the agent's sealing key, so others can seal data to it (bound by the signature)
-        "seal": SealingKey.derive(identity).public.to_jwk()["x"],
+        "seal": sealing_key.to_jwk()["x"],
     }
     await kv.put(f"{principal.agent}.{instance}", sign_claims(claims, identity))
 

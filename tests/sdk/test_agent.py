@@ -17,6 +17,7 @@ from eventwire import (
     InvalidEvent,
     KnowledgeShared,
     NotRunning,
+    SealingKey,
     TaskCompleted,
     WrongTenant,
 )
@@ -107,8 +108,9 @@ async def test_a_dead_agent_expires_from_the_registry(bus: eventwire.Bus) -> Non
     ghost = make_identity("ghost", bus.keyring)
     # What a crashed agent leaves behind: one announcement, and no more heartbeats.
     await announce(
-        await bus.registry(), ghost, instance="i1", capabilities=("x",), started_at=time.time()
-    )
+        await bus.registry(), ghost, instance="i1", capabilities=("x",), started_at=time.time(),
+        sealing_key=SealingKey.derive(ghost).public,
+    )  # fmt: skip
     assert [i.name for i in await bus.agents()] == ["ghost"]
     await asyncio.sleep(bus.registry_ttl + 0.5)
     assert await bus.agents() == []
@@ -117,8 +119,9 @@ async def test_a_dead_agent_expires_from_the_registry(bus: eventwire.Bus) -> Non
 async def test_forged_registry_entry_is_ignored(bus: eventwire.Bus) -> None:
     intruder = make_identity("intruder")  # not in the keyring
     await announce(
-        await bus.registry(), intruder, instance="i1", capabilities=("x",), started_at=0.0
-    )
+        await bus.registry(), intruder, instance="i1", capabilities=("x",), started_at=0.0,
+        sealing_key=SealingKey.derive(intruder).public,
+    )  # fmt: skip
     assert await bus.agents() == []
     assert bus.security.rejected == {"unknown-key": 1}
 
