@@ -30,6 +30,7 @@ from ._errors import (
     Forbidden,
     InvalidEvent,
     NoResponders,
+    NotProvisioned,
     NotRunning,
     PublishFailed,
     RemoteError,
@@ -54,6 +55,7 @@ from ._kinds import (
     StatusUpdate,
     TaskCompleted,
 )
+from ._provision import provision_agent
 from ._registry import AgentInfo
 from ._retry import DEFAULT_RETRY, RetryPolicy
 from ._server import EmbeddedServer
@@ -99,6 +101,7 @@ __all__ = [
     "KeyringWatcher",
     "KnowledgeShared",
     "NoResponders",
+    "NotProvisioned",
     "NotRunning",
     "Policy",
     "Principal",
@@ -126,5 +129,6 @@ __all__ = [
     "WrongTenant",
     "__version__",
     "connect",
+    "provision_agent",
     "publish_keyring",
 ]

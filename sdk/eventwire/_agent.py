@@ -11,9 +11,16 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from eventwire_security import Actor, Identity, RecipientKey, SealingKey, check_name
+from eventwire_security import (
+    Actor,
+    Identity,
+    RecipientKey,
+    SealingKey,
+    check_name,
+    consumer_filters,
+)
 
-from ._errors import ConfigError, InvalidEvent, NotRunning, WrongTenant
+from ._errors import ConfigError, InvalidEvent, NotProvisioned, NotRunning, WrongTenant
 from ._kinds import AgentLifecycle
 from ._registry import announce, withdraw
 from ._retry import DEFAULT_RETRY, RetryPolicy
@@ -217,8 +224,8 @@ class Agent:
                     sealing_key=self.sealing_key,
                     **self._options.get(pattern, self._default_options()).as_kwargs(),
                 )
-                subscriptions.append(subscription)
-                await subscription.start()
+                if await self._started(subscription, pattern):
+                    subscriptions.append(subscription)
             if self._on_request is not None:
                 await bus.serve_requests(self.identity, self._on_request)
             started = time.time()
@@ -230,6 +237,28 @@ class Agent:
         finally:
             self._serving = False
             await self._shutdown(subscriptions, heartbeat)
+
+    async def _started(self, subscription: Subscription, pattern: str) -> bool:
+        """Start ``subscription``; on a bind-only bus, a default subscription nobody
+        provisioned (the policy does not let this agent consume there) is left out."""
+        bus = self.bus
+        ungranted = (
+            not bus.provisions
+            and bus.policy is not None
+            and pattern not in self._handlers
+            and pattern not in consumer_filters(bus.policy, self.actor)
+        )
+        if ungranted:
+            log.info("%s: the policy grants no consumer for %r", self.name, pattern)
+            return False
+        try:
+            await subscription.start()
+        except NotProvisioned:
+            if pattern in self._handlers:
+                raise
+            log.info("%s: no consumer provisioned for %r; not subscribed", self.name, pattern)
+            return False
+        return True
 
     async def _shutdown(
         self, subscriptions: list[Subscription], heartbeat: asyncio.Task[None] | None

@@ -54,14 +54,16 @@ class Auditor:
         replicas: int,
         admins: Keyring | None = None,
         keyring: Keyring | None = None,
+        create: bool = True,
     ) -> Self:
-        auditor = cls(await AuditLog.open(js, publisher, root, writer, replicas=replicas), actor)
+        opened = await AuditLog.open(js, publisher, root, writer, replicas=replicas, create=create)
+        auditor = cls(opened, actor)
         auditor._writer = asyncio.create_task(auditor._write_loop(), name="eventwire-audit")
         if admins is not None and keyring is not None:
             auditor._watcher = KeyringWatcher(
                 js, root, admins, keyring,
                 on_refused=auditor._keyring_refused, on_applied=auditor._keyring_applied,
-                replicas=replicas,
+                replicas=replicas, create=create,
             )  # fmt: skip
             await auditor._watcher.__aenter__()
         return auditor

@@ -90,7 +90,11 @@ class Bus(AsyncResource):
     (data in ``store_dir`` or a temporary directory) and stopped on exit; ``url`` may list
     several servers, comma-separated. Publishes wait up to ``leader_wait`` seconds for a
     stream leader (an election) before failing. ``on_reject`` is called on the event loop
-    for every received message refused before a handler saw it.
+    for every received message refused before a handler saw it. With ``provision=False``
+    (an agent whose NATS user has ``eventwire_security.compile_permissions``) the bus
+    creates no stream, bucket or consumer: it binds to what an admin provisioned and raises
+    :class:`NotProvisioned` for what is missing; pass the agent's own ``inbox_prefix``
+    (``eventwire_security.private_inbox_prefix``).
     """
 
     def __init__(
@@ -112,6 +116,8 @@ class Bus(AsyncResource):
         audit_identity: Identity | None = None,
         admins: Keyring | None = None,
         leader_wait: float = NO_LEADER_WINDOW,
+        provision: bool = True,
+        inbox_prefix: str | None = None,
     ) -> None:
         self.tenant = check_name("tenant", tenant)
         self.root = check_token(root, field="root")
@@ -130,6 +136,8 @@ class Bus(AsyncResource):
         self._audit_identity = audit_identity
         self._admins = admins
         self._leader_wait = leader_wait
+        self._provision = provision
+        self._inbox_prefix = inbox_prefix
         self._recipients_seen: list[AgentInfo] = []
         self._recipients_at = float("-inf")
         self._auditor: Auditor | None = None
@@ -175,6 +183,20 @@ class Bus(AsyncResource):
         return self._js
 
     @property
+    def jetstream(self) -> JetStreamContext:
+        """The bus's nats-py JetStream context (for admin tasks the SDK does not cover)."""
+        return self._js_or_raise()
+
+    @property
+    def replicas(self) -> int:
+        return self._replicas
+
+    @property
+    def provisions(self) -> bool:
+        """Whether this bus creates what is missing (``provision=True``) or only binds."""
+        return self._provision
+
+    @property
     def dead_letters(self) -> DeadLetterQueue:
         """The dead-letter queue: ``list``, ``get``, ``redrive``, ``purge``."""
         if self._dlq is None:
@@ -196,7 +218,7 @@ class Bus(AsyncResource):
             self._server = EmbeddedServer(store_dir=self._store_dir)
             await self._server.start()
         self._nc = await connect_nats(
-            self.url, self._name, self._connect_timeout, self._on_reconnected
+            self.url, self._name, self._connect_timeout, self._on_reconnected, self._inbox_prefix
         )
         self._js = self._nc.jetstream()
         self._codec = Codec(
@@ -207,25 +229,29 @@ class Bus(AsyncResource):
             on_reject=self._rejected,
             replay=self._replay_window,
         )
-        await ensure_stream(self._js, events_stream_config(self.root, replicas=self._replicas))
+        create, replicas = self._provision, self._replicas
+        await ensure_stream(
+            self._js, events_stream_config(self.root, replicas=replicas), create=create
+        )
         self._publisher = AckedPublisher(self._nc)
         await self._publisher.open()
         self._auditor = await Auditor.open(
             self._js, self._publisher, self.root,
             actor=f"{self.tenant}/{self._name}", writer=self._audit_identity,
-            replicas=self._replicas, admins=self._admins, keyring=self.keyring,
+            replicas=replicas, admins=self._admins, keyring=self.keyring, create=create,
         )  # fmt: skip
         self._processed = await ProcessedIds.open(
-            self._js, self.root, self._dedupe_window, self._replicas
+            self._js, self.root, self._dedupe_window, replicas, create=create
         )
         if self._replay_window is not None:
+            horizon = self._replay_window.horizon
             self._seen = await SeenIds.open(
-                self._js, self._publisher, self.root, self._replay_window.horizon, self._replicas
+                self._js, self._publisher, self.root, horizon, replicas, create=create
             )
         self._dlq = DeadLetterQueue(
             self._js, self._publisher, self.root, codec=self._codec, seen=self._seen
         )
-        await self._dlq.ensure(self._replicas)
+        await self._dlq.ensure(replicas, create=create)
 
     async def _on_reconnected(self) -> None:
         for subscription in self._subscriptions:
@@ -455,6 +481,7 @@ class Bus(AsyncResource):
             may_consume=compiled.may_consume if (compiled := self._may(actor)) else None,
             sealing_key=sealing_key,
             key_order=key_order,
+            provision=self._provision,
         )
         self._subscriptions.append(subscription)
         return subscription
@@ -495,7 +522,9 @@ class Bus(AsyncResource):
 
     async def registry(self) -> KeyValue:
         if self._registry is None:
-            self._registry = await open_registry(self._js_or_raise(), self.root, self._registry_ttl)
+            self._registry = await open_registry(
+                self._js_or_raise(), self.root, self._registry_ttl, create=self._provision
+            )
         return self._registry
 
     @property

@@ -8,6 +8,7 @@ import logging
 from typing import TYPE_CHECKING
 
 import nats.errors
+from nats.aio.client import DEFAULT_INBOX_PREFIX
 from nats.aio.client import Client as NatsClient
 
 from ._errors import ConnectionFailed
@@ -19,7 +20,11 @@ log = logging.getLogger("eventwire.bus")
 
 
 async def connect_nats(
-    url: str, name: str, timeout: float, reconnected: Callable[[], Awaitable[None]]
+    url: str,
+    name: str,
+    timeout: float,
+    reconnected: Callable[[], Awaitable[None]],
+    inbox_prefix: str | None = None,
 ) -> NatsClient:
     """Connect within ``timeout``; once connected, reconnect forever (servers restart)."""
 
@@ -47,6 +52,7 @@ async def connect_nats(
                 error_cb=on_error,
                 disconnected_cb=on_disconnected,
                 reconnected_cb=on_reconnected,
+                inbox_prefix=inbox_prefix or DEFAULT_INBOX_PREFIX,
             )
     except (nats.errors.Error, OSError, TimeoutError) as exc:
         with contextlib.suppress(nats.errors.Error, AssertionError):  # never connected

@@ -28,6 +28,7 @@ from ._errors import (
     ConfigError,
     DeadLetterError,
     InvalidEvent,
+    NotProvisioned,
     NotRunning,
     StreamConfigError,
     Unprocessable,
@@ -79,6 +80,43 @@ def durable_name(owner: str, pattern: str) -> str:
     return f"{owner}-{digest}"
 
 
+def consumer_config(
+    root: str,
+    durable: str,
+    pattern: str,
+    *,
+    retry: RetryPolicy = DEFAULT_RETRY,
+    ack_wait: float = 30.0,
+    batch: int = 64,
+    max_in_flight: int = 1,
+    start: Literal["all", "new"] = "all",
+    reserve: bool = False,
+) -> ConsumerConfig:
+    """The durable consumer of a subscription. With ``reserve`` (consumers an admin
+    provisions for agents that only bind) the server allows one delivery more than
+    ``retry``: the SDK dead-letters an event that comes back that last time (its previous
+    consumer died without an outcome), since such an agent may not read the stream to act
+    on the server's max-deliveries advisory."""
+    return ConsumerConfig(
+        durable_name=durable,
+        name=durable,
+        description=f"eventwire: {pattern}",
+        filter_subject=to_wire(root, pattern),
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=ack_wait,
+        # room for the batches queued for dispatch plus the one being fetched
+        max_ack_pending=max(1000, max(batch, max_in_flight) * 8 + max_in_flight),
+        max_deliver=retry.max_deliveries + (1 if reserve else 0),
+        deliver_policy=DeliverPolicy.ALL if start == "all" else DeliverPolicy.NEW,
+    )
+
+
+# Settings a bind-only subscription checks on the provisioned consumer (others may differ).
+_BOUND = ("filter_subject", "ack_policy", "ack_wait", "max_deliver")
+# A user without the right to a consumer gets no answer, only a permissions violation.
+_BIND_WAIT = 3.0
+
+
 class Subscription:
     """Delivers events matching ``pattern`` to ``handler`` from a durable consumer.
 
@@ -109,6 +147,7 @@ class Subscription:
         may_consume: Callable[[str], bool] | None = None,
         sealing_key: SealingKey | None = None,
         key_order: bool = False,
+        provision: bool = True,
     ) -> None:
         if max_in_flight < 1 or batch < 1 or ack_wait <= 0:
             raise ConfigError("max_in_flight and batch must be >= 1, ack_wait > 0")
@@ -140,6 +179,7 @@ class Subscription:
         self._in_flight: dict[int, tuple[Msg, float]] = {}  # by id(msg): Msg is unhashable
         self._keepalive: asyncio.Task[None] | None = None
         self._advisories: NatsSubscription | None = None
+        self._provision = provision
 
     def use_batches(self, handler: Callable[[Batch], Awaitable[None]]) -> None:
         """Deliver batches to ``handler`` instead of events one by one (before start)."""
@@ -148,22 +188,26 @@ class Subscription:
         self._batch_handler = handler
 
     def _config(self) -> ConsumerConfig:
-        return ConsumerConfig(
-            durable_name=self.durable,
-            name=self.durable,
-            description=f"eventwire: {self.pattern}",
-            filter_subject=to_wire(self._codec.root, self.pattern),
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=self._ack_wait,
-            # room for the batches queued for dispatch plus the one being fetched
-            max_ack_pending=max(1000, self._batch * 8 + self._max_in_flight),
-            max_deliver=self._retry.max_deliveries,
-            deliver_policy=DeliverPolicy.ALL if self._start == "all" else DeliverPolicy.NEW,
-        )
+        return consumer_config(
+            self._codec.root, self.durable, self.pattern,
+            retry=self._retry, ack_wait=self._ack_wait, batch=self._batch,
+            max_in_flight=self._max_in_flight, start=self._start, reserve=not self._provision,
+        )  # fmt: skip
 
     async def start(self) -> None:
         if self._task is not None:
             raise NotRunning("subscription already started")
+        if self._provision:
+            await self._create()
+        else:
+            await self._bind()
+        pull = Pull(self._nc, stream=self._stream, consumer=self.durable, batch=self._batch)
+        await pull.open()
+        self._pull = pull
+        self._task = asyncio.create_task(self._run(pull), name=f"eventwire:{self.durable}")
+        self._keepalive = asyncio.create_task(self._keep_alive(), name=f"wpi:{self.durable}")
+
+    async def _create(self) -> None:
         try:
             await self._js.add_consumer(self._stream, self._config())
         except nats.js.errors.BadRequestError as exc:
@@ -174,11 +218,28 @@ class Subscription:
             f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self._stream}.{self.durable}",
             cb=self._on_max_deliveries,
         )
-        pull = Pull(self._nc, stream=self._stream, consumer=self.durable, batch=self._batch)
-        await pull.open()
-        self._pull = pull
-        self._task = asyncio.create_task(self._run(pull), name=f"eventwire:{self.durable}")
-        self._keepalive = asyncio.create_task(self._keep_alive(), name=f"wpi:{self.durable}")
+
+    async def _bind(self) -> None:
+        """Use the consumer an admin provisioned, if its settings are the code's."""
+        try:
+            info = await self._js.consumer_info(self._stream, self.durable, timeout=_BIND_WAIT)
+        except (nats.js.errors.NotFoundError, nats.errors.TimeoutError) as exc:
+            why = "is not" if isinstance(exc, nats.js.errors.NotFoundError) else "may not be"
+            raise NotProvisioned(
+                f"consumer {self.durable!r} for {self.pattern!r} {why} provisioned on "
+                f"{self._stream!r} (no answer: absent, or this user may not use it); an admin "
+                "creates it (`eventwire tenant provision`, eventwire.provision_agent) for "
+                "patterns the policy lets the agent consume, exactly as the policy writes them"
+            ) from None
+        wanted = self._config()
+        differs = [
+            f"{name}: server has {getattr(info.config, name)!r}, code wants "
+            f"{getattr(wanted, name)!r}"
+            for name in _BOUND
+            if getattr(info.config, name) != getattr(wanted, name)
+        ]
+        if differs:
+            raise StreamConfigError(f"consumer {self.durable!r} differs: " + "; ".join(differs))
 
     async def stop(self) -> None:
         """Stop fetching, let in-flight handlers finish, then unsubscribe. Safe twice."""
@@ -230,7 +291,7 @@ class Subscription:
             if isinstance(result, Rejection):
                 self.stats.rejected += 1
                 await msg.term()
-            else:
+            elif self._provision or not await self._last_delivery(msg):
                 valid.append((msg, result))
         batch = Batch([event for _, event in valid])
         try:
@@ -311,6 +372,8 @@ class Subscription:
             self.stats.rejected += 1
             await msg.term()
             await self._done(1)
+        elif not self._provision and await self._last_delivery(msg):
+            await self._done(1)
         elif self._max_in_flight == 1:
             await self._handle(msg, result)
         else:
@@ -322,6 +385,17 @@ class Subscription:
                 )
             else:
                 group.create_task(self._handle_in_slot(msg, result))
+
+    async def _last_delivery(self, msg: Msg) -> bool:
+        """The reserve delivery of a provisioned consumer: the previous one had no outcome
+        (its consumer died), and the retry policy's deliveries are spent: dead-letter it."""
+        deliveries = msg.metadata.num_delivered or 1
+        if deliveries <= self._retry.max_deliveries:
+            return False
+        error = "no outcome on the last delivery (handler crashed or timed out)"
+        log.error("%s: event at %s dead-lettered (max-deliveries)", self.durable, msg.subject)
+        await self._dead_letter(msg, "max-deliveries", error, deliveries - 1)
+        return True
 
     async def _handle_in_slot(self, msg: Msg, event: Event) -> None:
         try:

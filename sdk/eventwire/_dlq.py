@@ -87,8 +87,9 @@ class DeadLetterQueue:
         self._seen = seen
         self.stream = dlq_stream_name(root)
 
-    async def ensure(self, replicas: int = 1) -> None:
-        await ensure_stream(self._js, dlq_stream_config(self._root, replicas=replicas))
+    async def ensure(self, replicas: int = 1, *, create: bool = True) -> None:
+        config = dlq_stream_config(self._root, replicas=replicas)
+        await ensure_stream(self._js, config, create=create)
 
     async def put(
         self,

@@ -49,6 +49,11 @@ class StreamConfigError(EventwireError):
     """A stream or consumer exists on the server with settings the code does not expect."""
 
 
+class NotProvisioned(StreamConfigError):
+    """A stream, bucket or consumer that a bus with ``provision=False`` binds to is absent:
+    an admin creates it (``eventwire tenant provision``, or a bus with ``provision=True``)."""
+
+
 class RequestFailed(EventwireError):
     """A direct request got no valid answer."""
 

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 import nats.js.errors
 from nats.js.api import KeyValueConfig, StorageType
 
+from ._buckets import open_bucket
+
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
     from nats.js.kv import KeyValue
@@ -34,22 +36,23 @@ class ProcessedIds:
 
     @classmethod
     async def open(
-        cls, js: JetStreamContext, root: str, window: float = DEFAULT_WINDOW, replicas: int = 1
+        cls,
+        js: JetStreamContext,
+        root: str,
+        window: float = DEFAULT_WINDOW,
+        replicas: int = 1,
+        *,
+        create: bool = True,
     ) -> ProcessedIds:
-        bucket = processed_bucket(root)
-        try:
-            kv = await js.key_value(bucket)
-        except nats.js.errors.BucketNotFoundError:
-            kv = await js.create_key_value(
-                KeyValueConfig(
-                    bucket=bucket,
-                    history=1,
-                    ttl=window,
-                    storage=StorageType.FILE,
-                    replicas=replicas,
-                )
-            )
-        return cls(kv)
+        config = KeyValueConfig(
+            bucket=processed_bucket(root),
+            history=1,
+            ttl=window,
+            storage=StorageType.FILE,
+            replicas=replicas,
+            direct=True,  # gets by key: an agent's right is scoped to its consumers' keys
+        )
+        return cls(await open_bucket(js, config, create=create))
 
     async def seen(self, consumer: str, event_id: str) -> bool:
         try:

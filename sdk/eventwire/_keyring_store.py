@@ -41,6 +41,7 @@ from eventwire_security import DEFAULT_MAX_BYTES, EnvelopeError, Keyring, Securi
 from eventwire_security._json import strict_loads
 from eventwire_security._keyring_doc import KeyEntry, KeyringDocument
 
+from ._buckets import open_bucket
 from ._errors import EventwireError
 
 if TYPE_CHECKING:
@@ -88,16 +89,17 @@ def _refused(exc: SecurityError, where: str = "") -> KeyringError:
     return KeyringError(where + str(exc), reason="keyring-invalid", error=exc)
 
 
-async def open_keyring_bucket(js: JetStreamContext, root: str, *, replicas: int = 1) -> KeyValue:
-    """Bind to the keyring bucket, creating it if absent."""
-    bucket = keyring_bucket(root)
-    try:
-        return await js.key_value(bucket)
-    except nats.js.errors.BucketNotFoundError:
-        config = KeyValueConfig(
-            bucket=bucket, history=KEYRING_HISTORY, storage=StorageType.FILE, replicas=replicas
-        )
-        return await js.create_key_value(config)
+async def open_keyring_bucket(
+    js: JetStreamContext, root: str, *, replicas: int = 1, create: bool = True
+) -> KeyValue:
+    """Bind to the keyring bucket, creating it if absent (if ``create``)."""
+    config = KeyValueConfig(
+        bucket=keyring_bucket(root),
+        history=KEYRING_HISTORY,
+        storage=StorageType.FILE,
+        replicas=replicas,
+    )
+    return await open_bucket(js, config, create=create)
 
 
 async def publish_keyring(
@@ -196,8 +198,10 @@ class KeyringWatcher:
         held: KeyringDocument | None = None,
         replicas: int = 1,
         timeout: float = 10.0,
+        create: bool = True,
     ) -> None:
         self._js = js
+        self._create = create
         self._root = root
         self._admins = admins
         self._target = target
@@ -223,7 +227,9 @@ class KeyringWatcher:
     async def __aenter__(self) -> Self:
         if self._watcher is not None:
             raise RuntimeError("this KeyringWatcher is already running")
-        kv = await open_keyring_bucket(self._js, self._root, replicas=self._replicas)
+        kv = await open_keyring_bucket(
+            self._js, self._root, replicas=self._replicas, create=self._create
+        )
         self._watcher = watcher = await kv.watch(KEYRING_KEY, include_history=True)
         try:
             await self._catch_up(watcher)

@@ -19,6 +19,8 @@ from eventwire_security import (
     verify_envelope,
 )
 
+from ._buckets import open_bucket
+
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
     from nats.js.kv import KeyValue
@@ -48,14 +50,14 @@ def registry_bucket(root: str) -> str:
     return f"{root}-agents"
 
 
-async def open_registry(js: JetStreamContext, root: str, ttl: float) -> KeyValue:
+async def open_registry(
+    js: JetStreamContext, root: str, ttl: float, *, create: bool = True
+) -> KeyValue:
     """Create (or bind to) the registry bucket; entries expire ``ttl`` seconds after a put."""
-    bucket = registry_bucket(root)
-    try:
-        return await js.key_value(bucket)
-    except nats.js.errors.BucketNotFoundError:
-        config = KeyValueConfig(bucket=bucket, history=1, ttl=ttl, storage=StorageType.FILE)
-        return await js.create_key_value(config)
+    config = KeyValueConfig(
+        bucket=registry_bucket(root), history=1, ttl=ttl, storage=StorageType.FILE
+    )
+    return await open_bucket(js, config, create=create)
 
 
 async def announce(

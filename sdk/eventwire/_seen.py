@@ -19,6 +19,8 @@ from nats.js.api import KeyValueConfig, StorageType
 
 from eventwire_security import seen_key
 
+from ._buckets import open_bucket
+
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
 
@@ -49,15 +51,14 @@ class SeenIds:
         root: str,
         horizon: float,
         replicas: int = 1,
+        *,
+        create: bool = True,
     ) -> SeenIds:
         bucket = seen_bucket(root)
-        try:
-            await js.key_value(bucket)
-        except nats.js.errors.BucketNotFoundError:
-            config = KeyValueConfig(
-                bucket=bucket, history=1, ttl=horizon, storage=StorageType.FILE, replicas=replicas
-            )
-            await js.create_key_value(config)
+        config = KeyValueConfig(
+            bucket=bucket, history=1, ttl=horizon, storage=StorageType.FILE, replicas=replicas
+        )
+        await open_bucket(js, config, create=create)
         return cls(js, publisher, bucket)
 
     async def claim(self, consumer: str, events: list[Event], timeout: float = 5.0) -> list[bool]:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import nats.js.errors
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
-from ._errors import StreamConfigError
+from ._errors import NotProvisioned, StreamConfigError
 from ._subjects import stream_subjects
 
 if TYPE_CHECKING:
@@ -68,9 +68,15 @@ async def diff_stream(js: JetStreamContext, wanted: StreamConfig) -> list[Differ
     ]  # fmt: skip
 
 
-async def ensure_stream(js: JetStreamContext, wanted: StreamConfig) -> None:
-    """Create the stream if absent; if present, refuse settings that differ from the code's."""
+async def ensure_stream(js: JetStreamContext, wanted: StreamConfig, *, create: bool = True) -> None:
+    """Create the stream if absent (or, without ``create``, raise :class:`NotProvisioned`);
+    if present, refuse settings that differ from the code's."""
     diffs = await diff_stream(js, wanted)
+    if diffs is None and not create:
+        raise NotProvisioned(
+            f"stream {wanted.name!r} does not exist; an admin creates it "
+            "(`eventwire tenant provision`, or a bus connected with provision=True)"
+        )
     if diffs is None:
         await js.add_stream(wanted)
     elif diffs:

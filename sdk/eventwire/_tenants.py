@@ -8,7 +8,9 @@ A deployment is a directory that the ``eventwire tenant`` commands own::
     <dir>/nats-server.conf            rendered from the above (mode 0600)
 
 Each tenant is a JetStream-enabled NATS account. Its ``admin`` user has ``>`` (creates streams
-and consumers); each agent's user gets ``compile_permissions`` of the tenant's policy. User
+and consumers); each agent's user gets ``compile_permissions`` of the tenant's policy, with a
+private inbox prefix (``Credentials.inbox_prefix``) and no right to create anything: agents
+run ``connect(..., provision=False)`` after ``eventwire tenant provision``. User
 names are global to a server: agent ``bot`` of ``acme`` is ``acme-bot``, and a taken one is
 refused.
 
@@ -42,7 +44,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from eventwire_security import Actor, Policy, SecurityError, check_name, compile_permissions
+from eventwire_security import (
+    Actor,
+    Policy,
+    SecurityError,
+    check_name,
+    compile_permissions,
+    private_inbox_prefix,
+)
 from eventwire_security._nats_permissions import DEFAULT_ROOT, render_server_config
 
 from ._errors import EventwireError
@@ -97,13 +106,15 @@ class ServerGone(DeploymentError):
 
 @dataclass(frozen=True, slots=True)
 class Credentials:
-    """A new NATS user's password, returned once. ``hashed``: only a bcrypt hash is stored."""
+    """A new NATS user's password, returned once. ``hashed``: only a bcrypt hash is stored.
+    ``inbox_prefix``: the agent's own inbox prefix, to connect with (``_INBOX`` for admins)."""
 
     tenant: str
     agent: str
     user: str
     password: str = field(repr=False)
     hashed: bool
+    inbox_prefix: str = "_INBOX"
 
     def url(self, server: str = f"nats://{LOOPBACK}:{DEFAULT_PORT}") -> str:
         """``server`` with the user and password in it (what ``eventwire.connect`` takes)."""
@@ -213,7 +224,8 @@ class Deployment:
             password, stored = _new_password()
             users[agent] = {"capabilities": actor.capabilities, "roles": actor.roles, **stored}
             _write_atomic(self._tenant_dir(tenant) / _USERS, _dumps(users))
-        return Credentials(tenant, agent, user, password, "password_bcrypt" in stored)
+        inbox = private_inbox_prefix(actor)
+        return Credentials(tenant, agent, user, password, "password_bcrypt" in stored, inbox)
 
     def set_policy(self, tenant: str, toml_text: str) -> Policy:
         """Replace the policy of ``tenant``. An invalid document changes nothing."""

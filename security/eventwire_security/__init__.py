@@ -69,6 +69,7 @@ from ._nats_permissions import (
     compile_permissions,
     consumer_filters,
     consumer_name,
+    private_inbox_prefix,
     render_server_config,
 )
 from ._policy import (
@@ -166,6 +167,7 @@ __all__ = [
     "message_id",
     "open_seal",
     "passphrase_from_env",
+    "private_inbox_prefix",
     "read_envelope",
     "read_identity",
     "render_server_config",

@@ -18,9 +18,15 @@ skips the SDK is refused too. What it can and cannot express:
   ``DIRECT.GET``) or pull from another agent's consumer (SECURITY.md).
 * With the shared ``_INBOX.>`` prefix (the NATS default) any agent of the account may
   subscribe to every inbox and so read other agents' deliveries and replies, and publish fake
-  replies. ``private_inbox=True`` gives each agent its own prefix (:func:`private_inbox_prefix`,
-  to pass as ``nats.connect(inbox_prefix=...)``) and replaces the ``_INBOX.>`` publish right
-  by ``allow_responses`` (one reply to each request the agent received).
+  replies. ``private_inbox=True`` (the default) gives each agent its own prefix
+  (:func:`private_inbox_prefix`, to pass as ``eventwire.connect(inbox_prefix=...)``) and
+  replaces the ``_INBOX.>`` publish right by ``allow_responses`` (one reply to each request
+  the agent received).
+* Everything else the SDK does on an agent's behalf (replay claims, idempotency records,
+  dead letters, audit records, registry entries) is granted under names that start with the
+  agent's consumer names or its agent name; see :func:`_jetstream_rights`. The SDK then runs
+  with ``connect(..., provision=False)``: it binds to what an admin created and creates
+  nothing.
 """
 
 from __future__ import annotations
@@ -120,18 +126,49 @@ def _consumer_names(policy: Policy, actor: Actor, consumers: Sequence[str] | Non
 
 
 def _jetstream_rights(actor: Actor, root: str, consumers: Sequence[str]) -> list[str]:
-    """The JetStream API subjects an agent needs: no more (never ``$JS.API.>``)."""
-    stream, bucket = f"{root}-events", f"{root}-agents"
-    rights = [f"$JS.API.STREAM.INFO.{stream}"]
+    """The JetStream subjects an agent's SDK needs in bind-only mode: no more (never
+    ``$JS.API.>``). Per consumer of its own: bind, pull and ack on the events stream; claim
+    ids in the replay bucket, record and look up handled ids in the idempotency bucket, and
+    dead-letter, all under keys that start with the consumer's name. The registry and the
+    keyring buckets are readable by the whole tenant (an agent lists live agents and
+    follows the keyring); the audit stream can be appended to and its head read.
+    """
+    stream = f"{root}-events"
+    seen, processed = f"{root}-seen", f"{root}-processed"
+    rights = [f"$JS.API.STREAM.INFO.{name}" for name in (stream, f"{root}-dlq", f"{root}-audit")]
+    rights += [f"$JS.API.STREAM.INFO.KV_{name}" for name in (seen, processed)]
     for name in consumers:
         rights += [
             f"$JS.API.CONSUMER.INFO.{stream}.{name}",
             f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}",
             f"$JS.ACK.{stream}.{name}.>",
+            f"$KV.{seen}.{name}.>",
+            f"$KV.{processed}.{name}.>",
+            f"$JS.API.DIRECT.GET.KV_{processed}.$KV.{processed}.{name}.>",
+            f"{root}.dlq.{name}",
         ]
-    # Registry: bind to the bucket and put (or purge) its own entries, keyed <agent>.<instance>.
-    rights += [f"$JS.API.STREAM.INFO.KV_{bucket}", f"$KV.{bucket}.{actor.agent}.>"]
+    # Audit: append a record after the head it read (hash chain); no delete, no purge.
+    rights += [f"{root}.audit.log", f"$JS.API.STREAM.MSG.GET.{root}-audit"]
+    for bucket in (f"{root}-agents", f"{root}-keyring"):
+        rights += _readable_bucket(bucket)
+    # Registry: put (or purge) its own entries only, keyed <agent>.<instance>.
+    rights.append(f"$KV.{root}-agents.{actor.agent}.>")
     return rights
+
+
+def _readable_bucket(bucket: str) -> list[str]:
+    """Bind to a KV bucket, get keys and list or watch them (an ordered consumer)."""
+    stream = f"KV_{bucket}"
+    return [
+        f"$JS.API.STREAM.INFO.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}.>",
+        f"$JS.API.STREAM.MSG.GET.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.>",
+        f"$JS.API.CONSUMER.INFO.{stream}.>",
+        f"$JS.API.CONSUMER.DELETE.{stream}.>",
+        f"$JS.FC.{stream}.>",
+    ]
 
 
 def compile_permissions(
@@ -140,12 +177,14 @@ def compile_permissions(
     *,
     root: str = DEFAULT_ROOT,
     consumers: Sequence[str] | None = None,
-    private_inbox: bool = False,
+    private_inbox: bool = True,
 ) -> Permissions:
     """The nats-server permissions of ``actor``'s NATS user under ``policy``.
 
     ``consumers``: the durable consumers the agent may pull from and ack (default: one per
-    :func:`consumer_filters` pattern, named by :func:`consumer_name`).
+    :func:`consumer_filters` pattern, named by :func:`consumer_name`). ``private_inbox``
+    (the default) confines the agent to its own inbox prefix; ``False`` grants the shared
+    ``_INBOX.>``, which lets agents of the account read each other's deliveries.
     """
     check_name("root", root)
     names = _consumer_names(policy, actor, consumers)

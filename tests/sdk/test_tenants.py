@@ -161,6 +161,7 @@ async def _connect(url: str, credentials: Credentials) -> Conn:
     try:
         await nc.connect(
             url, user=credentials.user, password=credentials.password, error_cb=on_error,
+            inbox_prefix=credentials.inbox_prefix,
             allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2,
         )  # fmt: skip
     except BaseException:

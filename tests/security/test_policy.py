@@ -495,29 +495,63 @@ def test_consumer_filters() -> None:
     assert consumer_filters(fully_denied, OTHER) == []
 
 
+def _consumer_rights(stream: str, root: str, name: str) -> list[str]:
+    return [
+        f"$JS.API.CONSUMER.INFO.{stream}.{name}",
+        f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}",
+        f"$JS.ACK.{stream}.{name}.>",
+        f"$KV.{root}-seen.{name}.>",
+        f"$KV.{root}-processed.{name}.>",
+        f"$JS.API.DIRECT.GET.KV_{root}-processed.$KV.{root}-processed.{name}.>",
+        f"{root}.dlq.{name}",
+    ]
+
+
+def _bucket_rights(bucket: str) -> list[str]:
+    return [
+        f"$JS.API.STREAM.INFO.KV_{bucket}",
+        f"$JS.API.DIRECT.GET.KV_{bucket}.>",
+        f"$JS.API.STREAM.MSG.GET.KV_{bucket}",
+        f"$JS.API.CONSUMER.CREATE.KV_{bucket}",
+        f"$JS.API.CONSUMER.CREATE.KV_{bucket}.>",
+        f"$JS.API.CONSUMER.INFO.KV_{bucket}.>",
+        f"$JS.API.CONSUMER.DELETE.KV_{bucket}.>",
+        f"$JS.FC.KV_{bucket}.>",
+    ]
+
+
+def _shared_rights(root: str, agent: str, consumers: list[str]) -> list[str]:
+    rights = [
+        f"$JS.API.STREAM.INFO.{root}-events",
+        f"$JS.API.STREAM.INFO.{root}-dlq",
+        f"$JS.API.STREAM.INFO.{root}-audit",
+        f"$JS.API.STREAM.INFO.KV_{root}-seen",
+        f"$JS.API.STREAM.INFO.KV_{root}-processed",
+    ]
+    for name in consumers:
+        rights += _consumer_rights(f"{root}-events", root, name)
+    rights += [f"{root}.audit.log", f"$JS.API.STREAM.MSG.GET.{root}-audit"]
+    rights += _bucket_rights(f"{root}-agents") + _bucket_rights(f"{root}-keyring")
+    return [*rights, f"$KV.{root}-agents.{agent}.>"]
+
+
 EXPECTED_SUMMARIZER: dict[str, Any] = {
     "publish": {
         "allow": [
             "ew.task.*.completed",
             "ew.knowledge.>",
             "ew.direct.acme.*",
-            "_INBOX.>",
-            "$JS.API.STREAM.INFO.ew-events",
-            "$JS.API.CONSUMER.INFO.ew-events.summarizer-7b3f64209379",
-            "$JS.API.CONSUMER.MSG.NEXT.ew-events.summarizer-7b3f64209379",
-            "$JS.ACK.ew-events.summarizer-7b3f64209379.>",
-            "$JS.API.CONSUMER.INFO.ew-events.summarizer-29bef4b53186",
-            "$JS.API.CONSUMER.MSG.NEXT.ew-events.summarizer-29bef4b53186",
-            "$JS.ACK.ew-events.summarizer-29bef4b53186.>",
-            "$JS.API.STREAM.INFO.KV_ew-agents",
-            "$KV.ew-agents.summarizer.>",
+            *_shared_rights(
+                "ew", "summarizer", ["summarizer-7b3f64209379", "summarizer-29bef4b53186"]
+            ),
         ],
         "deny": ["ew.system.>"],
     },
     "subscribe": {
-        "allow": ["_INBOX.>", "ew.direct.acme.summarizer"],
+        "allow": ["_INBOX_summarizer.>", "ew.direct.acme.summarizer"],
         "deny": ["ew.knowledge.secret.*"],
     },
+    "allow_responses": True,
 }
 
 
@@ -532,14 +566,12 @@ def test_compile_permissions_options() -> None:
     other = compile_permissions(policy, OTHER, root="t1", consumers=["other-a"])
     assert other["publish"]["allow"] == [
         "t1.direct.acme.*",
-        "_INBOX.>",
-        "$JS.API.STREAM.INFO.t1-events",
-        "$JS.API.CONSUMER.INFO.t1-events.other-a",
-        "$JS.API.CONSUMER.MSG.NEXT.t1-events.other-a",
-        "$JS.ACK.t1-events.other-a.>",
-        "$JS.API.STREAM.INFO.KV_t1-agents",
-        "$KV.t1-agents.other.>",
+        *_shared_rights("t1", "other", ["other-a"]),
     ]
+    shared = compile_permissions(policy, SUMMARIZER, private_inbox=False)
+    assert "_INBOX.>" in shared["publish"]["allow"]
+    assert "allow_responses" not in shared
+    assert shared["subscribe"]["allow"] == ["_INBOX.>", "ew.direct.acme.summarizer"]
     private = compile_permissions(policy, SUMMARIZER, private_inbox=True)
     assert private_inbox_prefix(SUMMARIZER) == "_INBOX_summarizer"
     assert private["allow_responses"] is True

@@ -270,7 +270,10 @@ async def test_agent_cannot_create_a_consumer(conns: dict[str, Conn], api: str) 
     [
         (f"$JS.API.STREAM.MSG.GET.{STREAM}", {"seq": 1}),
         (f"$JS.API.DIRECT.GET.{STREAM}", {"seq": 1}),
-        ("$JS.API.STREAM.MSG.GET.KV_ew-agents", {"seq": 1}),
+        # the registry (KV_ew-agents) is readable by the tenant; the handled ids are not
+        ("$JS.API.STREAM.MSG.GET.KV_ew-processed", {"seq": 1}),
+        ("$JS.API.DIRECT.GET.KV_ew-processed", {"seq": 1}),
+        ("$JS.API.STREAM.MSG.GET.KV_ew-seen", {"seq": 1}),
         ("$JS.API.STREAM.LIST", {}),
         ("$JS.API.STREAM.NAMES", {}),
     ],

@@ -6,6 +6,7 @@ then told to reload it (SIGHUP). Passwords are printed once and never again.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
@@ -14,7 +15,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from eventwire_security import Actor
+
+from .._bus import connect
 from .._errors import EventwireError
+from .._provision import provision_agent
 from .._tenants import ADMIN, Deployment
 
 if TYPE_CHECKING:
@@ -66,6 +71,8 @@ def _show(credentials: Credentials) -> None:
     console.print(f"tenant    {credentials.tenant}", soft_wrap=True)
     console.print(f"user      {credentials.user}", soft_wrap=True)
     console.print(f"password  {escape(credentials.password)}", soft_wrap=True)
+    if credentials.agent != ADMIN:
+        console.print(f"inbox     {credentials.inbox_prefix}", soft_wrap=True)
     console.print("[yellow]The password is shown once: store it now.[/yellow]")
     if not credentials.hashed:
         console.print(
@@ -164,3 +171,43 @@ def render(
     store_dir = None if store is None else str(store)
     path = _guard(lambda: deployment.write_config(out, store_dir))
     console.print(f"wrote {escape(str(path))}")
+
+
+async def _provision(deployment: Deployment, tenant: str, url: str) -> list[tuple[str, str]]:
+    """Connect as the tenant's admin; create streams, buckets and every agent's consumers."""
+    settings, policy = deployment.settings(), deployment.policy(tenant)
+    made: list[tuple[str, str]] = []
+    async with connect(url, tenant=tenant, root=settings.root, name=f"{tenant}-provision") as bus:
+        for agent, entry in deployment.users(tenant).items():
+            if agent != ADMIN:
+                actor = Actor(tenant, agent, entry.capabilities, entry.roles)
+                made += [(agent, name) for name in await provision_agent(bus, actor, policy)]
+    return made
+
+
+@app.command()
+def provision(
+    tenant: Tenant,
+    dir_: Dir,
+    url: Annotated[
+        str,
+        typer.Option(
+            envvar="EVENTWIRE_URL",
+            help="URL with the tenant admin's user and password: nats://USER:PASS@HOST:PORT.",
+        ),
+    ],
+) -> None:
+    """As the tenant's admin: create the streams, buckets and each agent's consumers, so
+    that agents run bind-only (``connect(..., provision=False)``) under their permissions.
+    Run it again after adding agents or changing the policy."""
+    deployment = Deployment(dir_)
+    try:
+        made = asyncio.run(_provision(deployment, tenant, url))
+    except (EventwireError, OSError) as exc:
+        _fail(exc)
+    table = Table(title=f"consumers provisioned for tenant {escape(tenant)}")
+    table.add_column("agent")
+    table.add_column("consumer")
+    for agent, name in made:
+        table.add_row(escape(agent), name)
+    console.print(table)
