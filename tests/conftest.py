@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 import eventwire
-from eventwire import EmbeddedServer, Identity, Keyring
+from eventwire import EmbeddedCluster, EmbeddedServer, Identity, Keyring
+from tests import _backends
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -18,12 +19,33 @@ if TYPE_CHECKING:
 TENANT = "acme"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """An unknown ``EVENTWIRE_TEST_BACKEND`` stops the run before collection."""
+    _backends.selected()
+
+
 @pytest.fixture(scope="session")
 async def nats_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EmbeddedServer]:
-    """One JetStream server for the session; tests isolate themselves by subject root."""
+    """One JetStream server for the session (of ``EVENTWIRE_TEST_BACKEND``: the binary or
+    a container); tests isolate themselves by subject root."""
     store: Path = tmp_path_factory.mktemp("nats")
-    async with EmbeddedServer(store_dir=store) as server:
+    async with _backends.server(store) as server:
         yield server
+
+
+@pytest.fixture
+async def own_server(tmp_path: Path) -> AsyncIterator[EmbeddedServer]:
+    """A JetStream server of the selected backend for one test, which may kill it
+    (SIGKILL, or docker kill) and start it again on the same port and store."""
+    async with _backends.server(tmp_path) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+async def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EmbeddedCluster]:
+    """A 3-node JetStream cluster of the selected backend, for a module's tests."""
+    async with _backends.cluster(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster
 
 
 @pytest.fixture

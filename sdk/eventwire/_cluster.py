@@ -188,7 +188,7 @@ class EmbeddedCluster(AsyncResource):
     async def _health_problem(self) -> str:
         for index, node in enumerate(self.nodes):
             if node.running:
-                status, body = await _http_get(self._ports[index].http, "/healthz")
+                status, body = await self._monitor_get(index, "/healthz")
                 if status != 200:
                     return f"{self.names[index]} /healthz: {status} {body.strip()}"
         return ""
@@ -259,10 +259,15 @@ class EmbeddedCluster(AsyncResource):
 
     async def monitor(self, index: int, path: str) -> Any:
         """A JSON monitoring endpoint of node ``index``, e.g. ``/jsz`` or ``/connz``."""
-        status, body = await _http_get(self._ports[index].http, path)
+        status, body = await self._monitor_get(index, path)
         if status != 200:
             raise ServerError(f"{self.names[index]} {path}: {status} {body.strip()[:200]}")
         return json.loads(body)
+
+    async def _monitor_get(self, index: int, path: str) -> tuple[int, str]:
+        """Status and body of ``GET path`` on node ``index``'s monitoring endpoint: the one
+        way this class reaches it (a container cluster in the tests reaches it otherwise)."""
+        return await _http_get(self._ports[index].http, path)
 
     @contextlib.asynccontextmanager
     async def _client(self) -> AsyncIterator[NatsClient]:

@@ -1,5 +1,8 @@
 """A real 3-node JetStream cluster on 127.0.0.1: the events stream replicated on every node,
-and its leader killed with SIGKILL while events are published and consumed."""
+and its leader killed with SIGKILL while events are published and consumed.
+
+The first test checks EmbeddedCluster itself, so it always runs the binary; the others use
+the ``nats_cluster`` fixture, of the backend ``EVENTWIRE_TEST_BACKEND`` selects."""
 
 from __future__ import annotations
 
@@ -25,18 +28,13 @@ TOTAL = 3_000
 KILL_AFTER = 1_000
 
 
-@pytest.fixture(scope="module")
-async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EmbeddedCluster]:
-    async with EmbeddedCluster(base_dir=tmp_path_factory.mktemp("cluster")) as started:
-        yield started
-
-
 @pytest.fixture
-async def healthy_cluster(cluster: EmbeddedCluster) -> AsyncIterator[EmbeddedCluster]:
-    """The module's cluster with every node running and caught up, before and after."""
-    await cluster.revive()
-    yield cluster
-    await cluster.revive()
+async def healthy_cluster(nats_cluster: EmbeddedCluster) -> AsyncIterator[EmbeddedCluster]:
+    """The module's cluster (of EVENTWIRE_TEST_BACKEND: processes or containers) with every
+    node running and caught up, before and after."""
+    await nats_cluster.revive()
+    yield nats_cluster
+    await nats_cluster.revive()
 
 
 def _alive(pid: int) -> bool:

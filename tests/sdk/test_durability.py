@@ -1,4 +1,5 @@
-"""The server is killed with SIGKILL mid-stream and restarted on the same store."""
+"""The server is killed with SIGKILL (or docker kill) mid-stream and restarted on the same
+store."""
 
 from __future__ import annotations
 
@@ -7,17 +8,19 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 import eventwire
-from eventwire import CustomEvent, EmbeddedServer, Event, Keyring
+from eventwire import CustomEvent, Event, Keyring
 from tests.conftest import TENANT, make_identity, wait_until
 
 if TYPE_CHECKING:
-    from pathlib import Path
+    from eventwire import EmbeddedServer
 
 TOTAL = 10_000
 CHUNK = 500
 
 
-async def test_no_acknowledged_event_is_lost_across_a_server_crash(tmp_path: Path) -> None:
+async def test_no_acknowledged_event_is_lost_across_a_server_crash(
+    own_server: EmbeddedServer,
+) -> None:
     keyring = Keyring()
     alice = make_identity("alice", keyring)
     calls: Counter[str] = Counter()
@@ -26,8 +29,8 @@ async def test_no_acknowledged_event_is_lost_across_a_server_crash(tmp_path: Pat
     async def handler(event: Event) -> None:
         calls[event.id] += 1
 
+    server = own_server
     async with (
-        EmbeddedServer(store_dir=tmp_path) as server,
         eventwire.connect(server.url, tenant=TENANT, keyring=keyring, root="dur") as bus,
         bus.subscribe(
             "custom.>", handler, durable="d", idempotent=True, batch=256, ack_wait=2
