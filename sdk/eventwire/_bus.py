@@ -37,6 +37,7 @@ from ._errors import (
     NotRunning,
 )
 from ._idempotency import DEFAULT_WINDOW, ProcessedIds
+from ._partitions import consumer_plan, subscribe_partitioned
 from ._publisher import NO_LEADER_WINDOW, AckedPublisher, acquire_slot, publish_error
 from ._registry import list_agents, open_registry
 from ._resource import AsyncResource
@@ -44,10 +45,10 @@ from ._retry import DEFAULT_RETRY, RetryPolicy
 from ._seen import SeenIds
 from ._server import EmbeddedServer
 from ._streams import ensure_stream, events_stream_config, events_stream_name
-from ._subjects import DEFAULT_ROOT, check_token
+from ._subjects import DEFAULT_ROOT, check_partitions, check_token
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Awaitable, Callable, Iterable, Sequence
 
     from nats.aio.client import Client as NatsClient
     from nats.aio.subscription import Subscription as NatsSubscription
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
     from ._codec import Rejection, SecurityStats, Signed
     from ._direct import RequestHandler
     from ._event import Event, Publishable
+    from ._partitions import Partition, PartitionedSubscription
     from ._registry import AgentInfo
 
 log = logging.getLogger("eventwire.bus")
@@ -90,7 +92,8 @@ class Bus(AsyncResource):
     (data in ``store_dir`` or a temporary directory) and stopped on exit; ``url`` may list
     several servers, comma-separated. Publishes wait up to ``leader_wait`` seconds for a
     stream leader (an election) before failing. ``on_reject`` is called on the event loop
-    for every received message refused before a handler saw it.
+    for every received message refused before a handler saw it. With ``partitions`` = n
+    the events stream assigns keyed events to n partitions (:meth:`subscribe_partitioned`).
     """
 
     def __init__(
@@ -112,8 +115,10 @@ class Bus(AsyncResource):
         audit_identity: Identity | None = None,
         admins: Keyring | None = None,
         leader_wait: float = NO_LEADER_WINDOW,
+        partitions: int = 0,
     ) -> None:
         self.tenant = check_name("tenant", tenant)
+        self.partitions = check_partitions(partitions)
         self.root = check_token(root, field="root")
         self.keyring = keyring if keyring is not None else Keyring()
         self.stream = events_stream_name(root)
@@ -206,8 +211,12 @@ class Bus(AsyncResource):
             max_bytes=min(DEFAULT_MAX_BYTES, self._nc.max_payload),
             on_reject=self._rejected,
             replay=self._replay_window,
+            partitions=self.partitions,
         )
-        await ensure_stream(self._js, events_stream_config(self.root, replicas=self._replicas))
+        await ensure_stream(
+            self._js,
+            events_stream_config(self.root, replicas=self._replicas, partitions=self.partitions),
+        )
         self._publisher = AckedPublisher(self._nc)
         await self._publisher.open()
         self._auditor = await Auditor.open(
@@ -417,6 +426,7 @@ class Bus(AsyncResource):
         actor: Actor | None = None,
         sealing_key: SealingKey | None = None,
         key_order: bool = False,
+        partition: Partition | None = None,
     ) -> Subscription:
         """A durable subscription: ``async with bus.subscribe(...)`` or ``await sub.start()``.
 
@@ -433,8 +443,14 @@ class Bus(AsyncResource):
         With ``key_order`` and ``max_in_flight`` > 1, events with the same partition key
         are handled one after another in stream order (retried in place on failure, so a
         later event never overtakes a failed one), different keys concurrently.
+        On a partitioned bus ``partition`` = p consumes only keyed events of partition p,
+        one at a time; ``"unkeyed"`` only events without a key (see ``_partitions``).
         The bus stops every subscription it made when it closes.
         """
+        name, filters, max_ack_pending = consumer_plan(
+            self.root, pattern, durable_name(check_token(durable, field="durable"), pattern),
+            self.partitions, partition,
+        )  # fmt: skip
         subscription = Subscription(
             nc=self._nc_or_raise(),
             js=self._js_or_raise(),
@@ -442,7 +458,7 @@ class Bus(AsyncResource):
             stream=self.stream,
             pattern=pattern,
             handler=handler,
-            durable=durable_name(check_token(durable, field="durable"), pattern),
+            durable=name,
             max_in_flight=max_in_flight,
             batch=batch,
             start=start,
@@ -455,9 +471,31 @@ class Bus(AsyncResource):
             may_consume=compiled.may_consume if (compiled := self._may(actor)) else None,
             sealing_key=sealing_key,
             key_order=key_order,
+            filters=filters,
+            max_ack_pending=max_ack_pending,
         )
         self._subscriptions.append(subscription)
         return subscription
+
+    def subscribe_partitioned(
+        self,
+        pattern: str,
+        handler: Callable[[Event], Awaitable[None]],
+        *,
+        durable: str,
+        partitions: Iterable[int] | None = None,
+        unkeyed: bool = True,
+        **options: Any,
+    ) -> PartitionedSubscription:
+        """One durable consumer per partition (of ``partitions``, default all n), each
+        handling its events one at a time, so per-key order holds; partitions run in
+        parallel. Instances with the same ``durable`` share partitions. With ``unkeyed``,
+        events without a key go to one more consumer. ``options`` as for :meth:`subscribe`.
+        """
+        return subscribe_partitioned(
+            self, pattern, handler, durable=durable, partitions=partitions,
+            unkeyed=unkeyed, options=options,
+        )  # fmt: skip
 
     def subscribe_batch(
         self,

@@ -109,6 +109,8 @@ class Subscription:
         may_consume: Callable[[str], bool] | None = None,
         sealing_key: SealingKey | None = None,
         key_order: bool = False,
+        filters: list[str] | None = None,
+        max_ack_pending: int | None = None,
     ) -> None:
         if max_in_flight < 1 or batch < 1 or ack_wait <= 0:
             raise ConfigError("max_in_flight and batch must be >= 1, ack_wait > 0")
@@ -140,6 +142,10 @@ class Subscription:
         self._in_flight: dict[int, tuple[Msg, float]] = {}  # by id(msg): Msg is unhashable
         self._keepalive: asyncio.Task[None] | None = None
         self._advisories: NatsSubscription | None = None
+        # wire filter subjects (default: the pattern under the root); the server's bound on
+        # unacknowledged messages (default: room for the batches below)
+        self._filters = filters or [to_wire(codec.root, self.pattern)]
+        self._max_ack_pending = max_ack_pending
 
     def use_batches(self, handler: Callable[[Batch], Awaitable[None]]) -> None:
         """Deliver batches to ``handler`` instead of events one by one (before start)."""
@@ -152,11 +158,13 @@ class Subscription:
             durable_name=self.durable,
             name=self.durable,
             description=f"eventwire: {self.pattern}",
-            filter_subject=to_wire(self._codec.root, self.pattern),
+            filter_subject=self._filters[0] if len(self._filters) == 1 else None,
+            filter_subjects=self._filters if len(self._filters) > 1 else None,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self._ack_wait,
             # room for the batches queued for dispatch plus the one being fetched
-            max_ack_pending=max(1000, self._batch * 8 + self._max_in_flight),
+            max_ack_pending=self._max_ack_pending
+            or max(1000, self._batch * 8 + self._max_in_flight),
             max_deliver=self._retry.max_deliveries,
             deliver_policy=DeliverPolicy.ALL if self._start == "all" else DeliverPolicy.NEW,
         )
