@@ -54,6 +54,7 @@ from ._kinds import (
     StatusUpdate,
     TaskCompleted,
 )
+from ._partitions import PartitionedSubscription
 from ._registry import AgentInfo
 from ._retry import DEFAULT_RETRY, RetryPolicy
 from ._server import EmbeddedServer
@@ -100,6 +101,7 @@ __all__ = [
     "KnowledgeShared",
     "NoResponders",
     "NotRunning",
+    "PartitionedSubscription",
     "Policy",
     "Principal",
     "PublishAck",
