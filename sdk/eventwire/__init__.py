@@ -55,6 +55,7 @@ from ._kinds import (
     StatusUpdate,
     TaskCompleted,
 )
+from ._partitions import PartitionedSubscription
 from ._provision import provision_agent
 from ._registry import AgentInfo
 from ._retry import DEFAULT_RETRY, RetryPolicy
@@ -103,6 +104,7 @@ __all__ = [
     "NoResponders",
     "NotProvisioned",
     "NotRunning",
+    "PartitionedSubscription",
     "Policy",
     "Principal",
     "PublishAck",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -33,21 +32,22 @@ from ._dlq import DeadLetterQueue
 from ._errors import (
     ConfigError,
     Forbidden,
-    InvalidEvent,
     NotRunning,
 )
 from ._idempotency import DEFAULT_WINDOW, ProcessedIds
+from ._partitions import consumer_plan, subscribe_partitioned
 from ._publisher import NO_LEADER_WINDOW, AckedPublisher, acquire_slot, publish_error
+from ._recipients import Recipients
 from ._registry import list_agents, open_registry
 from ._resource import AsyncResource
 from ._retry import DEFAULT_RETRY, RetryPolicy
 from ._seen import SeenIds
 from ._server import EmbeddedServer
 from ._streams import ensure_stream, events_stream_config, events_stream_name
-from ._subjects import DEFAULT_ROOT, check_token
+from ._subjects import DEFAULT_ROOT, check_partitions, check_token
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Awaitable, Callable, Iterable, Sequence
 
     from nats.aio.client import Client as NatsClient
     from nats.aio.subscription import Subscription as NatsSubscription
@@ -62,12 +62,12 @@ if TYPE_CHECKING:
     from ._codec import Rejection, SecurityStats, Signed
     from ._direct import RequestHandler
     from ._event import Event, Publishable
+    from ._partitions import Partition, PartitionedSubscription
     from ._registry import AgentInfo
 
 log = logging.getLogger("eventwire.bus")
 DEFAULT_REGISTRY_TTL = 15.0
 _SIGN_CHUNK = 128
-_RECIPIENTS_TTL = 5.0
 # Events are valid for a day by default (their ``exp``); allow 30 s of clock skew.
 DEFAULT_REPLAY_WINDOW = ReplayWindow(max_age=24 * 3600.0, skew=30.0)
 
@@ -95,6 +95,8 @@ class Bus(AsyncResource):
     creates no stream, bucket or consumer: it binds to what an admin provisioned and raises
     :class:`NotProvisioned` for what is missing; pass the agent's own ``inbox_prefix``
     (``eventwire_security.private_inbox_prefix``).
+    With ``partitions`` = n the events stream assigns keyed events to n partitions
+    (:meth:`subscribe_partitioned`).
     """
 
     def __init__(
@@ -118,8 +120,10 @@ class Bus(AsyncResource):
         leader_wait: float = NO_LEADER_WINDOW,
         provision: bool = True,
         inbox_prefix: str | None = None,
+        partitions: int = 0,
     ) -> None:
         self.tenant = check_name("tenant", tenant)
+        self.partitions = check_partitions(partitions)
         self.root = check_token(root, field="root")
         self.keyring = keyring if keyring is not None else Keyring()
         self.stream = events_stream_name(root)
@@ -138,8 +142,7 @@ class Bus(AsyncResource):
         self._leader_wait = leader_wait
         self._provision = provision
         self._inbox_prefix = inbox_prefix
-        self._recipients_seen: list[AgentInfo] = []
-        self._recipients_at = float("-inf")
+        self._recipients = Recipients(self.agents)
         self._auditor: Auditor | None = None
         self._compiled: dict[Actor, CompiledPolicy] = {}
         self._server: EmbeddedServer | None = None
@@ -228,11 +231,11 @@ class Bus(AsyncResource):
             max_bytes=min(DEFAULT_MAX_BYTES, self._nc.max_payload),
             on_reject=self._rejected,
             replay=self._replay_window,
+            partitions=self.partitions,
         )
         create, replicas = self._provision, self._replicas
-        await ensure_stream(
-            self._js, events_stream_config(self.root, replicas=replicas), create=create
-        )
+        events = events_stream_config(self.root, replicas=replicas, partitions=self.partitions)
+        await ensure_stream(self._js, events, create=create)
         self._publisher = AckedPublisher(self._nc)
         await self._publisher.open()
         self._auditor = await Auditor.open(
@@ -345,7 +348,7 @@ class Bus(AsyncResource):
             correlation_id=correlation_id,
             causation_id=causation_id,
             partition_key=partition_key,
-            seal_to=await self._recipients(seal_to) if seal_to else None,
+            seal_to=await self._recipients.keys(seal_to) if seal_to else None,
         )
         return await self._send(signed, timeout=timeout, attempts=attempts)
 
@@ -443,6 +446,7 @@ class Bus(AsyncResource):
         actor: Actor | None = None,
         sealing_key: SealingKey | None = None,
         key_order: bool = False,
+        partition: Partition | None = None,
     ) -> Subscription:
         """A durable subscription: ``async with bus.subscribe(...)`` or ``await sub.start()``.
 
@@ -459,8 +463,14 @@ class Bus(AsyncResource):
         With ``key_order`` and ``max_in_flight`` > 1, events with the same partition key
         are handled one after another in stream order (retried in place on failure, so a
         later event never overtakes a failed one), different keys concurrently.
+        On a partitioned bus ``partition`` = p consumes only keyed events of partition p,
+        one at a time; ``"unkeyed"`` only events without a key (see ``_partitions``).
         The bus stops every subscription it made when it closes.
         """
+        name, filters, max_ack_pending = consumer_plan(
+            self.root, pattern, durable_name(check_token(durable, field="durable"), pattern),
+            self.partitions, partition,
+        )  # fmt: skip
         subscription = Subscription(
             nc=self._nc_or_raise(),
             js=self._js_or_raise(),
@@ -468,7 +478,7 @@ class Bus(AsyncResource):
             stream=self.stream,
             pattern=pattern,
             handler=handler,
-            durable=durable_name(check_token(durable, field="durable"), pattern),
+            durable=name,
             max_in_flight=max_in_flight,
             batch=batch,
             start=start,
@@ -482,9 +492,31 @@ class Bus(AsyncResource):
             sealing_key=sealing_key,
             key_order=key_order,
             provision=self._provision,
+            filters=filters,
+            max_ack_pending=max_ack_pending,
         )
         self._subscriptions.append(subscription)
         return subscription
+
+    def subscribe_partitioned(
+        self,
+        pattern: str,
+        handler: Callable[[Event], Awaitable[None]],
+        *,
+        durable: str,
+        partitions: Iterable[int] | None = None,
+        unkeyed: bool = True,
+        **options: Any,
+    ) -> PartitionedSubscription:
+        """One durable consumer per partition (of ``partitions``, default all n), each
+        handling its events one at a time, so per-key order holds; partitions run in
+        parallel. Instances with the same ``durable`` share partitions. With ``unkeyed``,
+        events without a key go to one more consumer. ``options`` as for :meth:`subscribe`.
+        """
+        return subscribe_partitioned(
+            self, pattern, handler, durable=durable, partitions=partitions,
+            unkeyed=unkeyed, options=options,
+        )  # fmt: skip
 
     def subscribe_batch(
         self,
@@ -531,46 +563,12 @@ class Bus(AsyncResource):
     def registry_ttl(self) -> float:
         return self._registry_ttl
 
-    async def _recipients(self, wanted: Sequence[str | RecipientKey]) -> list[RecipientKey]:
-        """Sealing keys for agent names, ``capability:<name>`` or keys given as they are.
-
-        The registry listing is reused for ``_RECIPIENTS_TTL`` seconds and read again once
-        when a name is not in it (an agent that just started)."""
-        now = time.monotonic()
-        fresh = now - self._recipients_at < _RECIPIENTS_TTL
-        try:
-            return _sealing_keys(wanted, self._recipients_seen if fresh else [])
-        except InvalidEvent:
-            self._recipients_seen, self._recipients_at = await self.agents(), now
-            return _sealing_keys(wanted, self._recipients_seen)
-
     async def agents(self, *, capability: str | None = None) -> list[AgentInfo]:
         """Live agents of this tenant (verified entries), optionally those with a capability."""
         found = await list_agents(await self.registry(), self._codec_or_raise())
         if capability is None:
             return found
         return [info for info in found if capability in info.capabilities]
-
-
-def _sealing_keys(
-    wanted: Sequence[str | RecipientKey], live: list[AgentInfo]
-) -> list[RecipientKey]:
-    keys: dict[str, RecipientKey] = {}
-    for target in wanted:
-        if isinstance(target, RecipientKey):
-            keys[target.kid] = target
-            continue
-        capability = target.removeprefix("capability:")
-        found = [
-            info.sealing_key
-            for info in live
-            if info.sealing_key is not None
-            and (capability in info.capabilities if capability != target else info.name == target)
-        ]
-        if not found:
-            raise InvalidEvent(f"no live agent to seal to for {target!r}", field="seal_to")
-        keys.update((key.kid, key) for key in found)
-    return list(keys.values())
 
 
 # ``connect(...)`` reads better at the call site; it is the Bus constructor, nothing more.

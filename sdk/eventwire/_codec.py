@@ -31,7 +31,7 @@ from eventwire_security import (
 
 from ._errors import EventTooLarge, InvalidEvent, WrongTenant
 from ._event import SEALED, build_claims, event_from_claims
-from ._subjects import from_wire, to_wire
+from ._subjects import arrived_as_signed, publish_subject, to_wire
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -90,8 +90,10 @@ class Codec:
         max_bytes: int,
         on_reject: Callable[[Rejection], None] | None = None,
         replay: ReplayWindow | None = None,
+        partitions: int = 0,
     ) -> None:
         self.tenant = tenant
+        self.partitions = partitions
         self.replay = replay
         self.on_reject = on_reject
         self.root = root
@@ -123,7 +125,9 @@ class Codec:
         return Signed(
             event_id=claims["id"],
             subject=claims["subject"],
-            wire_subject=to_wire(self.root, claims["subject"]),
+            wire_subject=publish_subject(
+                self.root, claims["subject"], claims.get("partitionkey"), self.partitions
+            ),
             token=token,
             msg_id=msg_id,
         )
@@ -157,10 +161,12 @@ class Codec:
             return Rejection(exc.reason, exc.detail, wire_subject, kid)
         if claims.get("tenant") != self.tenant:
             return Rejection("wrong-tenant", f"tenant {claims.get('tenant')!r}", wire_subject, kid)
-        if from_wire(self.root, wire_subject) != claims.get("subject"):
+        subject, key = claims.get("subject"), claims.get("partitionkey")
+        if not arrived_as_signed(self.root, wire_subject, subject, key, self.partitions):
+            keyed = f" with partition key {key!r}" if self.partitions and key is not None else ""
             return Rejection(
                 "subject-mismatch",
-                f"signed subject {claims.get('subject')!r} arrived on {wire_subject!r}",
+                f"signed subject {subject!r}{keyed} arrived on {wire_subject!r}",
                 wire_subject,
                 kid,
             )

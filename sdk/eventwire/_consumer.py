@@ -91,28 +91,33 @@ def consumer_config(
     max_in_flight: int = 1,
     start: Literal["all", "new"] = "all",
     reserve: bool = False,
+    filters: list[str] | None = None,
+    max_ack_pending: int | None = None,
 ) -> ConsumerConfig:
-    """The durable consumer of a subscription. With ``reserve`` (consumers an admin
+    """The durable consumer of a subscription. ``filters``: wire filter subjects (default:
+    the pattern under the root); ``max_ack_pending`` (default: room for the batches queued
+    for dispatch plus the one being fetched). With ``reserve`` (consumers an admin
     provisions for agents that only bind) the server allows one delivery more than
     ``retry``: the SDK dead-letters an event that comes back that last time (its previous
     consumer died without an outcome), since such an agent may not read the stream to act
     on the server's max-deliveries advisory."""
+    filters = filters or [to_wire(root, pattern)]
     return ConsumerConfig(
         durable_name=durable,
         name=durable,
         description=f"eventwire: {pattern}",
-        filter_subject=to_wire(root, pattern),
+        filter_subject=filters[0] if len(filters) == 1 else None,
+        filter_subjects=filters if len(filters) > 1 else None,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=ack_wait,
-        # room for the batches queued for dispatch plus the one being fetched
-        max_ack_pending=max(1000, max(batch, max_in_flight) * 8 + max_in_flight),
+        max_ack_pending=max_ack_pending or max(1000, max(batch, max_in_flight) * 8 + max_in_flight),
         max_deliver=retry.max_deliveries + (1 if reserve else 0),
         deliver_policy=DeliverPolicy.ALL if start == "all" else DeliverPolicy.NEW,
     )
 
 
 # Settings a bind-only subscription checks on the provisioned consumer (others may differ).
-_BOUND = ("filter_subject", "ack_policy", "ack_wait", "max_deliver")
+_BOUND = ("filter_subject", "filter_subjects", "ack_policy", "ack_wait", "max_deliver")
 # A user without the right to a consumer gets no answer, only a permissions violation.
 _BIND_WAIT = 3.0
 
@@ -148,6 +153,8 @@ class Subscription:
         sealing_key: SealingKey | None = None,
         key_order: bool = False,
         provision: bool = True,
+        filters: list[str] | None = None,
+        max_ack_pending: int | None = None,
     ) -> None:
         if max_in_flight < 1 or batch < 1 or ack_wait <= 0:
             raise ConfigError("max_in_flight and batch must be >= 1, ack_wait > 0")
@@ -180,6 +187,8 @@ class Subscription:
         self._keepalive: asyncio.Task[None] | None = None
         self._advisories: NatsSubscription | None = None
         self._provision = provision
+        self._filters = filters  # see consumer_config
+        self._max_ack_pending = max_ack_pending
 
     def use_batches(self, handler: Callable[[Batch], Awaitable[None]]) -> None:
         """Deliver batches to ``handler`` instead of events one by one (before start)."""
@@ -192,6 +201,7 @@ class Subscription:
             self._codec.root, self.durable, self.pattern,
             retry=self._retry, ack_wait=self._ack_wait, batch=self._batch,
             max_in_flight=self._max_in_flight, start=self._start, reserve=not self._provision,
+            filters=self._filters, max_ack_pending=self._max_ack_pending,
         )  # fmt: skip
 
     async def start(self) -> None:

@@ -23,6 +23,7 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfi
 from ._codec import Rejection
 from ._errors import DeadLetterError
 from ._streams import DUPLICATE_WINDOW_SECONDS, ensure_stream
+from ._subjects import republish_subject
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
@@ -143,6 +144,7 @@ class DeadLetterQueue:
 
     async def redrive(self, seq: int, *, verify: bool = True) -> int:
         """Publish the original bytes again on their subject, then drop the entry.
+        (A keyed event is published on its keyed subject and lands in its partition again.)
 
         Returns the new stream sequence. The signature still verifies: the bytes are the
         same, and they are checked before anything is sent (a forged or expired entry is
@@ -159,9 +161,8 @@ class DeadLetterQueue:
                 raise DeadLetterError(f"could not redrive dead letter {seq}: {exc!r}") from exc
         msg_id = f"redrive:{self.stream}:{seq}"
         try:
-            future = await self._publisher.publish(
-                letter.subject, letter.data, {"Nats-Msg-Id": msg_id}
-            )
+            subject = republish_subject(self._root, letter.subject)
+            future = await self._publisher.publish(subject, letter.data, {"Nats-Msg-Id": msg_id})
             ack = await future
         except (nats.errors.Error, TimeoutError) as exc:
             raise DeadLetterError(f"could not redrive dead letter {seq}: {exc!r}") from exc

@@ -19,6 +19,7 @@ from eventwire_security import consumer_filters
 from ._consumer import consumer_config, durable_name
 from ._errors import ConfigError, StreamConfigError
 from ._keyring_store import open_keyring_bucket
+from ._partitions import consumer_plan
 from ._retry import DEFAULT_RETRY
 
 if TYPE_CHECKING:
@@ -54,10 +55,13 @@ async def provision_agent(
     await bus.registry()
     await open_keyring_bucket(js, bus.root, replicas=bus.replicas)
     for pattern in consumer_filters(policy, actor):
-        name = durable_name(actor.agent, pattern)
-        config = consumer_config(
-            bus.root, name, pattern, retry=retry, ack_wait=ack_wait, start=start, reserve=True
+        name, filters, _ = consumer_plan(
+            bus.root, pattern, durable_name(actor.agent, pattern), bus.partitions, None
         )
+        config = consumer_config(
+            bus.root, name, pattern, retry=retry, ack_wait=ack_wait, start=start, reserve=True,
+            filters=filters,
+        )  # fmt: skip
         try:
             await js.add_consumer(bus.stream, config)
         except nats.js.errors.BadRequestError as exc:

@@ -6,10 +6,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import nats.js.errors
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+    SubjectTransform,
+)
 
 from ._errors import NotProvisioned, StreamConfigError
-from ._subjects import stream_subjects
+from ._subjects import partition_transform, stream_subjects
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
@@ -21,11 +27,18 @@ def events_stream_name(root: str) -> str:
     return f"{root}-events"
 
 
-def events_stream_config(root: str, *, replicas: int = 1) -> StreamConfig:
+def events_stream_config(root: str, *, replicas: int = 1, partitions: int = 0) -> StreamConfig:
+    """The events stream; with ``partitions`` it also takes keyed subjects and assigns
+    each to a partition with a subject transform (see ``_subjects``)."""
+    transform = None
+    if partitions:
+        source, destination = partition_transform(root, partitions)
+        transform = SubjectTransform(src=source, dest=destination)
     return StreamConfig(
         name=events_stream_name(root),
         description="eventwire events (signed CloudEvents in compact JWS)",
-        subjects=stream_subjects(root),
+        subjects=stream_subjects(root, partitions=partitions),
+        subject_transform=transform,
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         discard=DiscardPolicy.OLD,
@@ -34,9 +47,9 @@ def events_stream_config(root: str, *, replicas: int = 1) -> StreamConfig:
     )
 
 
-# Settings the code declares; the server may not change the first three in place.
+# Settings the code declares; the server may not change the first two in place.
 _FIXED = ("storage", "retention")
-_CHECKED = (*_FIXED, "subjects", "num_replicas", "discard", "duplicate_window")
+_CHECKED = (*_FIXED, "subjects", "num_replicas", "discard", "duplicate_window", "subject_transform")
 
 
 @dataclass(frozen=True, slots=True)

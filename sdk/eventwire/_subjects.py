@@ -17,16 +17,26 @@ custom        ``custom.<...>``                        :class:`CustomEvent`
 ============  =====================================  =============================
 
 Direct requests travel on ``<root>.direct.<tenant>.<agent>``, outside the stream.
+
+On a partitioned bus (``partitions=n``) an event with a partition key is published on
+``<root>.keyed.<keytoken>.<subject>``, ``keytoken`` the first 16 hex digits of the
+SHA-256 of the key; the stream's subject transform ``<root>.keyed.*.>`` ->
+``<root>.keyed.{{partition(n,1)}}.{{wildcard(1)}}.>`` stores it as
+``<root>.keyed.<p>.<keytoken>.<subject>``, ``p`` = FNV-1a 32 of ``keytoken`` mod n (the
+server's hash). ``keyed`` is reserved: no logical subject starts with it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 
-from ._errors import InvalidEvent
+from ._errors import ConfigError, InvalidEvent
 
 DEFAULT_ROOT = "ew"
 FAMILIES = ("knowledge", "capability", "task", "error", "status", "agent", "system", "custom")
+KEYED = "keyed"  # reserved first token: keyed events on a partitioned bus
+MAX_PARTITIONS = 1024
 _TOKEN = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
 MAX_TOKENS = 16
 
@@ -47,6 +57,8 @@ def check_subject(subject: str, *, field: str = "subject") -> str:
     tokens = subject.split(".")
     if len(tokens) < 2 or len(tokens) > MAX_TOKENS:
         raise InvalidEvent(f"{subject!r} needs 2 to {MAX_TOKENS} tokens", field=field)
+    if tokens[0] == KEYED:
+        raise InvalidEvent(f"{subject!r}: {KEYED!r} is reserved for partitioning", field=field)
     if tokens[0] not in FAMILIES:
         raise InvalidEvent(f"{subject!r} must start with one of {', '.join(FAMILIES)}", field=field)
     for token in tokens:
@@ -96,8 +108,9 @@ def from_wire(root: str, wire: str) -> str | None:
     return wire[len(prefix) :] if wire.startswith(prefix) else None
 
 
-def stream_subjects(root: str) -> list[str]:
-    return [f"{root}.{family}.>" for family in FAMILIES]
+def stream_subjects(root: str, *, partitions: int = 0) -> list[str]:
+    keyed = [f"{root}.{KEYED}.>"] if partitions else []
+    return [*(f"{root}.{family}.>" for family in FAMILIES), *keyed]
 
 
 def direct_subject(tenant: str, agent: str) -> str:
@@ -117,3 +130,91 @@ def default_patterns(capabilities: tuple[str, ...] | list[str]) -> list[str]:
         *(f"capability.{name}.*" for name in capabilities),
         "agent.lifecycle.*",
     ]
+
+
+# --- partitions --------------------------------------------------------------------------
+
+
+def check_partitions(value: object) -> int:
+    """A partition count: 0 (not partitioned) to :data:`MAX_PARTITIONS`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"partitions must be an int, got {type(value).__name__}")
+    if not 0 <= value <= MAX_PARTITIONS:
+        raise ConfigError(f"partitions must be 0 to {MAX_PARTITIONS}, got {value}")
+    return value
+
+
+def key_token(key: str) -> str:
+    """The subject token of a partition key: deterministic, NATS-safe, 16 hex digits."""
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def partition_of(token: str, partitions: int) -> int:
+    """The partition nats-server's ``partition(n, ...)`` picks: FNV-1a 32 of the token mod n."""
+    digest = 0x811C9DC5
+    for byte in token.encode():
+        digest = ((digest ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return digest % partitions
+
+
+def publish_subject(root: str, logical: str, key: str | None, partitions: int) -> str:
+    """Where an event is published: keyed on a partitioned bus when it has a key."""
+    if partitions and key is not None:
+        return f"{root}.{KEYED}.{key_token(key)}.{logical}"
+    return to_wire(root, logical)
+
+
+def stored_subject(root: str, logical: str, key: str, partitions: int) -> str:
+    """Where the stream stores a keyed event (after its subject transform)."""
+    token = key_token(key)
+    return f"{root}.{KEYED}.{partition_of(token, partitions)}.{token}.{logical}"
+
+
+def arrived_as_signed(root: str, wire: str, subject: object, key: object, partitions: int) -> bool:
+    """Whether an event signed for ``subject`` (with partition ``key``) may arrive on
+    ``wire``: ``<root>.<subject>`` when it has no key or the bus is not partitioned, else
+    only the keyed layout with this key's token and the partition the server computes."""
+    if not partitions or key is None:
+        return from_wire(root, wire) == subject
+    if not isinstance(key, str) or not isinstance(subject, str):
+        return False
+    return wire == stored_subject(root, subject, key, partitions)
+
+
+def republish_subject(root: str, stored: str) -> str:
+    """The subject to publish a stored event on again (the keyed layout loses ``<p>``)."""
+    tokens = stored.split(".")
+    if len(tokens) > 4 and tokens[0] == root and tokens[1] == KEYED:
+        return ".".join([root, KEYED, *tokens[3:]])
+    return stored
+
+
+def partition_transform(root: str, partitions: int) -> tuple[str, str]:
+    """The events stream's subject transform (source, destination) for ``partitions``."""
+    source = f"{root}.{KEYED}.*.>"
+    return source, f"{root}.{KEYED}.{{{{partition({partitions},1)}}}}.{{{{wildcard(1)}}}}.>"
+
+
+def consumer_filters(root: str, pattern: str, partitions: int) -> list[str]:
+    """Filter subjects for ``pattern``: ``<root>.<pattern>``, and on a partitioned bus
+    its unkeyed and keyed layouts (:func:`unkeyed_filters`, :func:`keyed_filter`)."""
+    if not partitions:
+        return [to_wire(root, pattern)]
+    return [*unkeyed_filters(root, pattern), keyed_filter(root, pattern, None)]
+
+
+def unkeyed_filters(root: str, pattern: str) -> list[str]:
+    """Filters for unkeyed events only: a leading wildcard is spelled out per family, so
+    that no filter matches ``<root>.keyed...`` (the server refuses overlapping filters)."""
+    head, _, rest = pattern.partition(".")
+    if head == ">":
+        return [f"{root}.{family}.>" for family in FAMILIES]
+    if head == "*":
+        return [f"{root}.{family}" + (f".{rest}" if rest else "") for family in FAMILIES]
+    return [to_wire(root, pattern)]
+
+
+def keyed_filter(root: str, pattern: str, partition: int | None) -> str:
+    """Keyed events matching ``pattern``, in ``partition`` or in any."""
+    where = "*" if partition is None else str(partition)
+    return f"{root}.{KEYED}.{where}.*.{pattern}"

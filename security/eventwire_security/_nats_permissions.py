@@ -178,6 +178,7 @@ def compile_permissions(
     root: str = DEFAULT_ROOT,
     consumers: Sequence[str] | None = None,
     private_inbox: bool = True,
+    partitioned: bool = False,
 ) -> Permissions:
     """The nats-server permissions of ``actor``'s NATS user under ``policy``.
 
@@ -185,12 +186,15 @@ def compile_permissions(
     :func:`consumer_filters` pattern, named by :func:`consumer_name`). ``private_inbox``
     (the default) confines the agent to its own inbox prefix; ``False`` grants the shared
     ``_INBOX.>``, which lets agents of the account read each other's deliveries.
+    ``partitioned``: the events stream partitions keyed events (``connect(partitions=n)``):
+    every publish rule and deny also covers the keyed layout ``<root>.keyed.*.<pattern>``.
     """
     check_name("root", root)
     names = _consumer_names(policy, actor, consumers)
     publish, consume = policy.grants(actor, "publish"), policy.grants(actor, "consume")
     inbox = private_inbox_prefix(actor) if private_inbox else "_INBOX"
-    publish_allow = [f"{root}.{pattern}" for pattern in publish.allow]
+    layouts = (f"{root}.", f"{root}.keyed.*.") if partitioned else (f"{root}.",)
+    publish_allow = [prefix + pattern for pattern in publish.allow for prefix in layouts]
     publish_allow.append(f"{root}.direct.{actor.tenant}.*")
     if not private_inbox:
         publish_allow.append("_INBOX.>")
@@ -198,7 +202,7 @@ def compile_permissions(
     permissions: Permissions = {
         "publish": {
             "allow": list(dict.fromkeys(publish_allow)),
-            "deny": [f"{root}.{pattern}" for pattern in publish.deny],
+            "deny": [prefix + pattern for pattern in publish.deny for prefix in layouts],
         },
         "subscribe": {
             "allow": [f"{inbox}.>", f"{root}.direct.{actor.tenant}.{actor.agent}"],

@@ -628,3 +628,15 @@ def test_render_server_config_refuses_bad_input(
     if field is not None:
         assert isinstance(info.value, ServerConfigError)
         assert info.value.field == field
+
+
+def test_compile_permissions_for_a_partitioned_stream() -> None:
+    permissions = compile_permissions(Policy.from_toml(SAMPLE), SUMMARIZER, partitioned=True)
+    allow = permissions["publish"]["allow"]
+    assert allow[:4] == [
+        "ew.task.*.completed",
+        "ew.keyed.*.task.*.completed",
+        "ew.knowledge.>",
+        "ew.keyed.*.knowledge.>",
+    ]
+    assert permissions["publish"]["deny"] == ["ew.system.>", "ew.keyed.*.system.>"]

@@ -14,6 +14,7 @@ from rich.table import Table
 from eventwire import StreamConfigError
 from eventwire._dlq import dlq_stream_config
 from eventwire._streams import apply_stream, diff_stream, events_stream_config
+from eventwire._subjects import MAX_PARTITIONS, check_partitions
 
 if TYPE_CHECKING:
     from nats.js.api import StreamConfig
@@ -22,24 +23,27 @@ app = typer.Typer(help="Compare or apply the declared streams.", no_args_is_help
 Url = Annotated[str, typer.Option(envvar="EVENTWIRE_URL", help="NATS server URL.")]
 Root = Annotated[str, typer.Option(help="Subject root of the deployment.")]
 Replicas = Annotated[int, typer.Option(help="Replicas the deployment declares.")]
+Partitions = Annotated[
+    int, typer.Option(min=0, max=MAX_PARTITIONS, help="Partitions the deployment declares.")
+]
 console = Console(highlight=False)
 
 
-def _declared(root: str, replicas: int) -> list[StreamConfig]:
+def _declared(root: str, replicas: int, partitions: int = 0) -> list[StreamConfig]:
     return [
-        events_stream_config(root, replicas=replicas),
+        events_stream_config(root, replicas=replicas, partitions=check_partitions(partitions)),
         dlq_stream_config(root, replicas=replicas),
     ]
 
 
-async def _diff(url: str, root: str, replicas: int) -> int:
+async def _diff(url: str, root: str, replicas: int, partitions: int) -> int:
     nc = await nats.connect(url, max_reconnect_attempts=1)
     try:
         table = Table(title=f"declared streams of root {root!r} at {url}")
         for column in ("stream", "setting", "server", "code", "fix"):
             table.add_column(column)
         drift = 0
-        for wanted in _declared(root, replicas):
+        for wanted in _declared(root, replicas, partitions):
             diffs = await diff_stream(nc.jetstream(), wanted)
             if diffs is None:
                 table.add_row(str(wanted.name), "(whole stream)", "absent", "declared", "apply")
@@ -54,10 +58,10 @@ async def _diff(url: str, root: str, replicas: int) -> int:
         await nc.close()
 
 
-async def _apply(url: str, root: str, replicas: int) -> None:
+async def _apply(url: str, root: str, replicas: int, partitions: int) -> None:
     nc = await nats.connect(url, max_reconnect_attempts=1)
     try:
-        for wanted in _declared(root, replicas):
+        for wanted in _declared(root, replicas, partitions):
             changed = await apply_stream(nc.jetstream(), wanted)
             console.print(f"{wanted.name}: " + (", ".join(d.field for d in changed) or "ok"))
     finally:
@@ -65,10 +69,10 @@ async def _apply(url: str, root: str, replicas: int) -> None:
 
 
 @app.command()
-def diff(url: Url, root: Root = "ew", replicas: Replicas = 1) -> None:
+def diff(url: Url, root: Root = "ew", replicas: Replicas = 1, partitions: Partitions = 0) -> None:
     """Show every setting where the server differs from the code; exit 1 on drift."""
     try:
-        drift = asyncio.run(_diff(url, root, replicas))
+        drift = asyncio.run(_diff(url, root, replicas, partitions))
     except (nats.errors.Error, OSError) as exc:
         console.print(f"[red]error:[/red] {exc!r}")
         raise typer.Exit(2) from None
@@ -76,10 +80,10 @@ def diff(url: Url, root: Root = "ew", replicas: Replicas = 1) -> None:
 
 
 @app.command()
-def apply(url: Url, root: Root = "ew", replicas: Replicas = 1) -> None:
+def apply(url: Url, root: Root = "ew", replicas: Replicas = 1, partitions: Partitions = 0) -> None:
     """Create missing streams and update changeable settings to the code's."""
     try:
-        asyncio.run(_apply(url, root, replicas))
+        asyncio.run(_apply(url, root, replicas, partitions))
     except StreamConfigError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
