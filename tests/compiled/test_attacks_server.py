@@ -290,8 +290,16 @@ async def test_an_agent_cannot_read_beyond_its_own_consumers(world: World, mallo
         f"$JS.API.STREAM.DELETE.{ROOT}-audit",
     ):
         await _refused_request(mallory, subject, b'{"seq":1}')
-    with pytest.raises(nats.errors.TimeoutError):  # a record of another agent's replay claims
-        await mallory.jetstream().publish(f"$KV.{ROOT}-seen.{theirs}.x", b"", timeout=REFUSED)
+    for subject in (
+        f"$KV.{ROOT}-seen.{theirs}.x",  # a claim in another agent's replay record
+        f"$KV.{ROOT}-processed.{theirs}.x",  # an id another agent "handled"
+        f"$KV.{ROOT}-keyring.keyring",  # a rolled-back or forged keyring document
+        f"$KV.{ROOT}-agents.writer.i1",  # another agent's registry entry
+        f"{ROOT}.dlq.{theirs}",  # a dead letter in another agent's name
+    ):
+        with pytest.raises(nats.errors.TimeoutError):
+            await mallory.jetstream().publish(subject, b"", timeout=REFUSED)
+        await wait_until(lambda: any(subject.lower() in v for v in violations(mallory)))  # noqa: B023
 
 
 async def test_tenants_are_isolated(world: World, mallory: Client) -> None:

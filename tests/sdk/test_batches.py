@@ -37,16 +37,20 @@ async def test_batches_with_per_event_outcomes(bus: eventwire.Bus) -> None:
 
 async def test_a_raising_batch_handler_fails_the_whole_batch(bus: eventwire.Bus) -> None:
     alice = make_identity("alice", bus.keyring)
-    calls = 0
+    failed: list[str] = []  # the ids of the first batch, which fails as a whole
+    handled: list[str] = []
 
     async def handler(batch: Batch) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
+        if not failed:
+            failed.extend(event.id for event in batch.events)
             raise RuntimeError("database down")
+        handled.extend(event.id for event in batch.events)
 
     await bus.publish_many([CustomEvent("custom.b", "b", i) for i in range(5)], identity=alice)
     retry = RetryPolicy(initial_delay=0.01, jitter=0)
     async with bus.subscribe_batch("custom.b", handler, durable="b", retry=retry) as sub:
         await wait_until(lambda: sub.stats.handled == 5)
-    assert sub.stats.failed == 5
+    # the first pull may hold fewer than all five; each event of it was retried and handled
+    assert sub.stats.failed == len(failed) >= 1
+    assert set(failed) <= set(handled)
+    assert len(handled) == len(set(handled)) == 5
