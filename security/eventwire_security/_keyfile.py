@@ -25,6 +25,7 @@ the one used. Ancestors above the parent are resolved normally.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import json
@@ -259,6 +260,36 @@ def _parse(data: bytes, path: str) -> dict[str, str]:
     return document
 
 
+def _der_item(der: bytes, at: int) -> tuple[int, int, int]:
+    """The tag, start and end of the DER item at ``at`` (ValueError if it does not fit)."""
+    tag, first = der[at], der[at + 1]
+    start = at + 2
+    if first & 0x80:
+        size = first & 0x7F
+        if not 1 <= size <= 4:
+            raise ValueError("bad DER length")
+        length, start = int.from_bytes(der[start : start + size], "big"), start + size
+    else:
+        length = first
+    if start + length > len(der):
+        raise ValueError("DER item longer than its input")
+    return tag, start, start + length
+
+
+def _encrypted_info(document: dict[str, str]) -> bool:
+    """Whether the PEM is a well-formed EncryptedPrivateKeyInfo: SEQUENCE { SEQUENCE
+    (the algorithm), OCTET STRING (the ciphertext) }, with nothing after."""
+    body = "".join(document["pkcs8_pem"].strip().splitlines()[1:-1])
+    try:
+        der = base64.b64decode(body, validate=True)
+        tag, start, end = _der_item(der, 0)
+        algorithm, _, after = _der_item(der, start)
+        octets, _, last = _der_item(der, after)
+    except (ValueError, IndexError):
+        return False
+    return (tag, algorithm, octets, end, last) == (0x30, 0x30, 0x04, len(der), end)
+
+
 def _decode(data: bytes, passphrase: bytes, path: str) -> Identity:
     document = _parse(data, path)
     try:
@@ -271,7 +302,11 @@ def _decode(data: bytes, passphrase: bytes, path: str) -> Identity:
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         # cryptography says "Incorrect password, could not decrypt key" (older: "Bad
         # decrypt. Incorrect password?"); every other failure is a malformed file.
-        if isinstance(exc, ValueError) and "incorrect password" in str(exc).lower():
+        # A wrong passphrase decrypts to noise whose padding is valid about once in 256
+        # tries; then the inner parse fails instead. A well-formed outer structure means
+        # the ciphertext (or the passphrase) is what is wrong, as in the common case.
+        wrong = "incorrect password" in str(exc).lower() or _encrypted_info(document)
+        if isinstance(exc, ValueError) and wrong:
             raise KeyFileLocked("wrong passphrase (or damaged ciphertext)", path=path) from None
         raise KeyFileInvalid(f"not a readable PKCS#8 key: {exc}", path=path) from None
     if not isinstance(key, Ed25519PrivateKey):
