@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import itertools
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import nats.errors
 import nats.js.errors
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from ._codec import Signed
 
 _NO_RESPONDERS = "503"
+_SWEEP_EVERY = 4096
 NO_LEADER_WINDOW = 20.0
 
 
@@ -56,11 +57,17 @@ class AckedPublisher:
         """Send now; the future resolves with the ack or fails with the server's error."""
         self._next += 1
         token = str(self._next)
+        if self._next % _SWEEP_EVERY == 0:
+            self._sweep()
         future: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
         self._futures[token] = future
-        future.add_done_callback(lambda _: self._futures.pop(token, None))
         await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
         return future
+
+    def _sweep(self) -> None:
+        """Forget futures settled without an ack (timed out, cancelled): an ack removes its
+        own entry, so only those remain, and they are dropped here now and then."""
+        self._futures = {token: f for token, f in self._futures.items() if not f.done()}
 
     async def publish_acked(
         self,
@@ -113,11 +120,23 @@ class AckedPublisher:
             response = json.loads(msg.data)
             if "error" in response:
                 nats.js.errors.APIError.from_error(response["error"])  # raises the typed error
-            future.set_result(PubAck.from_response(response))
+            future.set_result(_pub_ack(response))
         except nats.js.errors.APIError as exc:
             future.set_exception(exc)
         except (ValueError, TypeError, KeyError) as exc:
             future.set_exception(nats.errors.Error(f"unreadable publish ack: {exc!r}"))
+
+
+def _pub_ack(response: dict[str, Any]) -> PubAck:
+    """``PubAck.from_response`` without its generic field conversion (a third of the cost)."""
+    if type(response.get("stream")) is not str or type(response.get("seq")) is not int:
+        return PubAck.from_response(response)
+    return PubAck(
+        stream=response["stream"],
+        seq=response["seq"],
+        domain=response.get("domain"),
+        duplicate=response.get("duplicate"),
+    )
 
 
 async def acquire_slot(
@@ -125,6 +144,9 @@ async def acquire_slot(
 ) -> None:
     """A window slot; if no ack came for ``timeout`` seconds (server gone), the unacked
     publishes are given up on here, to be sent again one by one once the window drains."""
+    if not slots.locked():  # a free slot: no timer needed
+        await slots.acquire()
+        return
     try:
         async with asyncio.timeout(timeout):
             await slots.acquire()

@@ -57,7 +57,7 @@ class Keyring:
         key = self.get(kid)
         if key.revoked:
             raise KeyNotValid("key was revoked", kid=kid)
-        if not key.valid_at(when or datetime.now(UTC)):
+        if key.not_after is not None and not key.valid_at(when or datetime.now(UTC)):
             raise KeyNotValid("key has expired", kid=kid)
         return key
 
