@@ -392,9 +392,8 @@ class Bus(AsyncResource):
                 for item in codec.sign_many(items[start : start + _SIGN_CHUNK], identity):
                     await acquire_slot(slots, sent, timeout)
                     future = await publisher.publish(
-                        item.wire_subject, item.token, {"Nats-Msg-Id": item.msg_id}
+                        item.wire_subject, item.token, {"Nats-Msg-Id": item.msg_id}, slots.release
                     )
-                    future.add_done_callback(lambda _: slots.release())
                     sent.append((item, future))
         except BaseException as exc:
             for _, future in sent:
@@ -408,7 +407,7 @@ class Bus(AsyncResource):
         self, sent: list[tuple[Signed, asyncio.Future[PubAck]]], timeout: float
     ) -> list[PublishAck]:
         """Await every ack; events whose pipelined publish failed are sent again one by one."""
-        pending = [future for _, future in sent]
+        pending = [future for _, future in sent if not future.done()]
         if pending:
             _, late = await asyncio.wait(pending, timeout=timeout)
             for future in late:

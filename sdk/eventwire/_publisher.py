@@ -19,6 +19,8 @@ from nats.js.api import PubAck
 from ._errors import PublishFailed
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from nats.aio.client import Client
     from nats.aio.msg import Msg
     from nats.aio.subscription import Subscription as NatsSubscription
@@ -36,7 +38,8 @@ class AckedPublisher:
     def __init__(self, nc: Client) -> None:
         self._nc = nc
         self._prefix = nc.new_inbox() + "."
-        self._futures: dict[str, asyncio.Future[PubAck]] = {}
+        # token -> the ack's future, and what to call once it settles (a window's release)
+        self._futures: dict[str, tuple[asyncio.Future[PubAck], Callable[[], None] | None]] = {}
         self._next = 0
         self._sub: NatsSubscription | None = None
 
@@ -47,27 +50,35 @@ class AckedPublisher:
         if self._sub is not None:
             with contextlib.suppress(nats.errors.Error):  # the connection is closing anyway
                 await self._sub.unsubscribe()
-        for future in self._futures.values():
-            future.cancel()
+        for future, settled in self._futures.values():
+            if future.cancel() and settled is not None:
+                settled()
         self._futures.clear()
 
     async def publish(
-        self, subject: str, payload: bytes, headers: dict[str, str]
+        self,
+        subject: str,
+        payload: bytes,
+        headers: dict[str, str],
+        settled: Callable[[], None] | None = None,
     ) -> asyncio.Future[PubAck]:
-        """Send now; the future resolves with the ack or fails with the server's error."""
+        """Send now; the future resolves with the ack or fails with the server's error.
+
+        ``settled`` is called when the ack (or the server's error) arrives, right there and
+        not through the event loop; whoever fails or cancels the future instead calls it."""
         self._next += 1
         token = str(self._next)
         if self._next % _SWEEP_EVERY == 0:
             self._sweep()
         future: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
-        self._futures[token] = future
+        self._futures[token] = (future, settled)
         await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
         return future
 
     def _sweep(self) -> None:
         """Forget futures settled without an ack (timed out, cancelled): an ack removes its
         own entry, so only those remain, and they are dropped here now and then."""
-        self._futures = {token: f for token, f in self._futures.items() if not f.done()}
+        self._futures = {token: e for token, e in self._futures.items() if not e[0].done()}
 
     async def publish_acked(
         self,
@@ -110,9 +121,16 @@ class AckedPublisher:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _on_ack(self, msg: Msg) -> None:
-        future = self._futures.pop(msg.subject[len(self._prefix) :], None)
-        if future is None or future.done():
-            return
+        entry = self._futures.pop(msg.subject[len(self._prefix) :], None)
+        if entry is None or entry[0].done():
+            return  # failed or cancelled before: whoever did that called ``settled``
+        future, settled = entry
+        self._settle(future, msg)
+        if settled is not None:
+            settled()
+
+    @staticmethod
+    def _settle(future: asyncio.Future[PubAck], msg: Msg) -> None:
         if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
             future.set_exception(nats.js.errors.NoStreamResponseError())
             return
@@ -153,7 +171,8 @@ async def acquire_slot(
     except TimeoutError:
         for _, future in sent:
             if not future.done():
-                future.set_exception(TimeoutError())  # releases its slot
+                future.set_exception(TimeoutError())
+                slots.release()
         await slots.acquire()
 
 

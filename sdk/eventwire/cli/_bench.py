@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import statistics
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 DEFAULT_COUNT = 20_000
 QUICK_COUNT = 5_000
 DEFAULT_REQUESTS = 500
+DEFAULT_REPEAT = 3
 QUICK_REQUESTS = 200
 _WARMUP_COUNT = 1_000
 _COUNT_HELP = (
@@ -71,16 +73,25 @@ class BenchConfig:
     batch: int = 256
     import_runs: int = 5
     modules: tuple[str, ...] = ("nats", "eventwire")
+    repeat: int = DEFAULT_REPEAT
 
     @classmethod
     def of(
-        cls, *, url: str | None, quick: bool, count: int | None, requests: int | None
+        cls,
+        *,
+        url: str | None,
+        quick: bool,
+        count: int | None,
+        requests: int | None,
+        repeat: int = DEFAULT_REPEAT,
     ) -> BenchConfig:
         if count is None:
             count = QUICK_COUNT if quick else DEFAULT_COUNT
         if requests is None:
             requests = QUICK_REQUESTS if quick else DEFAULT_REQUESTS
-        return cls(url=url, count=count, requests=requests, import_runs=3 if quick else 5)
+        return cls(
+            url=url, count=count, requests=requests, import_runs=3 if quick else 5, repeat=repeat
+        )
 
 
 def _silent(_: str) -> None:
@@ -109,22 +120,37 @@ async def _throughput(
     if config.count <= 0:
         return []
     progress("warming up")
-    await raw_case(js, config.sizes[0], min(config.count, _WARMUP_COUNT), batch=config.batch)
+    warmup = min(config.count, _WARMUP_COUNT)
+    await raw_case(js, config.sizes[0], warmup, batch=config.batch)
+    await eventwire_case(url, js, config.sizes[0], warmup, window=config.window, batch=64)
     results = []
     for size in config.sizes:
-        for case in (RAW, HAND_SIGNED, EVENTWIRE, EVENTWIRE_REPLAY):
-            progress(f"{case} {size_label(size)} x {config.count}")
-            if case == RAW:
-                seconds = await raw_case(js, size, config.count, batch=config.batch)
-            elif case == HAND_SIGNED:
-                seconds = await hand_signed_case(js, size, config.count, batch=config.batch)
-            else:
-                seconds = await eventwire_case(
-                    url, js, size, config.count, window=config.window, batch=config.batch,
-                    replay=case == EVENTWIRE_REPLAY,
-                )  # fmt: skip
-            results.append(Throughput(case, size, config.count, seconds))
+        trials: dict[str, list[float]] = {case: [] for case in _CASES}
+        for trial in range(1, config.repeat + 1):  # interleaved, so drift hits every case
+            for case in _CASES:
+                progress(f"{case} {size_label(size)} x {config.count} ({trial}/{config.repeat})")
+                trials[case].append(await _run_case(case, config, url, js, size))
+        results += [
+            Throughput(case, size, config.count, statistics.median(times), tuple(times))
+            for case, times in trials.items()
+        ]
     return results
+
+
+_CASES = (RAW, HAND_SIGNED, EVENTWIRE, EVENTWIRE_REPLAY)
+
+
+async def _run_case(
+    case: str, config: BenchConfig, url: str, js: JetStreamContext, size: int
+) -> float:
+    if case == RAW:
+        return await raw_case(js, size, config.count, batch=config.batch)
+    if case == HAND_SIGNED:
+        return await hand_signed_case(js, size, config.count, batch=config.batch)
+    return await eventwire_case(
+        url, js, size, config.count, window=config.window, batch=config.batch,
+        replay=case == EVENTWIRE_REPLAY,
+    )  # fmt: skip
 
 
 async def _latency(
@@ -145,6 +171,7 @@ async def _latency(
 
 
 def bench(
+    *,
     url: Annotated[
         str | None,
         typer.Option(help="NATS server URL; by default an embedded nats-server is started."),
@@ -164,9 +191,19 @@ def bench(
         int | None,
         typer.Option(min=1, help=_REQUESTS_HELP),
     ] = None,
+    repeat: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Runs of every throughput case, interleaved; the median is reported "
+            f"(default {DEFAULT_REPEAT}).",
+        ),
+    ] = DEFAULT_REPEAT,
 ) -> None:
     """Measure eventwire against raw nats-py and hand-signed PyNaCl on the same server."""
-    config = BenchConfig.of(url=url, quick=quick, count=count, requests=requests)
+    config = BenchConfig.of(
+        url=url, quick=quick, count=count, requests=requests, repeat=repeat
+    )
     err = Console(stderr=True)
 
     def progress(message: str) -> None:

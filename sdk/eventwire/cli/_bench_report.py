@@ -22,12 +22,14 @@ TARGET = 0.8
 
 @dataclass(frozen=True, slots=True)
 class Throughput:
-    """One pipeline run: ``count`` messages of ``size`` bytes in ``seconds``."""
+    """A pipeline case: ``count`` messages of ``size`` bytes in ``seconds`` (the median of
+    the ``trials``, each the seconds of one run)."""
 
     case: str
     size: int
     count: int
     seconds: float
+    trials: tuple[float, ...] = ()
 
     @property
     def msgs_per_s(self) -> float:
@@ -90,6 +92,7 @@ def _throughput_record(results: BenchResults, row: Throughput) -> dict[str, Any]
         "mib_per_s": round(row.msgs_per_s * row.size / 2**20, 2),
         "ratio_to_raw": _ratio(row.msgs_per_s, results.rate(RAW, row.size)),
         "ratio_to_hand_signed": _ratio(row.msgs_per_s, results.rate(HAND_SIGNED, row.size)),
+        "trials_msgs_per_s": [round(row.count / t, 1) for t in row.trials if t > 0],
     }
 
 
