@@ -70,7 +70,7 @@ def _canonical(data: bytes) -> Any:
     hooks of the standard library parser. eventwire's signer writes this canonical form.
     """
     try:
-        value = pydantic_core.from_json(data, allow_inf_nan=False)
+        value = pydantic_core.from_json(data, allow_inf_nan=False, cache_strings=False)
         return value if pydantic_core.to_json(value) == data else None
     except ValueError:
         return None
