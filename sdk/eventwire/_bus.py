@@ -244,8 +244,9 @@ class Bus(AsyncResource):
             replicas=replicas, admins=self._admins, keyring=self.keyring, create=create,
         )  # fmt: skip
         self._processed = await ProcessedIds.open(
-            self._js, self.root, self._dedupe_window, replicas, create=create
-        )
+            self._js, self.root, self._dedupe_window, replicas,
+            create=create, publisher=self._publisher,
+        )  # fmt: skip
         if self._replay_window is not None:
             horizon = self._replay_window.horizon
             self._seen = await SeenIds.open(

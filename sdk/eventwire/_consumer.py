@@ -36,6 +36,7 @@ from ._errors import (
 from ._lanes import KeyLanes
 from ._pull import Pull
 from ._retry import DEFAULT_RETRY, RetryPolicy
+from ._settle import Settler
 from ._subjects import check_pattern, to_wire
 
 if TYPE_CHECKING:
@@ -186,6 +187,7 @@ class Subscription:
         self._in_flight: dict[int, tuple[Msg, float]] = {}  # by id(msg): Msg is unhashable
         self._keepalive: asyncio.Task[None] | None = None
         self._advisories: NatsSubscription | None = None
+        self._settler: Settler | None = None
         self._provision = provision
         self._filters = filters  # see consumer_config
         self._max_ack_pending = max_ack_pending
@@ -272,25 +274,38 @@ class Subscription:
 
     async def _run(self, pull: Pull) -> None:
         try:
+            if self._processed is None:
+                await self._dispatch(pull)
+                return
+            settler = Settler(self._processed, self.durable, self._settled, self._batch * 2)
             async with asyncio.TaskGroup() as group:
-                while msgs := await pull.next_batch():
-                    results = self._codec.open_many([(m.data, m.subject) for m in msgs])
-                    if self._may_consume is not None:
-                        self._refuse_by_policy(results)
-                    self._unseal(results)
-                    if self._seen is not None and not await self._refuse_replays(msgs, results):
-                        continue
-                    if self._batch_handler is not None:
-                        await self._deliver_batch(msgs, results)
-                        continue
-                    for index, (msg, result) in enumerate(zip(msgs, results, strict=True)):
-                        if self._stopping:
-                            await _nak_all(msgs[index:])
-                            await self._done(len(msgs) - index)
-                            break
-                        await self._deliver(msg, result, group)
+                group.create_task(settler.run(), name=f"eventwire-settle:{self.durable}")
+                self._settler = settler
+                try:
+                    await self._dispatch(pull)  # returns once every handler has returned
+                finally:
+                    settler.close()
         finally:
             await _nak_all(await pull.close())
+
+    async def _dispatch(self, pull: Pull) -> None:
+        async with asyncio.TaskGroup() as group:
+            while msgs := await pull.next_batch():
+                results = self._codec.open_many([(m.data, m.subject) for m in msgs])
+                if self._may_consume is not None:
+                    self._refuse_by_policy(results)
+                self._unseal(results)
+                if self._seen is not None and not await self._refuse_replays(msgs, results):
+                    continue
+                if self._batch_handler is not None:
+                    await self._deliver_batch(msgs, results)
+                    continue
+                for index, (msg, result) in enumerate(zip(msgs, results, strict=True)):
+                    if self._stopping:
+                        await _nak_all(msgs[index:])
+                        await self._done(len(msgs) - index)
+                        break
+                    await self._deliver(msg, result, group)
 
     async def _deliver_batch(self, msgs: list[Msg], results: list[Event | Rejection]) -> None:
         """One call of the batch handler, then one ack decision per event."""
@@ -416,10 +431,11 @@ class Subscription:
     async def _handle(self, msg: Msg, event: Event) -> None:
         self._in_flight[id(msg)] = (msg, time.monotonic())
         deliveries = 0  # read from the message only when something fails
+        settling = False
         try:
             while True:
                 try:
-                    await self._attempt(msg, event)
+                    recorded = await self._attempt(msg, event)
                 except Exception as exc:
                     self.stats.failed += 1
                     deliveries = deliveries or msg.metadata.num_delivered or 1
@@ -428,20 +444,39 @@ class Subscription:
                         return
                     deliveries += 1
                 else:
-                    await msg.ack()
+                    if recorded and self._settler is not None:
+                        settling = True  # the settler acks it once the record is stored
+                        await self._settler.record(msg, event.id)
+                    else:
+                        await msg.ack()
                     return
         finally:
-            del self._in_flight[id(msg)]
-            await self._done(1)
+            if not settling:
+                del self._in_flight[id(msg)]
+                await self._done(1)
 
-    async def _attempt(self, msg: Msg, event: Event) -> None:
+    async def _attempt(self, msg: Msg, event: Event) -> bool:
+        """Run the handler unless the event was handled before; True if it ran and its
+        id is to be recorded (an idempotent consumer)."""
         if self._processed is not None and await self._handled_before(msg, event):
             self.stats.duplicates += 1
-            return
+            return False
         await self._handler(event)
-        if self._processed is not None:
-            await self._mark_processed(event)
         self.stats.handled += 1
+        return self._processed is not None
+
+    async def _settled(self, msg: Msg, recorded: bool) -> None:
+        """The settler's verdict on a handled event: ack once its record is stored, else
+        nak it (it will be handled again, which is what the record could not prevent)."""
+        try:
+            with contextlib.suppress(nats.errors.Error):  # unacked: redelivered, then skipped
+                if recorded:
+                    await msg.ack()
+                else:
+                    await msg.nak(delay=self._retry.delay(msg.metadata.num_delivered or 1))
+        finally:
+            self._in_flight.pop(id(msg), None)
+            await self._done(1)
 
     async def _handled_before(self, msg: Msg, event: Event) -> bool:
         """Whether the id was recorded as handled. A first delivery that passed the replay
@@ -450,6 +485,8 @@ class Subscription:
         assert self._processed is not None
         if self._seen is not None and msg.metadata.num_delivered == 1:
             return False
+        if self._settler is not None and await self._settler.outcome(event.id):
+            return True  # its first run's record was on its way, and is stored now
         return await self._processed.seen(self.durable, event.id)
 
     async def _retry_in_place(self, event: Event, exc: Exception, deliveries: int) -> bool:
@@ -461,18 +498,6 @@ class Subscription:
             return False
         await asyncio.sleep(self._retry.delay(deliveries))
         return True
-
-    async def _mark_processed(self, event: Event) -> None:
-        """Record a handled id; keep trying through an outage rather than run it twice."""
-        assert self._processed is not None
-        for attempt in range(1, 31):
-            try:
-                await self._processed.mark(self.durable, event.id)
-                return
-            except (nats.errors.Error, TimeoutError) as exc:
-                log.warning("%s: recording %s failed (%r), retrying", self.durable, event.id, exc)
-                await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
-        raise RuntimeError(f"could not record processed event {event.id}")
 
     def reset_pull(self) -> None:
         """After a reconnect: pulls waiting on the server may be gone, so pull again."""

@@ -16,10 +16,16 @@ import nats.js.errors
 from nats.js.api import KeyValueConfig, StorageType
 
 from ._buckets import open_bucket
+from ._errors import NotRunning
 
 if TYPE_CHECKING:
+    import asyncio
+
     from nats.js import JetStreamContext
+    from nats.js.api import PubAck
     from nats.js.kv import KeyValue
+
+    from ._publisher import AckedPublisher
 
 DEFAULT_WINDOW = 24 * 3600.0
 
@@ -31,8 +37,10 @@ def processed_bucket(root: str) -> str:
 class ProcessedIds:
     """Which (consumer, event id) pairs were processed within the window."""
 
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, kv: KeyValue, bucket: str, publisher: AckedPublisher | None = None) -> None:
         self._kv = kv
+        self._prefix = f"$KV.{bucket}."
+        self._publisher = publisher
 
     @classmethod
     async def open(
@@ -43,6 +51,7 @@ class ProcessedIds:
         replicas: int = 1,
         *,
         create: bool = True,
+        publisher: AckedPublisher | None = None,
     ) -> ProcessedIds:
         config = KeyValueConfig(
             bucket=processed_bucket(root),
@@ -52,7 +61,8 @@ class ProcessedIds:
             replicas=replicas,
             direct=True,  # gets by key: an agent's right is scoped to its consumers' keys
         )
-        return cls(await open_bucket(js, config, create=create))
+        kv = await open_bucket(js, config, create=create)
+        return cls(kv, processed_bucket(root), publisher)
 
     async def seen(self, consumer: str, event_id: str) -> bool:
         try:
@@ -63,3 +73,9 @@ class ProcessedIds:
 
     async def mark(self, consumer: str, event_id: str) -> None:
         await self._kv.put(f"{consumer}.{event_id}", b"")
+
+    async def mark_later(self, consumer: str, event_id: str) -> asyncio.Future[PubAck]:
+        """Send the record now; the future resolves once it is stored (pipelined)."""
+        if self._publisher is None:
+            raise NotRunning("pipelined records need the bus's publisher")
+        return await self._publisher.publish(f"{self._prefix}{consumer}.{event_id}", b"", {})
