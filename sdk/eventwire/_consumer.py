@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Self
+from typing import TYPE_CHECKING, Literal
 
 import nats.errors
 import nats.js.errors
@@ -35,13 +35,13 @@ from ._errors import (
 )
 from ._lanes import KeyLanes
 from ._pull import Pull
+from ._resource import AsyncResource
 from ._retry import DEFAULT_RETRY, RetryPolicy
 from ._settle import Settler
 from ._subjects import check_pattern, to_wire
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
-    from types import TracebackType
 
     from nats.aio.client import Client
     from nats.aio.msg import Msg
@@ -123,7 +123,7 @@ _BOUND = ("filter_subject", "filter_subjects", "ack_policy", "ack_wait", "max_de
 _BIND_WAIT = 3.0
 
 
-class Subscription:
+class Subscription(AsyncResource):
     """Delivers events matching ``pattern`` to ``handler`` from a durable consumer.
 
     Success acks; an exception naks with a delay; an event that fails verification is
@@ -572,14 +572,8 @@ class Subscription:
                     with contextlib.suppress(nats.errors.Error):
                         await msg.in_progress()
 
-    async def __aenter__(self) -> Self:
+    async def _open(self) -> None:  # ``async with`` starts and stops it
         await self.start()
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def close(self) -> None:
         await self.stop()

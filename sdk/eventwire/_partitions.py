@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import fields
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal
 
 from ._consumer import SubscriptionStats
 from ._errors import ConfigError
+from ._resource import AsyncResource
 from ._subjects import check_pattern, consumer_filters, keyed_filter, unkeyed_filters
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable
-    from types import TracebackType
 
     from ._bus import Bus
     from ._consumer import Subscription
@@ -54,7 +54,7 @@ def consumer_plan(
     return f"{name}-p{partition}", [keyed_filter(root, pattern, partition)], 1
 
 
-class PartitionedSubscription:
+class PartitionedSubscription(AsyncResource):
     """The consumers of one partitioned subscription, started and stopped together:
     ``async with bus.subscribe_partitioned(...)`` or ``await handle.start()``."""
 
@@ -94,16 +94,10 @@ class PartitionedSubscription:
             for subscription in started:
                 group.create_task(subscription.stop())
 
-    async def __aenter__(self) -> Self:
+    async def _open(self) -> None:  # ``async with`` starts and stops it
         await self.start()
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def close(self) -> None:
         await self.stop()
 
 
