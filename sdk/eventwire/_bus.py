@@ -565,7 +565,8 @@ class Bus(AsyncResource):
 
     async def agents(self, *, capability: str | None = None) -> list[AgentInfo]:
         """Live agents of this tenant (verified entries), optionally those with a capability."""
-        found = await list_agents(await self.registry(), self._codec_or_raise())
+        registry = await self.registry()
+        found = await list_agents(self._js_or_raise(), self.root, registry, self._codec_or_raise())
         if capability is None:
             return found
         return [info for info in found if capability in info.capabilities]

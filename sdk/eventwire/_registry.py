@@ -88,18 +88,23 @@ async def withdraw(kv: KeyValue, agent: str, instance: str) -> None:
     await kv.purge(f"{agent}.{instance}")
 
 
-async def list_agents(kv: KeyValue, codec: Codec) -> list[AgentInfo]:
-    """Every live, correctly signed entry of this tenant; bad entries are counted and skipped."""
-    try:
-        keys = await kv.keys()
-    except nats.js.errors.NoKeysError:
-        return []
+async def list_agents(
+    js: JetStreamContext, root: str, kv: KeyValue, codec: Codec
+) -> list[AgentInfo]:
+    """Every live, correctly signed entry of this tenant; bad entries are counted and skipped.
+
+    The keys come from one stream-info request (the subjects the bucket holds), not from
+    nats-py's ``kv.keys()``, whose ordered consumer can come back short under load."""
+    bucket = registry_bucket(root)
+    prefix = f"$KV.{bucket}."
+    stream = await js.stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}>")
+    keys = [subject[len(prefix) :] for subject in stream.state.subjects or {}]
     found: list[AgentInfo] = []
     for key in keys:
         try:
             entry = await kv.get(key)
-        except nats.js.errors.KeyNotFoundError:
-            continue  # expired between keys() and get()
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            continue  # withdrawn (purged), or expired since the listing
         info = _parse_entry(entry.value or b"", codec)
         if info is not None:
             found.append(info)
