@@ -31,17 +31,17 @@ from tests.compiled.conftest import FLAKY_ACK_WAIT, FLAKY_RETRY, ROOT, World, vi
 from tests.conftest import wait_until
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     from nats.aio.client import Client
     from nats.aio.msg import Msg
 
 
-def _collect(into: list[Event]) -> Callable[[Event], asyncio.Future[None]]:
+def _collect(into: list[Event]) -> Callable[[Event], Awaitable[None]]:
     async def handler(event: Event) -> None:
         into.append(event)
 
-    return handler  # type: ignore[return-value]
+    return handler
 
 
 async def test_agents_work_under_compiled_permissions(world: World) -> None:
