@@ -78,13 +78,14 @@ class Pull:
         return left
 
     async def next_batch(self) -> list[Msg]:
-        """Wait for messages; return all that arrived (at least one), or [] once closed."""
+        """Wait for messages; return what arrived (at least one, at most ``batch``: two
+        pull requests may be answered before the caller takes them), or [] once closed."""
         while not self._buffer and not self._closed:
             self._arrived.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), self._heartbeat)
             await self._check_alive()
-        taken, self._buffer = self._buffer, []
+        taken, self._buffer = self._buffer[: self._batch], self._buffer[self._batch :]
         self._held += len(taken)
         return taken
 

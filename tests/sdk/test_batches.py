@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
+from nats.js.api import ConsumerConfig
+
 import eventwire
 from eventwire import Batch, CustomEvent, RetryPolicy
+from eventwire._pull import Pull
 from tests.conftest import make_identity, wait_until
 
 
@@ -54,3 +59,27 @@ async def test_a_raising_batch_handler_fails_the_whole_batch(bus: eventwire.Bus)
     assert sub.stats.failed == len(failed) >= 1
     assert set(failed) <= set(handled)
     assert len(handled) == len(set(handled)) == 5
+
+
+async def test_a_pull_hands_out_at_most_its_batch(bus: eventwire.Bus) -> None:
+    # Two pull requests can both be answered before the consumer takes what arrived; the
+    # consumer must still get at most one batch at a time (a batch handler's max_size).
+    alice = make_identity("alice", bus.keyring)
+    await bus.publish_many([CustomEvent("custom.p", "p", i) for i in range(20)], identity=alice)
+    config = ConsumerConfig(durable_name="p", filter_subject=f"{bus.root}.custom.p")
+    await bus.jetstream.add_consumer(bus.stream, config)
+    pull = Pull(bus._nc_or_raise(), stream=bus.stream, consumer="p", batch=4)
+    await pull.open()  # pulls 4
+    try:
+        first = await pull.next_batch()
+        await pull.done(len(first))  # pulls 4 more
+        await asyncio.sleep(0.3)
+        await pull.done(0)  # nothing settled, room for one more request: pulls 4 more
+        await asyncio.sleep(0.3)
+        sizes = [len(first)]
+        for _ in range(2):
+            async with asyncio.timeout(5):
+                sizes.append(len(await pull.next_batch()))
+    finally:
+        await pull.close()
+    assert sizes == [4, 4, 4]
