@@ -87,7 +87,7 @@ def _remote_daemon(docker_host: str) -> str | None:
 def require(backend: Backend) -> None:
     """Skip the calling test (from a fixture) when ``backend`` cannot run here."""
     if backend == "docker" and (problem := docker_problem()) is not None:
-        pytest.skip(f"{VARIABLE}=docker but {problem}")
+        pytest.skip(reason=f"{VARIABLE}=docker but {problem}")
 
 
 def server(store: Path, backend: Backend | None = None) -> EmbeddedServer:
