@@ -21,8 +21,5 @@ async def open_bucket(js: JetStreamContext, config: KeyValueConfig, *, create: b
         return await js.key_value(config.bucket)
     except nats.js.errors.BucketNotFoundError:
         if not create:
-            raise NotProvisioned(
-                f"KV bucket {config.bucket!r} does not exist; an admin creates it "
-                "(`eventwire tenant provision`, or a bus connected with provision=True)"
-            ) from None
+            raise NotProvisioned.absent(f"KV bucket {config.bucket!r}") from None
     return await js.create_key_value(config)

@@ -53,6 +53,13 @@ class NotProvisioned(StreamConfigError):
     """A stream, bucket or consumer that a bus with ``provision=False`` binds to is absent:
     an admin creates it (``eventwire tenant provision``, or a bus with ``provision=True``)."""
 
+    @classmethod
+    def absent(cls, what: str) -> NotProvisioned:
+        return cls(
+            f"{what} does not exist; an admin creates it "
+            "(`eventwire tenant provision`, or a bus connected with provision=True)"
+        )
+
 
 class RequestFailed(EventwireError):
     """A direct request got no valid answer."""

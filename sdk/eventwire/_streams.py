@@ -86,10 +86,7 @@ async def ensure_stream(js: JetStreamContext, wanted: StreamConfig, *, create: b
     if present, refuse settings that differ from the code's."""
     diffs = await diff_stream(js, wanted)
     if diffs is None and not create:
-        raise NotProvisioned(
-            f"stream {wanted.name!r} does not exist; an admin creates it "
-            "(`eventwire tenant provision`, or a bus connected with provision=True)"
-        )
+        raise NotProvisioned.absent(f"stream {wanted.name!r}")
     if diffs is None:
         await js.add_stream(wanted)
     elif diffs:

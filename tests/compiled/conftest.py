@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,12 +23,15 @@ from eventwire import Identity, Keyring, RetryPolicy, provision_agent
 from eventwire._server import find_nats_server
 from eventwire._tenants import Credentials, Deployment
 from eventwire_security import Actor, Policy, private_inbox_prefix
+from tests.sdk.test_tenants import _ready_url as ready_url
+from tests.sdk.test_tenants import _stop as stop_server
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
     from nats.aio.client import Client
+    from nats.aio.msg import Msg
 
 ROOT = "ew"
 POLICY = """\
@@ -129,22 +130,6 @@ def _deployment(base: Path) -> tuple[Deployment, dict[str, Credentials], dict[st
     return deployment, credentials, actors
 
 
-def _ports_url(base: Path, pid: int) -> str | None:
-    for path in base.glob(f"*_{pid}.ports"):
-        urls = json.loads(path.read_text() or "{}").get("nats") or []
-        if urls:
-            return str(urls[0])
-    return None
-
-
-async def _ready_url(base: Path, proc: asyncio.subprocess.Process) -> str:
-    async with asyncio.timeout(15):
-        while (url := _ports_url(base, proc.pid)) is None:
-            assert proc.returncode is None, f"nats-server exited with {proc.returncode}"
-            await asyncio.sleep(0.02)
-    return url
-
-
 @pytest.fixture(scope="package")
 async def server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[str, Any]]:
     base = tmp_path_factory.mktemp("compiled")
@@ -152,19 +137,29 @@ async def server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tupl
     config = deployment.write_config()
     with (base / "nats-server.log").open("ab") as log:
         proc = await asyncio.create_subprocess_exec(
-            str(find_nats_server()), "-c", str(config), "--ports_file_dir", str(base),
+            str(find_nats_server()), "-c", str(config),
+            "--ports_file_dir", str(deployment.path),
             stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
     try:
-        yield await _ready_url(base, proc), (deployment, credentials, actors)
+        yield await ready_url(deployment, proc), (deployment, credentials, actors)
     finally:  # the finalizer stops the server by its PID, whatever the tests did
-        if proc.returncode is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                os.kill(proc.pid, signal.SIGKILL)
-                await proc.wait()
+        await stop_server(proc)
+
+
+async def pull_by_hand(nc: Client, consumer: str) -> Msg:
+    """One delivery pulled from ``consumer`` with the raw JetStream API, not acknowledged.
+
+    Not ``nc.request``: a JetStream delivery carries the event's subject, not the inbox's,
+    so nats-py's request multiplexer would not match it."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    try:
+        request = json.dumps({"batch": 1, "expires": 2_000_000_000}).encode()
+        await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{ROOT}-events.{consumer}", request, inbox)
+        return await sub.next_msg(timeout=5)
+    finally:
+        await sub.unsubscribe()
 
 
 @pytest.fixture(scope="package")

@@ -26,7 +26,7 @@ from eventwire import Event, Forbidden, Identity, KnowledgeShared, Rejection, Ta
 from eventwire._consumer import durable_name
 from eventwire._event import build_claims
 from eventwire_security import SealingKey, message_id, sign_claims, sign_payload
-from tests.compiled.conftest import ROOT, World, violations
+from tests.compiled.conftest import ROOT, World, pull_by_hand, violations
 from tests.conftest import wait_until
 from tests.sdk.test_forgery import build_forgeries
 
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from nats.aio.client import Client
-    from nats.aio.msg import Msg
 
     from eventwire import Subscription
 
@@ -181,19 +180,12 @@ async def _capture(world: World, nc: Client, topic: str) -> bytes:
 
 async def _pull_until(nc: Client, topic: str) -> bytes:
     """Pull (and ack) from mallory's own consumer until the event on ``topic`` arrives."""
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
     consumer = durable_name("mallory", "knowledge.public.*")
-    try:
-        while True:
-            request = json.dumps({"batch": 1, "expires": 2_000_000_000}).encode()
-            await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{consumer}", request, inbox)
-            msg: Msg = await sub.next_msg(timeout=5)
-            await msg.ack()
-            if msg.subject == f"{ROOT}.knowledge.{topic}":
-                return msg.data
-    finally:
-        await sub.unsubscribe()
+    while True:
+        msg = await pull_by_hand(nc, consumer)
+        await msg.ack()
+        if msg.subject == f"{ROOT}.knowledge.{topic}":
+            return msg.data
 
 
 async def test_replays_moves_and_bad_times_are_refused(

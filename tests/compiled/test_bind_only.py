@@ -8,7 +8,6 @@ dead-letter, audit, announce and list agents, and nothing else.
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from typing import TYPE_CHECKING
 
@@ -27,7 +26,7 @@ from eventwire import (
 )
 from eventwire._consumer import durable_name
 from eventwire_security import consumer_filters
-from tests.compiled.conftest import FLAKY_ACK_WAIT, FLAKY_RETRY, ROOT, World, violations
+from tests.compiled.conftest import FLAKY_ACK_WAIT, FLAKY_RETRY, World, pull_by_hand, violations
 from tests.conftest import wait_until
 
 if TYPE_CHECKING:
@@ -182,18 +181,8 @@ async def test_reserve_delivery_dead_letters_after_a_crash(world: World) -> None
 
 
 async def _pull_one(nc: Client, consumer: str) -> Msg:
-    """One delivery pulled by hand, never acknowledged (a consumer that then crashed).
-
-    Not ``nc.request``: a JetStream delivery carries the event's subject, not the inbox's,
-    so nats-py's request multiplexer would not match it."""
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
-    try:
-        subject = f"$JS.API.CONSUMER.MSG.NEXT.{ROOT}-events.{consumer}"
-        await nc.publish(subject, json.dumps({"batch": 1}).encode(), reply=inbox)
-        msg = await sub.next_msg(timeout=5)
-    finally:
-        await sub.unsubscribe()
+    """One delivery pulled by hand, never acknowledged (a consumer that then crashed)."""
+    msg = await pull_by_hand(nc, consumer)
     assert not violations(nc)
     return msg
 
