@@ -18,7 +18,7 @@ from ._audit_log import AuditCorrupted, AuditLog, AuditLogError, AuditWriteFaile
 from ._batches import Batch
 from ._bus import DEFAULT_REPLAY_WINDOW, Bus, PublishAck, connect
 from ._cluster import EmbeddedCluster
-from ._codec import Rejection, SecurityStats
+from ._codec import SIGNATURE_HEADER, Rejection, SecurityStats
 from ._consumer import Subscription, SubscriptionStats
 from ._dlq import DeadLetter, DeadLetterQueue
 from ._errors import (
@@ -69,6 +69,7 @@ logging.getLogger("eventwire").addHandler(logging.NullHandler())
 __all__ = [
     "DEFAULT_REPLAY_WINDOW",
     "DEFAULT_RETRY",
+    "SIGNATURE_HEADER",
     "Actor",
     "Agent",
     "AgentInfo",

@@ -68,7 +68,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("eventwire.bus")
 DEFAULT_REGISTRY_TTL = 15.0
 _SIGN_CHUNK = 128
-# Events are valid for a day by default (their ``exp``); allow 30 s of clock skew.
+# An event must be stored within a day of being signed (a replay stored later is refused as
+# too-old; its id is remembered that long to refuse replays inside it); 30 s of clock skew.
 DEFAULT_REPLAY_WINDOW = ReplayWindow(max_age=24 * 3600.0, skew=30.0)
 
 
@@ -331,6 +332,7 @@ class Bus(AsyncResource):
         attempts: int = 5,
         actor: Actor | None = None,
         seal_to: Sequence[str | RecipientKey] = (),
+        ttl: float | None = None,
     ) -> PublishAck:
         """Sign ``item`` as ``identity`` and store it; returns once JetStream acknowledged it.
 
@@ -341,6 +343,9 @@ class Bus(AsyncResource):
         (default: the identity's agent, without capabilities or roles) may not publish.
         ``seal_to`` encrypts the data to recipients: agent names, ``capability:<name>``
         (every live agent with it, from the registry) or :class:`RecipientKey` objects.
+        ``ttl`` (seconds) signs an expiry (``exp``): receivers refuse the event as
+        ``expired`` once it is older than that. Without it an event never expires: it waits
+        in the stream until its consumers come back, however long that takes.
         """
         self._check_publish(identity, actor, item.subject())
         signed = self._codec_or_raise().sign(
@@ -350,6 +355,7 @@ class Bus(AsyncResource):
             causation_id=causation_id,
             partition_key=partition_key,
             seal_to=await self._recipients.keys(seal_to) if seal_to else None,
+            ttl=ttl,
         )
         return await self._send(signed, timeout=timeout, attempts=attempts)
 
@@ -357,8 +363,8 @@ class Bus(AsyncResource):
         try:
             ack = await self._publisher_or_raise().publish_acked(
                 signed.wire_subject,
-                signed.token,
-                {"Nats-Msg-Id": signed.msg_id},
+                signed.body,
+                signed.headers,
                 timeout=timeout,
                 attempts=attempts,
                 leader_wait=self._leader_wait,
@@ -393,7 +399,7 @@ class Bus(AsyncResource):
                 for item in codec.sign_many(items[start : start + _SIGN_CHUNK], identity):
                     await acquire_slot(slots, sent, timeout)
                     future = await publisher.publish(
-                        item.wire_subject, item.token, {"Nats-Msg-Id": item.msg_id}, slots.release
+                        item.wire_subject, item.body, item.headers, slots.release
                     )
                     sent.append((item, future))
         except BaseException as exc:

@@ -1,8 +1,7 @@
-"""Signing events into envelopes and opening received envelopes into :class:`Event`.
+"""Signing events for the wire and opening received messages into :class:`Event`.
 
-Opening runs off the event loop in a thread pool when there are several envelopes:
-libsodium releases the GIL, so verification proceeds in parallel while results keep
-their order.
+Wire format v1: the message body is the CloudEvents JSON document, the signature a
+detached JWS in the :data:`SIGNATURE_HEADER` header (see the README's wire format).
 """
 
 from __future__ import annotations
@@ -19,39 +18,56 @@ from eventwire_security import (
     MalformedClaims,
     NotARecipient,
     ReplayRefused,
-    UnverifiedEnvelope,
-    compact,
-    encode_claims,
     message_id,
     open_seal,
-    read_envelope,
     seal,
-    signing_input,
 )
+from eventwire_security.hazmat import encode_claims, read_detached, sign_detached
 
 from ._errors import EventTooLarge, InvalidEvent, WrongTenant
 from ._event import SEALED, build_claims, event_from_claims
 from ._subjects import arrived_as_signed, publish_subject, to_wire
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from eventwire_security import Identity, Keyring, RecipientKey, ReplayWindow, SealingKey
+    from eventwire_security.hazmat import UnverifiedEnvelope
 
     from ._event import Event, Publishable
 
 log = logging.getLogger("eventwire.security")
+SIGNATURE_HEADER = "Ew-Signature"
+CONTENT_TYPE_HEADER = "content-type"
+CLOUDEVENTS_JSON = "application/cloudevents+json"
+MSG_ID_HEADER = "Nats-Msg-Id"
 
 
 @dataclass(frozen=True, slots=True)
 class Signed:
-    """A signed event ready to send."""
+    """A signed event ready to send: its body, and the headers that go with it (the
+    detached signature, the content type and the de-duplication id)."""
 
     event_id: str
     subject: str
     wire_subject: str
-    token: bytes
+    body: bytes
+    signature: str
     msg_id: str
+    headers: dict[str, str]
+
+
+def wire_headers(signature: str, msg_id: str) -> dict[str, str]:
+    """The headers of a stored event: its signature, content type and message id."""
+    return {
+        SIGNATURE_HEADER: signature,
+        CONTENT_TYPE_HEADER: CLOUDEVENTS_JSON,
+        MSG_ID_HEADER: msg_id,
+    }
+
+
+# body, headers, wire subject, store time (see Codec.open)
+Received = tuple[bytes, "Mapping[str, str] | None", str, "float | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +124,7 @@ class Codec:
             raise WrongTenant(identity.principal.tenant, self.tenant)
         seal_to: Sequence[RecipientKey] | None = context.get("seal_to")
         rest = {name: value for name, value in context.items() if name != "seal_to"}
-        claims = build_claims(item, identity.principal, **rest)
+        claims = build_claims(item, identity.principal, root=self.root, **rest)
         if subject is not None:
             claims["subject"] = subject
         if seal_to:
@@ -117,50 +133,73 @@ class Codec:
             payload = encode_claims(claims)
         except MalformedClaims as exc:
             raise InvalidEvent(exc.detail, field="data") from None
-        return claims, signing_input(payload, identity.kid)
+        return claims, payload
 
-    def _signed(self, claims: dict[str, Any], token: bytes, msg_id: str) -> Signed:
-        if len(token) > self.max_bytes:
-            raise EventTooLarge(len(token), self.max_bytes)
+    def _signed(self, claims: dict[str, Any], body: bytes, signature: str) -> Signed:
+        if len(body) > self.max_bytes:
+            raise EventTooLarge(len(body), self.max_bytes)
+        msg_id = message_id(signature)
         return Signed(
             event_id=claims["id"],
             subject=claims["subject"],
             wire_subject=publish_subject(
                 self.root, claims["subject"], claims.get("partitionkey"), self.partitions
             ),
-            token=token,
+            body=body,
+            signature=signature,
             msg_id=msg_id,
+            headers=wire_headers(signature, msg_id),
         )
 
     def sign(
         self, item: Publishable, identity: Identity, *, subject: str | None = None, **context: Any
     ) -> Signed:
         """Sign ``item`` as ``identity``; ``subject`` overrides the item's (direct calls)."""
-        claims, data = self._prepare(item, identity, subject, context)
-        token = compact(data, identity.sign(data))
-        return self._signed(claims, token, message_id(token))
+        claims, body = self._prepare(item, identity, subject, context)
+        return self._signed(claims, body, sign_detached(body, identity))
 
     def sign_many(
         self, items: Sequence[Publishable], identity: Identity, **context: Any
     ) -> list[Signed]:
         return [self.sign(item, identity, **context) for item in items]
 
-    def _read(self, token: bytes, wire_subject: str) -> UnverifiedEnvelope | Rejection:
+    def _read(
+        self, body: bytes, headers: Mapping[str, str] | None, wire_subject: str
+    ) -> UnverifiedEnvelope | Rejection:
+        signature = None if headers is None else headers.get(SIGNATURE_HEADER)
         try:
-            return read_envelope(token, self.keyring, max_bytes=self.max_bytes)
+            return read_detached(body, signature, self.keyring, max_bytes=self.max_bytes)
         except EnvelopeError as exc:
             return Rejection(exc.reason, exc.detail, wire_subject, exc.kid)
 
     def _finish(
-        self, envelope: UnverifiedEnvelope, valid: bool, wire_subject: str
+        self, envelope: UnverifiedEnvelope, wire_subject: str, stored_at: float | None
     ) -> Event | Rejection:
         kid = envelope.signer.kid
         try:
-            claims = envelope.open(valid).claims
+            claims = envelope.verify().claims
         except EnvelopeError as exc:
             return Rejection(exc.reason, exc.detail, wire_subject, kid)
+        refusal = self._misplaced(claims, wire_subject, kid)
+        if refusal is not None:
+            return refusal
+        if self.replay is not None:
+            try:
+                self.replay.check_claims(claims, stored=stored_at)
+            except ReplayRefused as exc:
+                return Rejection(exc.reason, exc.detail, wire_subject, kid)
+        try:
+            return event_from_claims(claims, kid)
+        except InvalidEvent as exc:
+            return Rejection("invalid-event", str(exc), wire_subject, kid)
+
+    def _misplaced(self, claims: dict[str, Any], wire_subject: str, kid: str) -> Rejection | None:
+        """A refusal if the signed tenant, root or subject are not where it arrived."""
         if claims.get("tenant") != self.tenant:
             return Rejection("wrong-tenant", f"tenant {claims.get('tenant')!r}", wire_subject, kid)
+        if claims.get("root") != self.root:
+            detail = f"signed for root {claims.get('root')!r}, arrived under {self.root!r}"
+            return Rejection("wrong-root", detail, wire_subject, kid)
         subject, key = claims.get("subject"), claims.get("partitionkey")
         if not arrived_as_signed(self.root, wire_subject, subject, key, self.partitions):
             keyed = f" with partition key {key!r}" if self.partitions and key is not None else ""
@@ -170,22 +209,22 @@ class Codec:
                 wire_subject,
                 kid,
             )
-        if self.replay is not None:
-            try:
-                self.replay.check_claims(claims)
-            except ReplayRefused as exc:
-                return Rejection(exc.reason, exc.detail, wire_subject, kid)
-        try:
-            return event_from_claims(claims, kid)
-        except InvalidEvent as exc:
-            return Rejection("invalid-event", str(exc), wire_subject, kid)
+        return None
 
-    def open(self, token: bytes, wire_subject: str) -> Event | Rejection:
-        """Verify, then parse, then check tenant and subject. Never raises for bad input."""
-        envelope = self._read(token, wire_subject)
+    def open(
+        self,
+        body: bytes,
+        headers: Mapping[str, str] | None,
+        wire_subject: str,
+        stored_at: float | None = None,
+    ) -> Event | Rejection:
+        """Verify, then parse, then check tenant, root, subject and time. Never raises for
+        bad input. ``stored_at``: when the stream stored the message (seconds since the
+        epoch; the server's clock, which no client sets), for events read from a stream."""
+        envelope = self._read(body, headers, wire_subject)
         if isinstance(envelope, Rejection):
             return envelope
-        return self._finish(envelope, envelope.signature_valid(), wire_subject)
+        return self._finish(envelope, wire_subject, stored_at)
 
     def unseal(self, event: Event, key: SealingKey) -> Event | Rejection:
         """Open sealed data for ``key``'s holder: the opened event, the event unchanged if
@@ -209,9 +248,9 @@ class Codec:
         except ValueError as exc:
             return Rejection("seal-broken", f"sealed data is not JSON: {exc}", event.subject)
 
-    def open_many(self, items: Sequence[tuple[bytes, str]]) -> list[Event | Rejection]:
+    def open_many(self, items: Sequence[Received]) -> list[Event | Rejection]:
         """Open in order and record the outcomes."""
-        results = [self.open(token, subject) for token, subject in items]
+        results = [self.open(*item) for item in items]
         for result in results:
             self.record(result)
         return results

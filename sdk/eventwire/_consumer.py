@@ -65,6 +65,11 @@ async def _nak_all(msgs: list[Msg]) -> None:
             await msg.nak()
 
 
+def _stored(msg: Msg) -> float:
+    """When the stream stored ``msg``: the server's timestamp, which no client sets."""
+    return msg.metadata.timestamp.timestamp()
+
+
 @dataclass
 class SubscriptionStats:
     delivered: int = 0
@@ -291,7 +296,8 @@ class Subscription(AsyncResource):
     async def _dispatch(self, pull: Pull) -> None:
         async with asyncio.TaskGroup() as group:
             while msgs := await pull.next_batch():
-                results = self._codec.open_many([(m.data, m.subject) for m in msgs])
+                received = [(m.data, m.headers, m.subject, _stored(m)) for m in msgs]
+                results = self._codec.open_many(received)
                 if self._may_consume is not None:
                     self._refuse_by_policy(results)
                 self._unseal(results)

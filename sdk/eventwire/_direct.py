@@ -51,12 +51,14 @@ async def request(
     tenant = codec.tenant
     signed = codec.sign(item, identity, subject=direct_subject(tenant, target))
     try:
-        msg = await nc.request(signed.wire_subject, signed.token, timeout=timeout)
+        msg = await nc.request(
+            signed.wire_subject, signed.body, timeout=timeout, headers=signed.headers
+        )
     except nats.errors.NoRespondersError:
         raise NoResponders("no instance is serving requests", target=target) from None
     except nats.errors.TimeoutError:
         raise RequestTimeout(f"no reply within {timeout}s", target=target) from None
-    reply = codec.open(msg.data, to_wire(codec.root, reply_subject(tenant, target)))
+    reply = codec.open(msg.data, msg.headers, to_wire(codec.root, reply_subject(tenant, target)))
     codec.record(reply)
     if isinstance(reply, Rejection):
         raise ReplyRejected(reply.detail, target=target, reason=reply.reason)
@@ -96,7 +98,7 @@ async def serve_requests(
     async def on_request(msg: Msg) -> None:
         if not msg.reply:
             return
-        request_event = codec.open(msg.data, msg.subject)
+        request_event = codec.open(msg.data, msg.headers, msg.subject)
         codec.record(request_event)
         if isinstance(request_event, Rejection):
             answer: Publishable = ErrorReported(
@@ -122,7 +124,8 @@ async def serve_requests(
             causation_id=causation,
             correlation_id=correlation,
         )
-        await msg.respond(reply.token)
+        # not msg.respond(): nats-py would send the request's headers with the reply
+        await nc.publish(msg.reply, reply.body, headers=reply.headers)
 
     sub = await nc.subscribe(wire, queue=principal.agent, cb=on_request)
     # Make sure the server has the subscription before callers are told we serve. One

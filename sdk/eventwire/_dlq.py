@@ -9,7 +9,6 @@ entry de-duplicated by its message id.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
-from ._codec import Rejection
+from ._codec import MSG_ID_HEADER, SIGNATURE_HEADER, Rejection, wire_headers
 from ._errors import DeadLetterError
 from ._streams import DUPLICATE_WINDOW_SECONDS, ensure_stream
 from ._subjects import republish_subject
@@ -162,7 +161,8 @@ class DeadLetterQueue:
         msg_id = f"redrive:{self.stream}:{seq}"
         try:
             subject = republish_subject(self._root, letter.subject)
-            future = await self._publisher.publish(subject, letter.data, {"Nats-Msg-Id": msg_id})
+            headers = {**_signature_headers(letter.headers), MSG_ID_HEADER: msg_id}
+            future = await self._publisher.publish(subject, letter.data, headers)
             ack = await future
         except (nats.errors.Error, TimeoutError) as exc:
             raise DeadLetterError(f"could not redrive dead letter {seq}: {exc!r}") from exc
@@ -171,15 +171,14 @@ class DeadLetterQueue:
 
     def _identify(self, seq: int, letter: DeadLetter, verify: bool) -> tuple[str, str, str]:
         if verify:
-            opened = self._codec.open(letter.data, letter.subject)
+            opened = self._codec.open(letter.data, letter.headers, letter.subject)
             if isinstance(opened, Rejection):
                 raise DeadLetterError(
                     f"refusing to redrive {seq}: {opened.reason} ({opened.detail})"
                 )
             return opened.tenant, opened.source, opened.id
         try:  # unverified on purpose: only to find the consumer's replay claim
-            payload = letter.data.split(b".")[1]
-            claims = json.loads(base64.urlsafe_b64decode(payload + b"=" * (-len(payload) % 4)))
+            claims = json.loads(letter.data)
             return str(claims["tenant"]), str(claims["source"]), str(claims["id"])
         except (IndexError, ValueError, KeyError, TypeError) as exc:
             raise DeadLetterError(f"entry {seq} is not a signed event: {exc!r}") from None
@@ -209,3 +208,13 @@ def _parse(seq: int, data: bytes, headers: dict[str, str]) -> DeadLetter:
         )
     except (KeyError, ValueError) as exc:
         raise DeadLetterError(f"entry {seq} is not a dead letter: {exc!r}") from None
+
+
+def _signature_headers(original: dict[str, str]) -> dict[str, str]:
+    """The headers an event is stored with, from a dead letter's copy of them."""
+    signature = original.get(SIGNATURE_HEADER)
+    if signature is None:
+        raise DeadLetterError("the entry has no signature header: it is not a signed event")
+    headers = wire_headers(signature, "")
+    del headers[MSG_ID_HEADER]
+    return headers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from datetime import UTC, datetime
@@ -21,13 +22,13 @@ from pydantic import ValidationError as PydanticValidationError
 from ._errors import InvalidEvent, SealedForOthers
 from ._ids import uuid7
 from ._kinds import KINDS, EventData
+from ._subjects import DEFAULT_ROOT
 
 if TYPE_CHECKING:
     import builtins
 
     from eventwire_security import Principal
 
-DEFAULT_TTL_SECONDS = 24 * 3600
 SEALED = "application/jose+json"
 _RFC3339 = re.compile(r"\A\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})\Z")
 
@@ -68,8 +69,9 @@ class Event(BaseModel):
     # Parsed from strict JSON, so already a JSON value: not walked again.
     data: SkipValidation[JsonValue]
     tenant: StrictStr
+    root: StrictStr
     iat: StrictInt
-    exp: StrictInt
+    exp: StrictInt | None = None
     correlationid: StrictStr
     causationid: StrictStr | None = None
     traceparent: StrictStr | None = None
@@ -135,13 +137,15 @@ def build_claims(
     item: Publishable,
     principal: Principal,
     *,
+    root: str = DEFAULT_ROOT,
     correlation_id: str | None = None,
     causation_id: str | None = None,
     partition_key: str | None = None,
     traceparent: str | None = None,
-    ttl: int = DEFAULT_TTL_SECONDS,
+    ttl: float | None = None,
 ) -> dict[str, Any]:
-    """The claims of a new event from ``principal``: id, time, correlation, expiry."""
+    """The claims of a new event from ``principal`` under subject root ``root``: id, time,
+    correlation, and an expiry only when ``ttl`` (seconds) is given."""
     event_id = uuid7()
     now = time.time()
     claims: dict[str, Any] = {
@@ -154,10 +158,14 @@ def build_claims(
         "datacontenttype": "application/json",
         "data": item.data(),
         "tenant": principal.tenant,
+        "root": root,
         "iat": int(now),
-        "exp": int(now) + ttl,
         "correlationid": event_id if correlation_id is None else correlation_id,
     }
+    if ttl is not None:
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl < 1e9:
+            raise InvalidEvent(f"must be a number of seconds > 0, got {ttl!r}", field="ttl")
+        claims["exp"] = claims["iat"] + math.ceil(ttl)  # whole seconds after iat
     for name, value in (
         ("correlationid", correlation_id),
         ("causationid", causation_id),

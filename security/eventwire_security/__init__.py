@@ -1,6 +1,7 @@
 """eventwire_security: keys, keyrings, signed and sealed envelopes, policy, audit records.
 
-Pure: no NATS, no asyncio.
+Pure: no NATS, no asyncio. These are the recipes; the low-level pieces they are made of
+(signing inputs, serializations, two-step verification) are in :mod:`eventwire_security.hazmat`.
 """
 
 from ._audit import (
@@ -18,16 +19,13 @@ from ._audit import (
 from ._envelope import (
     ALG,
     DEFAULT_MAX_BYTES,
-    UnverifiedEnvelope,
+    SignedEvent,
     VerifiedEnvelope,
-    compact,
-    encode_claims,
     message_id,
-    read_envelope,
     sign_claims,
-    sign_payload,
-    signing_input,
+    sign_event,
     verify_envelope,
+    verify_event,
 )
 from ._errors import (
     BadSignature,
@@ -154,31 +152,28 @@ __all__ = [
     "SecurityError",
     "SeenSet",
     "ServerConfigError",
+    "SignedEvent",
     "TrustedKey",
     "UnknownKey",
-    "UnverifiedEnvelope",
     "VerifiedEnvelope",
     "check_name",
-    "compact",
     "compile_permissions",
     "consumer_filters",
     "consumer_name",
-    "encode_claims",
     "message_id",
     "open_seal",
     "passphrase_from_env",
     "private_inbox_prefix",
-    "read_envelope",
     "read_identity",
     "render_server_config",
     "seal",
     "seen_key",
     "sign_claims",
-    "sign_payload",
+    "sign_event",
     "sign_record",
-    "signing_input",
     "verify_chain",
     "verify_envelope",
+    "verify_event",
     "verify_record",
     "write_identity",
 ]

@@ -1,7 +1,19 @@
-"""Compact JWS envelopes (RFC 7515, ``alg: EdDSA`` per RFC 8037) around JSON claims.
+"""JWS envelopes with Ed25519 (``alg: Ed25519``, RFC 9864) around JSON claims.
 
-Verification order is fixed: size, shape, protected header, key lookup, signature over the
-exact received bytes, and only then the claims are parsed, strictly.
+Two serializations of one signing scheme:
+
+* **Events** (wire format v1): the message body is the claims document itself (the
+  CloudEvents 1.0 JSON) and the signature travels beside it as a *detached* JWS with an
+  unencoded payload (RFC 7515 appendix F, RFC 7797): the protected header is
+  ``{"alg":"Ed25519","b64":false,"crit":["b64"],"kid":...}``, the signing input is
+  ``b64url(header) "." body`` over the exact body bytes, and the header value is
+  ``b64url(header) ".." b64url(signature)``.
+* **Documents** that are stored where there are no headers (registry entries, the keyring,
+  audit records): a compact JWS, ``b64url({"alg":"Ed25519","kid":...}) "." b64url(claims)
+  "." b64url(signature)``.
+
+Verification order is fixed for both: size, shape, protected header, key lookup,
+signature over the exact received bytes, and only then the claims are parsed, strictly.
 """
 
 from __future__ import annotations
@@ -9,13 +21,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import pydantic_core
-
 from ._b64 import b64url_decode, b64url_encode
+from ._claims_json import encode_claims
 from ._errors import (
     BadSignature,
     MalformedClaims,
@@ -32,85 +42,44 @@ if TYPE_CHECKING:
     from ._keyring import Keyring
     from ._keys import Identity, TrustedKey
 
-ALG = "EdDSA"
+ALG = "Ed25519"
 DEFAULT_MAX_BYTES = 1024 * 1024
 _MAX_HEADER_BYTES = 512
 _SIGNATURE_BYTES = 64
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_SIGNATURE_B64 = 86  # 64 bytes, unpadded base64url
+_COMPACT_KEYS = frozenset({"alg", "kid"})
+_DETACHED_KEYS = frozenset({"alg", "b64", "crit", "kid"})
 
 
 @dataclass(frozen=True, slots=True)
 class VerifiedEnvelope:
-    """An envelope whose signature verified and whose claims name the key's owner."""
+    """Claims whose signature verified and which name the key's owner. ``token``: the exact
+    bytes received (the compact JWS of a document, or the body of an event)."""
 
     claims: dict[str, Any]
     signer: TrustedKey
     token: bytes
 
 
-def encode_claims(claims: Mapping[str, Any]) -> bytes:
-    """Serialize claims as compact UTF-8 JSON; NaN, Infinity and non-JSON types are refused."""
-    if _plain(claims):  # only JSON's own types: pydantic_core writes them as JSON does
-        return pydantic_core.to_json(claims)
-    try:
-        data = pydantic_core.to_json(claims)
-    except (pydantic_core.PydanticSerializationError, ValueError) as exc:
-        raise MalformedClaims(f"claims are not JSON: {exc}") from exc
-    # pydantic_core also writes NaN, bytes, sets, dates...: if what it wrote does not read
-    # back as the very same value, let the standard encoder decide (it refuses those).
-    if b"NaN" in data or b"Infinity" in data or pydantic_core.from_json(data) != claims:
-        data = _strict_encode(claims)
-    return data
-
-
-_SCALARS = (bool, int, type(None))
-
-
-def _plain(value: Mapping[str, Any]) -> bool:
-    """Whether ``value`` holds only dicts with str keys, lists, finite floats, ints, bools,
-    None and strings without lone surrogates (which read back as exactly themselves)."""
-    stack: list[Any] = [value]
-    while stack:
-        item = stack.pop()
-        kind = type(item)
-        if kind is str:
-            if not item.isascii():
-                try:
-                    item.encode("utf-8")
-                except UnicodeEncodeError:
-                    return False
-        elif kind is dict:
-            try:
-                keys = "".join(item)  # TypeError unless every key is a str
-            except TypeError:
-                return False
-            stack.append(keys)
-            stack.extend(item.values())
-        elif kind is list:
-            stack.extend(item)
-        elif kind is float:
-            if not math.isfinite(item):
-                return False
-        elif kind not in _SCALARS:
-            return False
-    return True
-
-
-def _strict_encode(claims: Mapping[str, Any]) -> bytes:
-    try:
-        return _ENCODER.encode(claims).encode()
-    except (ValueError, TypeError) as exc:
-        raise MalformedClaims(f"claims are not JSON: {exc}") from exc
-
-
 @functools.lru_cache(maxsize=1024)
-def _protected_header(kid: str) -> bytes:
+def _compact_header(kid: str) -> bytes:
     return b64url_encode(json.dumps({"alg": ALG, "kid": kid}, separators=(",", ":")).encode())
 
 
+@functools.lru_cache(maxsize=1024)
+def _detached_header(kid: str) -> bytes:
+    header = {"alg": ALG, "b64": False, "crit": ["b64"], "kid": kid}
+    return b64url_encode(json.dumps(header, separators=(",", ":")).encode())
+
+
 def signing_input(payload: bytes, kid: str) -> bytes:
-    """The bytes an envelope's signature covers: ``b64url(header) "." b64url(payload)``."""
-    return _protected_header(kid) + b"." + b64url_encode(payload)
+    """The bytes a compact JWS's signature covers: ``b64url(header) "." b64url(payload)``."""
+    return _compact_header(kid) + b"." + b64url_encode(payload)
+
+
+def detached_signing_input(body: bytes, kid: str) -> bytes:
+    """The bytes a detached event signature covers: ``b64url(header) "." body`` (RFC 7797)."""
+    return _detached_header(kid) + b"." + body
 
 
 def compact(signing_input: bytes, signature: bytes) -> bytes:
@@ -124,80 +93,127 @@ def sign_payload(payload: bytes, identity: Identity) -> bytes:
     return compact(data, identity.sign(data))
 
 
-def sign_claims(claims: Mapping[str, Any], identity: Identity) -> bytes:
-    """Sign a claims mapping; ``source`` and ``tenant`` must name ``identity``'s owner."""
+def _check_owner(claims: Mapping[str, Any], identity: Identity) -> None:
     principal = identity.principal
     if claims.get("source") != principal.source or claims.get("tenant") != principal.tenant:
         raise OwnerMismatch(f"claims must name source {principal.source!r}", kid=identity.kid)
+
+
+def sign_claims(claims: Mapping[str, Any], identity: Identity) -> bytes:
+    """A compact JWS of ``claims`` (a document); ``source`` and ``tenant`` must name
+    ``identity``'s owner."""
+    _check_owner(claims, identity)
     return sign_payload(encode_claims(claims), identity)
 
 
-def message_id(token: bytes) -> str:
-    """A de-duplication id bound to the signed bytes: the SHA-256 of the token's signature
-    part. An Ed25519 signature commits to the whole signing input (header and payload) and
-    is deterministic, so a retried publish of the same event has the same id, any other
-    event another id, and nobody can know the id of an event before it is signed. Hashing
-    the 86 signature characters instead of the whole token saves hashing every payload
-    byte once more on the publish path."""
-    return b64url_encode(hashlib.sha256(token[token.rfind(b".") + 1 :]).digest()).decode()
+def sign_detached(body: bytes, identity: Identity) -> str:
+    """The detached JWS (``header..signature``) of an already-serialized event body."""
+    header = _detached_header(identity.kid)
+    signature = identity.sign(header + b"." + body)
+    return (header + b".." + b64url_encode(signature)).decode("ascii")
 
 
-def _split(token: bytes, max_bytes: int) -> tuple[bytes, bytes, bytes]:
-    if not isinstance(token, bytes | bytearray | memoryview):
-        raise MalformedEnvelope(f"expected bytes, got {type(token).__name__}")
-    if len(token) > max_bytes:
-        raise OversizedEnvelope(f"{len(token)} bytes > limit {max_bytes}")
-    parts = (token if type(token) is bytes else bytes(token)).split(b".")
-    if len(parts) != 3:
-        raise MalformedEnvelope(f"a compact JWS has 3 parts, got {len(parts)}")
-    header, payload, signature = parts
-    if len(header) > _MAX_HEADER_BYTES:
+@dataclass(frozen=True, slots=True)
+class SignedEvent:
+    """An event body and its detached signature, ready to send."""
+
+    body: bytes
+    signature: str
+
+    @property
+    def message_id(self) -> str:
+        return message_id(self.signature)
+
+
+def sign_event(claims: Mapping[str, Any], identity: Identity) -> SignedEvent:
+    """Serialize ``claims`` (the CloudEvents document) and sign it, detached."""
+    _check_owner(claims, identity)
+    body = encode_claims(claims)
+    return SignedEvent(body, sign_detached(body, identity))
+
+
+def message_id(signature: bytes | str) -> str:
+    """A de-duplication id bound to the signed bytes: the SHA-256 of the signature part of a
+    JWS (compact or detached). An Ed25519 signature commits to the whole signing input and is
+    deterministic, so a retried publish of the same event has the same id, any other event
+    another id, and nobody can know the id of an event before it is signed."""
+    raw = signature.encode("ascii") if isinstance(signature, str) else signature
+    return b64url_encode(hashlib.sha256(raw[raw.rfind(b".") + 1 :]).digest()).decode()
+
+
+def _header(header_b64: bytes, keys: frozenset[str]) -> dict[str, Any]:
+    if len(header_b64) > _MAX_HEADER_BYTES:
         raise MalformedEnvelope("protected header too large")
-    return header, payload, signature
-
-
-@functools.lru_cache(maxsize=4096)
-def _read_kid(header_b64: bytes) -> str:
-    """The kid of a protected header; cached, as a sender's header is the same every time."""
-    try:
-        header = strict_loads(b64url_decode(header_b64), max_depth=1)
+    try:  # a compact header is flat; a detached one has the one-level "crit" list
+        header = strict_loads(b64url_decode(header_b64), max_depth=1 if len(keys) == 2 else 2)
     except ValueError as exc:
         raise MalformedEnvelope(f"protected header: {exc}") from exc
-    if not isinstance(header, dict) or set(header) != {"alg", "kid"}:
-        raise MalformedEnvelope("protected header must have exactly 'alg' and 'kid'")
+    if not isinstance(header, dict) or set(header) != keys:
+        *first, last = (repr(key) for key in sorted(keys))
+        raise MalformedEnvelope(f"protected header must have exactly {', '.join(first)} and {last}")
     if header["alg"] != ALG:
         raise MalformedEnvelope(f"alg must be {ALG!r}, got {header['alg']!r}")
     kid = header["kid"]
     if not isinstance(kid, str) or not kid:
         raise MalformedEnvelope("kid must be a non-empty string")
-    return kid
+    return header
+
+
+@functools.lru_cache(maxsize=4096)
+def _compact_kid(header_b64: bytes) -> str:
+    """The kid of a compact protected header; cached, as a sender's header never changes."""
+    return str(_header(header_b64, _COMPACT_KEYS)["kid"])
+
+
+@functools.lru_cache(maxsize=4096)
+def _detached_kid(header_b64: bytes) -> str:
+    """The kid of a detached protected header, which must declare the unencoded payload."""
+    header = _header(header_b64, _DETACHED_KEYS)
+    if header["b64"] is not False or header["crit"] != ["b64"]:
+        raise MalformedEnvelope('a detached event signature has "b64": false, "crit": ["b64"]')
+    return str(header["kid"])
+
+
+def _signature(signature_b64: bytes, kid: str) -> bytes:
+    try:
+        signature = b64url_decode(signature_b64)
+    except ValueError as exc:
+        raise MalformedEnvelope(f"signature: {exc}", kid=kid) from exc
+    if len(signature) != _SIGNATURE_BYTES:
+        raise MalformedEnvelope("an Ed25519 signature is 64 bytes", kid=kid)
+    return signature
+
+
+def _as_bytes(data: object, max_bytes: int) -> bytes:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise MalformedEnvelope(f"expected bytes, got {type(data).__name__}")
+    if len(data) > max_bytes:
+        raise OversizedEnvelope(f"{len(data)} bytes > limit {max_bytes}")
+    return data if type(data) is bytes else bytes(data)
 
 
 @dataclass(frozen=True, slots=True)
 class UnverifiedEnvelope:
     """An envelope whose shape, header and key were checked, but not yet its signature.
 
-    Split so a caller can run :meth:`signature_valid` (the costly, GIL-releasing part) on
-    worker threads, then :meth:`open` on its own thread. Claims are never parsed before
-    the signature over the exact received bytes has been checked.
+    :meth:`verify` checks the signature over the exact received bytes, and only then
+    parses the claims; it raises, it never returns a verdict to be forgotten.
     """
 
-    token: bytes
     signer: TrustedKey
     signing_input: bytes
     signature: bytes
-    payload_b64: bytes
+    token: bytes  # the exact bytes received: a compact JWS, or an event's body
+    payload_b64: bytes | None = None  # a compact JWS's payload, decoded once verified
 
-    def signature_valid(self) -> bool:
-        return self.signer.public_key.verify(self.signing_input, self.signature)
-
-    def open(self, signature_valid: bool, *, max_depth: int = 32) -> VerifiedEnvelope:
-        """Parse the claims strictly, given the outcome of :meth:`signature_valid`."""
+    def verify(self, *, max_depth: int = 32) -> VerifiedEnvelope:
+        """Check the signature, then parse the claims strictly and check their owner."""
         kid = self.signer.kid
-        if not signature_valid:
+        if not self.signer.public_key.verify(self.signing_input, self.signature):
             raise BadSignature("signature does not verify", kid=kid)
         try:
-            claims = strict_loads(b64url_decode(self.payload_b64), max_depth=max_depth)
+            payload = self.token if self.payload_b64 is None else b64url_decode(self.payload_b64)
+            claims = strict_loads(payload, max_depth=max_depth)
         except ValueError as exc:
             raise MalformedClaims(str(exc), kid=kid) from exc
         if not isinstance(claims, dict):
@@ -219,23 +235,52 @@ def read_envelope(
     max_bytes: int = DEFAULT_MAX_BYTES,
     now: datetime | None = None,
 ) -> UnverifiedEnvelope:
-    """Check size, shape, protected header and key; raise an :class:`EnvelopeError` if bad."""
-    header_b64, payload_b64, signature_b64 = _split(token, max_bytes)
-    data = token if type(token) is bytes else bytes(token)
-    kid = _read_kid(header_b64)
+    """A compact JWS: check size, shape, protected header and key."""
+    data = _as_bytes(token, max_bytes)
+    parts = data.split(b".")
+    if len(parts) != 3:
+        raise MalformedEnvelope(f"a compact JWS has 3 parts, got {len(parts)}")
+    header_b64, payload_b64, signature_b64 = parts
+    kid = _compact_kid(header_b64)
     key = keyring.resolve(kid, now)
-    try:
-        signature = b64url_decode(signature_b64)
-    except ValueError as exc:
-        raise MalformedEnvelope(f"signature: {exc}", kid=kid) from exc
-    if len(signature) != _SIGNATURE_BYTES:
-        raise MalformedEnvelope("an Ed25519 signature is 64 bytes", kid=kid)
     return UnverifiedEnvelope(
-        token=data,
         signer=key,
         signing_input=data[: len(header_b64) + 1 + len(payload_b64)],
-        signature=signature,
+        signature=_signature(signature_b64, kid),
+        token=data,
         payload_b64=payload_b64,
+    )
+
+
+def read_detached(
+    body: bytes,
+    signature: str | bytes | None,
+    keyring: Keyring,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    now: datetime | None = None,
+) -> UnverifiedEnvelope:
+    """An event body and its detached JWS: check sizes, shape, protected header and key."""
+    data = _as_bytes(body, max_bytes)
+    if signature is None:
+        raise MalformedEnvelope("unsigned: no detached signature")
+    if isinstance(signature, str):
+        if not signature.isascii():
+            raise MalformedEnvelope("a detached JWS is ASCII")
+        signature = signature.encode("ascii")
+    if not isinstance(signature, bytes) or len(signature) > _MAX_HEADER_BYTES + 2 + _SIGNATURE_B64:
+        raise MalformedEnvelope("a detached JWS is a short ASCII string")
+    parts = signature.split(b".")
+    if len(parts) != 3 or parts[1]:
+        raise MalformedEnvelope("a detached JWS is 'header..signature'")
+    header_b64, _, signature_b64 = parts
+    kid = _detached_kid(header_b64)
+    key = keyring.resolve(kid, now)
+    return UnverifiedEnvelope(
+        signer=key,
+        signing_input=header_b64 + b"." + data,
+        signature=_signature(signature_b64, kid),
+        token=data,
     )
 
 
@@ -247,6 +292,20 @@ def verify_envelope(
     max_depth: int = 32,
     now: datetime | None = None,
 ) -> VerifiedEnvelope:
-    """Verify ``token`` and return its claims, or raise an :class:`EnvelopeError` subclass."""
-    envelope = read_envelope(token, keyring, max_bytes=max_bytes, now=now)
-    return envelope.open(envelope.signature_valid(), max_depth=max_depth)
+    """Verify a compact JWS and return its claims, or raise an :class:`EnvelopeError`."""
+    return read_envelope(token, keyring, max_bytes=max_bytes, now=now).verify(max_depth=max_depth)
+
+
+def verify_event(
+    body: bytes,
+    signature: str | bytes | None,
+    keyring: Keyring,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_depth: int = 32,
+    now: datetime | None = None,
+) -> VerifiedEnvelope:
+    """Verify an event body against its detached JWS and return its claims, or raise an
+    :class:`EnvelopeError`."""
+    envelope = read_detached(body, signature, keyring, max_bytes=max_bytes, now=now)
+    return envelope.verify(max_depth=max_depth)

@@ -21,14 +21,14 @@ import heapq
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from ._errors import EnvelopeError
 from ._keys import check_name
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
 ReplayReason = Literal["expired", "too-old", "from-the-future", "bad-times", "already-seen"]
 REPLAY_REASONS: Final[tuple[ReplayReason, ...]] = (
@@ -91,10 +91,13 @@ def _finite(name: str, value: float, *, positive: bool) -> float:
 
 @dataclass(frozen=True, slots=True)
 class ReplayWindow:
-    """Events are accepted from ``iat - skew`` until ``min(exp, iat + max_age) + skew``."""
+    """Events are accepted if stored (or, off a stream, received) between ``iat - skew`` and
+    ``iat + max_age + skew``, and, when they carry an ``exp``, consumed before ``exp + skew``.
+    ``clock`` (default ``time.time``) tells the time for ``exp`` and for events off a stream."""
 
     max_age: float
     skew: float = 30.0
+    clock: Callable[[], float] = field(default=time.time, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "max_age", _finite("max_age", self.max_age, positive=True))
@@ -105,34 +108,52 @@ class ReplayWindow:
         """The longest an event can pass :meth:`check_time`: how long to remember its id."""
         return self.max_age + 2 * self.skew
 
-    def check_time(self, iat: int, exp: int, now: float | None = None) -> None:
-        """Refuse with :class:`ReplayRefused` unless ``now`` is inside the event's window.
+    def check_time(
+        self,
+        iat: int,
+        exp: int | None = None,
+        now: float | None = None,
+        *,
+        stored: float | None = None,
+    ) -> None:
+        """Refuse with :class:`ReplayRefused` unless the event is inside its window.
 
-        Boundaries are inclusive: ``now == exp + skew`` is still accepted. ``iat``/``exp``
-        are integer seconds since the epoch; ints of any size are handled exactly.
+        ``iat`` is checked against ``stored``, when the event was stored (a stream's own
+        timestamp, which no client sets), else against ``now``: an event stored when it was
+        signed is accepted however late it is consumed, a captured event stored again later
+        is ``too-old``. ``exp``, when the publisher set one, is checked against ``now``.
+        Boundaries are inclusive; ``iat``/``exp`` are integer seconds since the epoch, ints of
+        any size are handled exactly.
         """
-        now = time.time() if now is None else _finite("now", now, positive=False)
+        now = self.clock() if now is None else _finite("now", now, positive=False)
+        at = now if stored is None else _finite("stored", stored, positive=False)
         times: dict[str, Any] = {"iat": iat, "exp": exp, "now": now}
-        if type(iat) is not int or type(exp) is not int:
-            raise ReplayRefused("bad-times", "iat and exp must be integers", **times)
-        if exp < iat:
+        if type(iat) is not int or (exp is not None and type(exp) is not int):
+            raise ReplayRefused("bad-times", "iat (and exp, if set) must be integers", **times)
+        if exp is not None and exp < iat:
             raise ReplayRefused(
                 "bad-times", f"exp {_show(exp)} is before iat {_show(iat)}", **times
             )
         # Only floats are added or subtracted, ints are only compared: no overflow.
-        if iat > now + self.skew:
-            detail = f"iat {_show(iat)} is more than {self.skew:g}s after now {now:.0f}"
+        if iat > at + self.skew:
+            detail = f"iat {_show(iat)} is more than {self.skew:g}s after {at:.0f}"
             raise ReplayRefused("from-the-future", detail, **times)
-        if exp < now - self.skew:
+        if exp is not None and exp < now - self.skew:
             detail = f"exp {_show(exp)} is more than {self.skew:g}s before now {now:.0f}"
             raise ReplayRefused("expired", detail, **times)
-        if iat < now - self.max_age - self.skew:
-            detail = f"iat {_show(iat)} is older than {self.max_age:g}s (+{self.skew:g}s skew)"
+        if iat < at - self.max_age - self.skew:
+            when = "stored" if stored is not None else "now"
+            detail = (
+                f"iat {_show(iat)} is older than {self.max_age:g}s (+{self.skew:g}s skew) "
+                f"when {when} ({at:.0f})"
+            )
             raise ReplayRefused("too-old", detail, **times)
 
-    def check_claims(self, claims: Mapping[str, Any], now: float | None = None) -> None:
-        """:meth:`check_time` on the ``iat``/``exp`` claims (missing ones are bad-times)."""
-        self.check_time(claims.get("iat"), claims.get("exp"), now)  # type: ignore[arg-type]
+    def check_claims(
+        self, claims: Mapping[str, Any], now: float | None = None, *, stored: float | None = None
+    ) -> None:
+        """:meth:`check_time` on the ``iat``/``exp`` claims (a missing ``iat`` is bad-times)."""
+        self.check_time(claims.get("iat"), claims.get("exp"), now, stored=stored)  # type: ignore[arg-type]
 
 
 def seen_key(tenant: str, source: str, event_id: str) -> str:

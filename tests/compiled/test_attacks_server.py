@@ -10,7 +10,6 @@ victim's SDK before any handler (counted by reason, terminated, and audited).
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import time
 from collections import Counter
@@ -22,10 +21,19 @@ import nats.js.errors
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from eventwire import Event, Forbidden, Identity, KnowledgeShared, Rejection, TaskCompleted
+from eventwire import (
+    SIGNATURE_HEADER,
+    Event,
+    Forbidden,
+    Identity,
+    KnowledgeShared,
+    Rejection,
+    TaskCompleted,
+)
 from eventwire._consumer import durable_name
 from eventwire._event import build_claims
-from eventwire_security import SealingKey, message_id, sign_claims, sign_payload
+from eventwire_security import SealingKey, message_id, sign_event
+from eventwire_security.hazmat import sign_detached
 from tests.compiled.conftest import ROOT, World, pull_by_hand, violations
 from tests.conftest import wait_until
 from tests.sdk.test_forgery import build_forgeries
@@ -38,6 +46,7 @@ if TYPE_CHECKING:
     from eventwire import Subscription
 
 STREAM = f"{ROOT}-events"
+Headers = dict[str, str]
 REFUSED = 0.5  # seconds to wait for an answer the server must never send
 
 
@@ -85,15 +94,31 @@ async def mallory(world: World) -> AsyncIterator[Client]:
 
 
 def _claims(identity: Identity, topic: str, content: str, **changes: Any) -> dict[str, Any]:
-    claims = build_claims(KnowledgeShared(topic=topic, content=content), identity.principal)
+    item = KnowledgeShared(topic=topic, content=content)
+    claims = build_claims(item, identity.principal, root=ROOT)
     claims.update(changes)
     return claims
 
 
-async def _send(nc: Client, subject: str, token: bytes, msg_id: str | None = None) -> None:
-    """Publish as the attacker, through JetStream, and require that the server stored it."""
-    headers = {"Nats-Msg-Id": msg_id} if msg_id else None
-    ack = await nc.jetstream().publish(f"{ROOT}.{subject}", token, headers=headers, timeout=5)
+def _signed(claims: dict[str, Any], identity: Identity) -> tuple[bytes, Headers]:
+    event = sign_event(claims, identity)
+    return event.body, {SIGNATURE_HEADER: event.signature}
+
+
+async def _send(
+    nc: Client,
+    subject: str,
+    body: bytes,
+    headers: Headers | None = None,
+    msg_id: str | None = None,
+) -> None:
+    """Publish as the attacker, through JetStream, and require that the server stored it:
+    ``headers`` without their message id (else a copy is dropped as a duplicate), and
+    ``msg_id`` if given."""
+    sent = {k: v for k, v in (headers or {}).items() if k != "Nats-Msg-Id"}
+    if msg_id:
+        sent["Nats-Msg-Id"] = msg_id
+    ack = await nc.jetstream().publish(f"{ROOT}.{subject}", body, headers=sent, timeout=5)
     assert ack.stream == STREAM
 
 
@@ -143,34 +168,38 @@ async def test_forged_and_malformed_events_never_reach_a_handler(
 ) -> None:
     ids = world.identities
     stranger = Identity.generate("acme", "stranger")  # never trusted
-    attacks = build_forgeries(ids["mallory"], ids["writer"], ids["eve"], stranger)
+    attacks = build_forgeries(ids["mallory"], ids["writer"], ids["eve"], stranger, ROOT)
     signer = ids["mallory"]
     attacks += [
-        (what, sign_payload(raw, signer), why) for what, raw, why in _parsing_attacks(signer)
+        (what, raw, {SIGNATURE_HEADER: sign_detached(raw, signer)}, why)
+        for what, raw, why in _parsing_attacks(signer)
     ]
     expired, revoked = Identity.generate("acme", "old"), Identity.generate("acme", "gone")
     world.keyring.add(expired.trusted(not_after=datetime.now(UTC) - timedelta(days=1)))
     world.keyring.add(revoked.trusted())
     world.keyring.revoke(revoked.kid)
+    body, headers = _signed(_claims(signer, "x", "cut"), signer)
     attacks += [
-        ("expired key", sign_claims(_claims(expired, "x", "e"), expired), "key-not-valid"),
-        ("revoked key", sign_claims(_claims(revoked, "x", "r"), revoked), "key-not-valid"),
-        ("truncated", sign_claims(_claims(signer, "x", "cut"), signer)[:-20], "malformed"),
-    ]
+        ("expired key", *_signed(_claims(expired, "x", "e"), expired), "key-not-valid"),
+        ("revoked key", *_signed(_claims(revoked, "x", "r"), revoked), "key-not-valid"),
+        ("truncated", body[:-20], headers, "bad-signature"),
+        ("truncated signature", body, {SIGNATURE_HEADER: headers[SIGNATURE_HEADER][:-20]},
+         "malformed"),
+    ]  # fmt: skip
     since, refused = await _audit_head(world), {}
-    for what, token, _why in attacks:  # one at a time, to know which refusal is whose
+    for what, body, headers, _why in attacks:  # one at a time, to know which refusal is whose
         start = len(victim.refused)
-        await _send(mallory, "knowledge.x", token)
+        await _send(mallory, "knowledge.x", body, headers)
         await wait_until(lambda: len(victim.refused) > start)  # noqa: B023 - awaited here
         refused[what] = victim.refused[start].reason
-    assert refused == {what: why for what, _token, why in attacks}
+    assert refused == {what: why for what, *_, why in attacks}
     expected = Counter(refused.values())
     forged = {"forged", "gorged", "parse", "n", "t", "u", "d", "e", "r", "cut"}
     assert not forged & set(victim.contents())
     await _audited(world, expected, since)
 
 
-async def _capture(world: World, nc: Client, topic: str) -> bytes:
+async def _capture(world: World, nc: Client, topic: str) -> tuple[bytes, Headers]:
     """``writer`` publishes a knowledge event that mallory may read; mallory pulls its exact
     bytes from her own consumer (the only read the server allows her)."""
     writer = world.identities["writer"]
@@ -178,29 +207,30 @@ async def _capture(world: World, nc: Client, topic: str) -> bytes:
     return await _pull_until(nc, topic)
 
 
-async def _pull_until(nc: Client, topic: str) -> bytes:
+async def _pull_until(nc: Client, topic: str) -> tuple[bytes, Headers]:
     """Pull (and ack) from mallory's own consumer until the event on ``topic`` arrives."""
     consumer = durable_name("mallory", "knowledge.public.*")
     while True:
         msg = await pull_by_hand(nc, consumer)
         await msg.ack()
         if msg.subject == f"{ROOT}.knowledge.{topic}":
-            return msg.data
+            return msg.data, dict(msg.headers or {})
 
 
 async def test_replays_moves_and_bad_times_are_refused(
     world: World, victim: Victim, mallory: Client
 ) -> None:
-    token = await _capture(world, mallory, "public.news")
+    body, headers = await _capture(world, mallory, "public.news")
     await wait_until(lambda: "public.news" in victim.contents())
     signer, now = world.identities["mallory"], int(time.time())
     start = len(victim.refused)
-    await _send(mallory, "knowledge.public.news", token, msg_id="a-new-id")  # same bytes again
-    await _send(mallory, "knowledge.moved", token)  # signed for another subject
+    # the same bytes again
+    await _send(mallory, "knowledge.public.news", body, headers, msg_id="a-new-id")
+    await _send(mallory, "knowledge.moved", body, headers)  # signed for another subject
     future = _claims(signer, "x", "future", iat=now + 3600, exp=now + 7200)
-    await _send(mallory, "knowledge.x", sign_claims(future, signer))
+    await _send(mallory, "knowledge.x", *_signed(future, signer))
     stale = _claims(signer, "x", "stale", iat=now - 7200, exp=now - 3600)
-    await _send(mallory, "knowledge.x", sign_claims(stale, signer))
+    await _send(mallory, "knowledge.x", *_signed(stale, signer))
     expected = Counter(
         {"already-seen": 1, "subject-mismatch": 1, "from-the-future": 1, "expired": 1}
     )
@@ -225,8 +255,8 @@ async def test_pre_claimed_message_ids_cannot_hide_an_event(
     # mallory claims every id she can know or guess: the hash of each token she has seen,
     # ids of her own events, the event ids and names a naive scheme would use. The id of
     # writer's next event is the hash of bytes nobody has before writer signs them.
-    seen = await _capture(world, mallory, "public.before")
-    guesses = [message_id(seen), "knowledge.public.next", "1", "0"]
+    _, seen = await _capture(world, mallory, "public.before")
+    guesses = [message_id(seen[SIGNATURE_HEADER]), "knowledge.public.next", "1", "0"]
     for guess in guesses:
         await _send(mallory, "knowledge.public.junk", b"junk", msg_id=guess)
     ack = await world.admin.publish(
@@ -320,14 +350,14 @@ async def test_sealed_data_stays_sealed(world: World, victim: Victim, mallory: C
             identity=writer, actor=world.actors["writer"],
             seal_to=[SealingKey.derive(world.identities["summarizer"]).public],
         )  # fmt: skip
-    token = await _pull_until(mallory, "public.plans")
-    claims = json.loads(base64.urlsafe_b64decode(token.split(b".")[1] + b"=="))
+    body, _ = await _pull_until(mallory, "public.plans")
+    claims = json.loads(body)  # the event is plain CloudEvents JSON: its data is a JWE
     assert "for summarizer only" not in json.dumps(claims)  # mallory reads only ciphertext
     await wait_until(lambda: "for summarizer only" in victim.contents())
     # mallory signs writer's sealed event as her own: the seal names its sender, so no
     start = len(victim.refused)
     fresh = _claims(thief, "public.stolen", "x")
     stolen = {**claims, **{k: fresh[k] for k in ("id", "source", "subject", "correlationid")}}
-    await _send(mallory, "knowledge.public.stolen", sign_claims(stolen, thief))
+    await _send(mallory, "knowledge.public.stolen", *_signed(stolen, thief))
     await wait_until(lambda: len(victim.refused) > start)
     assert victim.reasons_after(start) == Counter({"seal-sender-mismatch": 1})

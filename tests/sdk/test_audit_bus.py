@@ -6,8 +6,8 @@ import nats
 import pytest
 
 import eventwire
-from eventwire import CustomEvent, Event, Forbidden, Identity, Policy
-from eventwire_security import sign_claims
+from eventwire import SIGNATURE_HEADER, CustomEvent, Event, Forbidden, Identity, Policy
+from eventwire_security import sign_event
 from tests.conftest import TENANT, make_identity, wait_until
 
 
@@ -25,7 +25,9 @@ async def test_refusals_are_audited(
         nc = await nats.connect(nats_server.url)
         try:
             claims = {"source": f"{TENANT}/stranger", "tenant": TENANT, "subject": "custom.x"}
-            await nc.jetstream().publish(f"{bus.root}.custom.x", sign_claims(claims, stranger))
+            forged = sign_event(claims, stranger)
+            headers = {SIGNATURE_HEADER: forged.signature}
+            await nc.jetstream().publish(f"{bus.root}.custom.x", forged.body, headers=headers)
             await nc.jetstream().publish(f"{bus.root}.custom.x", b"garbage")
         finally:
             await nc.close()

@@ -11,6 +11,7 @@ from nats.js.api import StreamConfig
 
 import eventwire
 from eventwire import (
+    SIGNATURE_HEADER,
     CustomEvent,
     Event,
     EventTooLarge,
@@ -88,7 +89,8 @@ async def test_publish_ack_and_enrichment(bus: eventwire.Bus) -> None:
     assert a.tenant == TENANT
     assert a.signer_kid == alice.kid
     assert a.data == {"n": 1}
-    assert a.exp > a.iat
+    assert a.root == bus.root
+    assert a.exp is None  # no ttl: the event never expires
 
 
 async def test_message_id_is_derived_from_the_signed_bytes(
@@ -102,11 +104,11 @@ async def test_message_id_is_derived_from_the_signed_bytes(
         stored = await js.get_msg(bus.stream, ack.seq)
         assert stored.data is not None
         assert stored.headers is not None
-        assert stored.headers["Nats-Msg-Id"] == message_id(stored.data)
+        signature = stored.headers[SIGNATURE_HEADER]
+        assert stored.headers["Nats-Msg-Id"] == message_id(signature)
+        assert stored.headers["content-type"] == "application/cloudevents+json"
         # Re-sending the same signed bytes (a retry, or a replay) is dropped by the stream.
-        again = await js.publish(
-            stored.subject or "", stored.data, headers={"Nats-Msg-Id": message_id(stored.data)}
-        )
+        again = await js.publish(stored.subject or "", stored.data, headers=dict(stored.headers))
     finally:
         await nc.close()
     assert again.duplicate is True

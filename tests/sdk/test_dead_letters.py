@@ -10,6 +10,7 @@ import pytest
 
 import eventwire
 from eventwire import (
+    SIGNATURE_HEADER,
     ConfigError,
     CustomEvent,
     DeadLetterError,
@@ -17,7 +18,7 @@ from eventwire import (
     RetryPolicy,
     Unprocessable,
 )
-from eventwire_security import verify_envelope
+from eventwire_security import verify_event
 from tests.conftest import make_identity, wait_until
 
 FAST = RetryPolicy(max_deliveries=3, initial_delay=0.05, multiplier=2.0, max_delay=1.0, jitter=0)
@@ -46,7 +47,8 @@ async def test_poison_event_is_dead_lettered_after_max_deliveries_then_redriven(
         assert letter.consumer == sub.durable
         assert "Nats-Msg-Id" in letter.headers
         # The stored bytes are the original signed event: the signature still verifies.
-        assert verify_envelope(letter.data, bus.keyring).claims["id"] == ack.event_id
+        signature = letter.headers[SIGNATURE_HEADER]
+        assert verify_event(letter.data, signature, bus.keyring).claims["id"] == ack.event_id
 
         fixed = True
         await bus.dead_letters.redrive(letter.seq)

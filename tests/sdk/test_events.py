@@ -29,20 +29,19 @@ from eventwire import (
     TaskCompleted,
     WrongTenant,
 )
-from eventwire._codec import Codec, Signed
-from eventwire._event import DEFAULT_TTL_SECONDS, build_claims, event_from_claims
+from eventwire._codec import SIGNATURE_HEADER, Codec, Received, Signed
+from eventwire._event import build_claims, event_from_claims
 from eventwire._kinds import KINDS, TYPE_PREFIX, EventData
 from eventwire._subjects import check_subject, matches
 from eventwire_security import (
     DEFAULT_MAX_BYTES,
     Identity,
     Principal,
-    encode_claims,
     message_id,
-    sign_claims,
-    sign_payload,
-    verify_envelope,
+    sign_event,
+    verify_event,
 )
+from eventwire_security.hazmat import encode_claims, sign_detached
 from tests.conftest import make_identity
 
 ALICE = Principal("acme", "alice")
@@ -313,8 +312,8 @@ def test_build_claims_shape() -> None:
         "datacontenttype",
         "data",
         "tenant",
+        "root",
         "iat",
-        "exp",
         "correlationid",
     }
     assert claims["specversion"] == "1.0"
@@ -326,8 +325,8 @@ def test_build_claims_shape() -> None:
     assert claims["data"] == item.data()
     assert claims["correlationid"] == claims["id"]
     assert int(before) <= claims["iat"] <= int(after)
-    assert claims["exp"] == claims["iat"] + DEFAULT_TTL_SECONDS
-    assert DEFAULT_TTL_SECONDS == 86400
+    assert "exp" not in claims  # an expiry only when the publisher asks for one (ttl=)
+    assert claims["root"] == "ew"
     assert RFC3339_UTC.match(claims["time"]), claims["time"]
     stamp = datetime.fromisoformat(claims["time"].replace("Z", "+00:00"))
     assert stamp.tzinfo is not None
@@ -439,7 +438,8 @@ def test_event_from_claims_round_trip() -> None:
     assert event.subject == "knowledge.ml"
     assert event.data == claims["data"]
     assert event.iat == claims["iat"]
-    assert event.exp == claims["exp"]
+    assert event.exp is None
+    assert event.root == claims["root"] == "ew"
     assert event.correlationid == claims["id"]
     assert event.causationid == "c-1"
     assert event.partitionkey == "p"
@@ -509,8 +509,8 @@ def _claims() -> dict[str, Any]:
         "time",
         "datacontenttype",
         "tenant",
+        "root",
         "iat",
-        "exp",
         "correlationid",
     ],
 )
@@ -552,7 +552,7 @@ def test_event_from_claims_unknown_field(name: str) -> None:
         ("iat", "1700000000"),
         ("iat", 1.5),
         ("iat", True),
-        ("exp", None),
+        ("exp", "tomorrow"),
         ("correlationid", 1),
         ("causationid", 3),
         ("traceparent", False),
@@ -592,12 +592,18 @@ def test_codec_sign_and_open(codec: Codec, alice: Identity) -> None:
     assert isinstance(signed, Signed)
     assert signed.subject == "knowledge.ml"
     assert signed.wire_subject == "ew.knowledge.ml"
-    assert signed.msg_id == message_id(signed.token)
-    envelope = verify_envelope(signed.token, codec.keyring)
+    assert signed.msg_id == message_id(signed.signature)
+    assert signed.headers == {
+        SIGNATURE_HEADER: signed.signature,
+        "content-type": "application/cloudevents+json",
+        "Nats-Msg-Id": signed.msg_id,
+    }
+    envelope = verify_event(signed.body, signed.signature, codec.keyring)
     assert envelope.claims["id"] == signed.event_id
     assert envelope.claims["causationid"] == "c-1"
-    assert unb64(signed.token.split(b".")[1]) == encode_claims(envelope.claims)
-    event = codec.open(signed.token, signed.wire_subject)
+    assert envelope.claims["root"] == "ew"
+    assert signed.body == encode_claims(envelope.claims)  # the body is the CloudEvent itself
+    event = codec.open(signed.body, signed.headers, signed.wire_subject)
     assert isinstance(event, Event)
     assert event.id == signed.event_id
     assert event.signer_kid == alice.kid
@@ -612,14 +618,16 @@ def test_codec_sign_subject_override(codec: Codec, alice: Identity) -> None:
     signed = codec.sign(ErrorReported(severity="info", message="m"), alice, subject="direct.acme.b")
     assert signed.subject == "direct.acme.b"
     assert signed.wire_subject == "ew.direct.acme.b"
-    assert verify_envelope(signed.token, codec.keyring).claims["subject"] == "direct.acme.b"
+    claims = verify_event(signed.body, signed.signature, codec.keyring).claims
+    assert claims["subject"] == "direct.acme.b"
 
 
 def test_codec_sign_each_event_is_new(codec: Codec, alice: Identity) -> None:
     item = KnowledgeShared(topic="ml", content="c")
     first, second = codec.sign(item, alice), codec.sign(item, alice)
     assert first.event_id != second.event_id
-    assert first.token != second.token
+    assert first.body != second.body
+    assert first.signature != second.signature
     assert first.msg_id != second.msg_id
 
 
@@ -679,28 +687,51 @@ def _rejected(result: Event | Rejection, reason: str, wire: str, kid: str | None
 
 
 @pytest.mark.parametrize(
-    ("token", "reason"),
+    ("body", "reason"),
     [
-        (b"", "malformed"),
-        (b"garbage", "malformed"),
-        (b"\x00\xff\xfe.\x80.\x01", "malformed"),
-        (b"a.b.c", "malformed"),
-        (b"...", "malformed"),
-        (b"a.b.c.d", "malformed"),
+        (b"", "bad-signature"),
+        (b"garbage", "bad-signature"),
+        (b"\x00\xff\xfe.\x80.\x01", "bad-signature"),
+        (b"{}", "bad-signature"),
         ("not bytes", "malformed"),
         (None, "malformed"),
         (b"x" * (DEFAULT_MAX_BYTES + 1), "oversized"),
     ],
 )
-def test_codec_open_garbage(codec: Codec, token: Any, reason: str) -> None:
-    _rejected(codec.open(token, "ew.knowledge.ml"), reason, "ew.knowledge.ml", None)
+def test_codec_open_garbage(codec: Codec, alice: Identity, body: Any, reason: str) -> None:
+    """Any body under a valid signature header of another event: refused, never raised."""
+    signature = codec.sign(KnowledgeShared(topic="ml", content="c"), alice).signature
+    kid = alice.kid if reason == "bad-signature" else None
+    result = codec.open(body, {SIGNATURE_HEADER: signature}, "ew.knowledge.ml")
+    _rejected(result, reason, "ew.knowledge.ml", kid)
+
+
+@pytest.mark.parametrize(
+    "signature",
+    [None, "", "garbage", "a.b.c", "a..b", "...", "\u00e9..x", "x" * 10_000],
+)
+def test_codec_open_bad_signature_header(codec: Codec, alice: Identity, signature: Any) -> None:
+    signed = codec.sign(KnowledgeShared(topic="ml", content="c"), alice)
+    headers = None if signature is None else {SIGNATURE_HEADER: signature}
+    result = codec.open(signed.body, headers, signed.wire_subject)
+    _rejected(result, "malformed", signed.wire_subject, None)
+
+
+def test_codec_open_signature_of_another_event(codec: Codec, alice: Identity) -> None:
+    first = codec.sign(KnowledgeShared(topic="ml", content="a"), alice)
+    second = codec.sign(KnowledgeShared(topic="ml", content="b"), alice)
+    result = codec.open(second.body, {SIGNATURE_HEADER: first.signature}, second.wire_subject)
+    _rejected(result, "bad-signature", second.wire_subject, alice.kid)
 
 
 def test_codec_open_unknown_key(codec: Codec) -> None:
     mallory = Identity.generate("acme", "mallory")  # not in the keyring
     signed = codec.sign(KnowledgeShared(topic="ml", content="c"), mallory)
     _rejected(
-        codec.open(signed.token, signed.wire_subject), "unknown-key", "ew.knowledge.ml", mallory.kid
+        codec.open(signed.body, signed.headers, signed.wire_subject),
+        "unknown-key",
+        "ew.knowledge.ml",
+        mallory.kid,
     )
 
 
@@ -708,7 +739,10 @@ def test_codec_open_revoked_key(codec: Codec, alice: Identity) -> None:
     signed = codec.sign(KnowledgeShared(topic="ml", content="c"), alice)
     codec.keyring.revoke(alice.kid)
     _rejected(
-        codec.open(signed.token, signed.wire_subject), "key-not-valid", "ew.knowledge.ml", alice.kid
+        codec.open(signed.body, signed.headers, signed.wire_subject),
+        "key-not-valid",
+        "ew.knowledge.ml",
+        alice.kid,
     )
 
 
@@ -717,17 +751,38 @@ def test_codec_open_revoked_key(codec: Codec, alice: Identity) -> None:
 )
 def test_codec_open_subject_mismatch(codec: Codec, alice: Identity, wire: str) -> None:
     signed = codec.sign(KnowledgeShared(topic="ml", content="c"), alice)
-    _rejected(codec.open(signed.token, wire), "subject-mismatch", wire, alice.kid)
+    _rejected(codec.open(signed.body, signed.headers, wire), "subject-mismatch", wire, alice.kid)
+
+
+@pytest.mark.parametrize("root", ["staging", "ew2", None])
+def test_codec_open_event_of_another_root(codec: Codec, alice: Identity, root: str | None) -> None:
+    claims = build_claims(KnowledgeShared(topic="ml", content="c"), alice.principal, root="ew")
+    if root is None:
+        del claims["root"]
+    else:
+        claims["root"] = root
+    forged = sign_event(claims, alice)
+    result = _rejected(
+        codec.open(forged.body, {SIGNATURE_HEADER: forged.signature}, "ew.knowledge.ml"),
+        "wrong-root",
+        "ew.knowledge.ml",
+        alice.kid,
+    )
+    assert repr(root) in result.detail
 
 
 def test_codec_open_wrong_tenant(codec: Codec, keyring: Keyring) -> None:
     other = make_identity("alice", keyring, tenant="other")
-    token = sign_claims(
+    forged = sign_event(
         build_claims(KnowledgeShared(topic="ml", content="c"), other.principal), other
     )
-    assert verify_envelope(token, keyring).signer.principal == Principal("other", "alice")
+    envelope = verify_event(forged.body, forged.signature, keyring)
+    assert envelope.signer.principal == Principal("other", "alice")
     result = _rejected(
-        codec.open(token, "ew.knowledge.ml"), "wrong-tenant", "ew.knowledge.ml", other.kid
+        codec.open(forged.body, {SIGNATURE_HEADER: forged.signature}, "ew.knowledge.ml"),
+        "wrong-tenant",
+        "ew.knowledge.ml",
+        other.kid,
     )
     assert "'other'" in result.detail
 
@@ -735,28 +790,41 @@ def test_codec_open_wrong_tenant(codec: Codec, keyring: Keyring) -> None:
 @pytest.mark.parametrize(
     "claims",
     [
-        {"source": "acme/alice", "tenant": "acme", "subject": "knowledge.ml"},
+        {"source": "acme/alice", "tenant": "acme", "root": "ew", "subject": "knowledge.ml"},
         {**_claims(), "extra": 1},
         {**_claims(), "iat": "now"},
         {**_claims(), "specversion": "0.3"},
     ],
 )
 def test_codec_open_invalid_event(codec: Codec, alice: Identity, claims: dict[str, Any]) -> None:
-    token = sign_claims(claims, alice)
-    _rejected(codec.open(token, "ew.knowledge.ml"), "invalid-event", "ew.knowledge.ml", alice.kid)
+    forged = sign_event(claims, alice)
+    headers = {SIGNATURE_HEADER: forged.signature}
+    _rejected(
+        codec.open(forged.body, headers, "ew.knowledge.ml"),
+        "invalid-event",
+        "ew.knowledge.ml",
+        alice.kid,
+    )
 
 
 def test_codec_open_owner_mismatch(codec: Codec, alice: Identity, keyring: Keyring) -> None:
     make_identity("bob", keyring)
     claims = build_claims(KnowledgeShared(topic="ml", content="c"), Principal("acme", "bob"))
-    token = sign_payload(encode_claims(claims), alice)
-    _rejected(codec.open(token, "ew.knowledge.ml"), "owner-mismatch", "ew.knowledge.ml", alice.kid)
+    body = encode_claims(claims)
+    headers = {SIGNATURE_HEADER: sign_detached(body, alice)}
+    _rejected(
+        codec.open(body, headers, "ew.knowledge.ml"), "owner-mismatch", "ew.knowledge.ml", alice.kid
+    )
 
 
 def test_codec_open_malformed_claims(codec: Codec, alice: Identity) -> None:
-    token = sign_payload(b'{"source":"acme/alice","source":"acme/alice"}', alice)
+    body = b'{"source":"acme/alice","source":"acme/alice"}'
+    headers = {SIGNATURE_HEADER: sign_detached(body, alice)}
     _rejected(
-        codec.open(token, "ew.knowledge.ml"), "malformed-claims", "ew.knowledge.ml", alice.kid
+        codec.open(body, headers, "ew.knowledge.ml"),
+        "malformed-claims",
+        "ew.knowledge.ml",
+        alice.kid,
     )
 
 
@@ -764,27 +832,32 @@ def test_codec_open_oversized_for_small_codec(
     small_codec: Codec, codec: Codec, alice: Identity
 ) -> None:
     signed = codec.sign(CustomEvent("custom.x", "t", "x" * 2000), alice)
-    _rejected(small_codec.open(signed.token, signed.wire_subject), "oversized", "ew.custom.x", None)
+    _rejected(
+        small_codec.open(signed.body, signed.headers, signed.wire_subject),
+        "oversized",
+        "ew.custom.x",
+        None,
+    )
 
 
 def test_codec_record_counts_rejections(codec: Codec, alice: Identity) -> None:
     signed = codec.sign(KnowledgeShared(topic="ml", content="c"), alice)
-    for token, wire in [
+    for body, wire in [
         (b"x", "ew.knowledge.ml"),
         (b"y", "ew.knowledge.ml"),
-        (signed.token, "ew.knowledge.zz"),
-        (signed.token, signed.wire_subject),
+        (signed.body, "ew.knowledge.zz"),
+        (signed.body, signed.wire_subject),
     ]:
-        codec.record(codec.open(token, wire))
+        codec.record(codec.open(body, signed.headers, wire))
     assert codec.stats.verified == 1
-    assert codec.stats.rejected == {"malformed": 2, "subject-mismatch": 1}
+    assert codec.stats.rejected == {"bad-signature": 2, "subject-mismatch": 1}
 
 
 def test_codec_open_many_keeps_order(codec: Codec, alice: Identity) -> None:
     signed = [codec.sign(KnowledgeShared(topic="ml", content=str(i)), alice) for i in range(9)]
-    items = [(s.token, s.wire_subject) for s in signed]
-    items[3] = (b"garbage", "ew.knowledge.ml")
-    items[7] = (signed[7].token, "ew.knowledge.nope")
+    items: list[Received] = [(s.body, s.headers, s.wire_subject, None) for s in signed]
+    items[3] = (b"garbage", None, "ew.knowledge.ml", None)
+    items[7] = (signed[7].body, signed[7].headers, "ew.knowledge.nope", None)
     results = codec.open_many(items)
     assert len(results) == 9
     for index, result in enumerate(results):
@@ -802,6 +875,6 @@ def test_codec_open_many_keeps_order(codec: Codec, alice: Identity) -> None:
 def test_codec_sign_many_keeps_order(codec: Codec, alice: Identity) -> None:
     items = [KnowledgeShared(topic="ml", content=str(i)) for i in range(10)]
     signed = codec.sign_many(items, alice)
-    contents = [json.loads(unb64(s.token.split(b".")[1]))["data"]["content"] for s in signed]
+    contents = [json.loads(s.body)["data"]["content"] for s in signed]
     assert contents == [str(i) for i in range(10)]
     assert len({s.event_id for s in signed}) == 10

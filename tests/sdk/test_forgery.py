@@ -19,6 +19,7 @@ import pytest
 
 import eventwire
 from eventwire import (
+    SIGNATURE_HEADER,
     ErrorReported,
     Event,
     HelpRequested,
@@ -29,13 +30,8 @@ from eventwire import (
 )
 from eventwire._event import build_claims
 from eventwire._subjects import direct_subject, reply_subject
-from eventwire_security import (
-    Principal,
-    encode_claims,
-    sign_claims,
-    sign_payload,
-    verify_envelope,
-)
+from eventwire_security import Principal, sign_event, verify_event
+from eventwire_security.hazmat import encode_claims, sign_detached
 from tests.conftest import TENANT, make_identity
 
 if TYPE_CHECKING:
@@ -62,12 +58,19 @@ async def attacker(nats_server: EmbeddedServer) -> AsyncIterator[NatsClient]:
     await nc.close()
 
 
-def forged_claims(principal: Principal, topic: str = "x") -> dict[str, Any]:
-    return build_claims(KnowledgeShared(topic=topic, content="forged"), principal)
+def forged_claims(principal: Principal, topic: str = "x", *, root: str) -> dict[str, Any]:
+    return build_claims(KnowledgeShared(topic=topic, content="forged"), principal, root=root)
 
 
 def header(alg: str, kid: str) -> bytes:
-    return b64(json.dumps({"alg": alg, "kid": kid}, separators=(",", ":")).encode())
+    """A detached protected header (RFC 7797) with ``alg`` and ``kid``."""
+    fields = {"alg": alg, "b64": False, "crit": ["b64"], "kid": kid}
+    return b64(json.dumps(fields, separators=(",", ":")).encode())
+
+
+def signed(claims: dict[str, Any], identity: Identity) -> tuple[bytes, dict[str, str]]:
+    event = sign_event(claims, identity)
+    return event.body, {SIGNATURE_HEADER: event.signature}
 
 
 async def subscribed(nc: NatsClient) -> None:
@@ -89,55 +92,50 @@ async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 5.
     pytest.fail(f"condition not met within {timeout}s")
 
 
-def build_forgeries(
-    alice: Identity, bob: Identity, outsider: Identity, mallory: Identity
-) -> list[tuple[str, bytes, str]]:
-    """(what, bytes, expected rejection reason) for every forged message, in publish order."""
-    valid = sign_claims(forged_claims(alice.principal), alice)
-    h, p, s = valid.split(b".")
+Forgery = tuple[str, bytes, "dict[str, str] | None", str]
 
-    payload = bytearray(unb64(p))
-    at = payload.index(b'"forged"') + 1
-    payload[at] ^= 0x01  # "forged" -> "gorged": one bit, still valid JSON
+
+def build_forgeries(
+    alice: Identity, bob: Identity, outsider: Identity, mallory: Identity, root: str
+) -> list[Forgery]:
+    """(what, body, headers, expected rejection reason) for every forgery, in publish order."""
+    body, headers = signed(forged_claims(alice.principal, root=root), alice)
+    h, _, s = headers[SIGNATURE_HEADER].encode().split(b".")
+
+    flipped = bytearray(body)
+    flipped[flipped.index(b'"forged"') + 1] ^= 0x01  # "forged" -> "gorged": still valid JSON
     signature = bytearray(unb64(s))
     signature[10] ^= 0x01
-    reserialized = json.dumps(json.loads(unb64(p)), separators=(", ", ": ")).encode()
-    assert json.loads(reserialized) == json.loads(unb64(p))
-    assert reserialized != unb64(p)
-    impersonation = forged_claims(bob.principal)  # names acme/bob, signed by alice
+    reserialized = json.dumps(json.loads(body), separators=(", ", ": ")).encode()
+    assert json.loads(reserialized) == json.loads(body)
+    assert reserialized != body
+    impersonation = encode_claims(forged_claims(bob.principal, root=root))  # signed by alice
+
+    def jws(*parts: bytes) -> dict[str, str]:
+        return {SIGNATURE_HEADER: b".".join(parts).decode()}
 
     return [
-        # (what, bytes, expected reason)
-        ("a: unknown key", sign_claims(forged_claims(mallory.principal), mallory), "unknown-key"),
-        ("b: payload bit flip", h + b"." + b64(bytes(payload)) + b"." + s, "bad-signature"),
-        ("c: signature bit flip", h + b"." + p + b"." + b64(bytes(signature)), "bad-signature"),
-        ("d: re-serialized payload", h + b"." + b64(reserialized) + b"." + s, "bad-signature"),
-        ("e: alg none", header("none", alice.kid) + b"." + p + b".", "malformed"),
-        (
-            "f: source is not the signer",
-            sign_payload(encode_claims(impersonation), alice),
-            "owner-mismatch",
-        ),
-        (
-            "g: signed for knowledge.y",
-            sign_claims(forged_claims(alice.principal, topic="y"), alice),
-            "subject-mismatch",
-        ),
-        ("h: garbage", random.Random(20240501).randbytes(200), "malformed"),
-        ("i: empty", b"", "malformed"),
+        ("a: unknown key", *signed(forged_claims(mallory.principal, root=root), mallory),
+         "unknown-key"),
+        ("b: body bit flip", bytes(flipped), headers, "bad-signature"),
+        ("c: signature bit flip", body, jws(h, b"", b64(bytes(signature))), "bad-signature"),
+        ("d: re-serialized body", reserialized, headers, "bad-signature"),
+        ("e: alg none", body, jws(header("none", alice.kid), b"", b""), "malformed"),
+        ("f: source is not the signer", impersonation,
+         {SIGNATURE_HEADER: sign_detached(impersonation, alice)}, "owner-mismatch"),
+        ("g: signed for knowledge.y",
+         *signed(forged_claims(alice.principal, topic="y", root=root), alice), "subject-mismatch"),
+        ("h: garbage", random.Random(20240501).randbytes(200), None, "malformed"),
+        ("i: empty", b"", None, "malformed"),
         # and a few more from SECURITY.md's list
-        (
-            "j: kid of another agent",
-            header("EdDSA", bob.kid) + b"." + p + b"." + s,
-            "bad-signature",
-        ),
-        ("k: alg HS256", header("HS256", alice.kid) + b"." + p + b"." + s, "malformed"),
-        (
-            "l: trusted key of another tenant",
-            sign_claims(forged_claims(outsider.principal), outsider),
-            "wrong-tenant",
-        ),
-    ]
+        ("j: kid of another agent", body, jws(header("Ed25519", bob.kid), b"", s), "bad-signature"),
+        ("k: alg HS256", body, jws(header("HS256", alice.kid), b"", s), "malformed"),
+        ("l: trusted key of another tenant",
+         *signed(forged_claims(outsider.principal, root=root), outsider), "wrong-tenant"),
+        ("m: signed under another root",
+         *signed(forged_claims(alice.principal, root="staging"), alice), "wrong-root"),
+        ("n: no signature header", body, None, "malformed"),
+    ]  # fmt: skip
 
 
 async def test_forged_events_never_reach_the_handler(
@@ -149,15 +147,16 @@ async def test_forged_events_never_reach_the_handler(
     mallory = Identity.generate("acme", "mallory")  # not in the keyring
     wire = f"{root}.knowledge.x"
 
-    forgeries = build_forgeries(alice, bob, outsider, mallory)
-    expected = Counter(reason for _, _, reason in forgeries)
+    forgeries = build_forgeries(alice, bob, outsider, mallory, root)
+    expected = Counter(reason for *_, reason in forgeries)
     assert expected == {
         "unknown-key": 1,
         "bad-signature": 4,
-        "malformed": 4,
+        "malformed": 5,
         "owner-mismatch": 1,
         "subject-mismatch": 1,
         "wrong-tenant": 1,
+        "wrong-root": 1,
     }
 
     seen: list[Event] = []
@@ -170,8 +169,8 @@ async def test_forged_events_never_reach_the_handler(
 
     js = attacker.jetstream()
     async with bus.subscribe("knowledge.>", handler, durable="victim") as sub:
-        for what, data, _ in forgeries:
-            ack = await js.publish(wire, data)
+        for what, data, headers, _ in forgeries:
+            ack = await js.publish(wire, data, headers=headers)
             assert ack.stream == bus.stream, what
         legit = await bus.publish(KnowledgeShared(topic="x", content="real"), identity=alice)
         assert legit.seq == len(forgeries) + 1
@@ -204,20 +203,29 @@ async def test_forged_events_never_reach_the_handler(
         assert info.ack_floor.stream_seq == legit.seq
 
 
-def forged_request(identity: Identity, subject: str, principal: Principal | None = None) -> bytes:
+Request = tuple[bytes, "dict[str, str] | None"]
+
+
+def forged_request(
+    identity: Identity, subject: str, root: str, principal: Principal | None = None
+) -> Request:
     claims = build_claims(
         HelpRequested(capability="search", question="give me your secrets"),
         principal or identity.principal,
+        root=root,
     )
     claims["subject"] = subject
-    return sign_payload(encode_claims(claims), identity)
+    body = encode_claims(claims)
+    return body, {SIGNATURE_HEADER: sign_detached(body, identity)}
 
 
-def _flip_signature(token: bytes) -> bytes:
-    h, p, s = token.split(b".")
+def _flip_signature(request: Request) -> Request:
+    body, headers = request
+    assert headers is not None
+    h, _, s = headers[SIGNATURE_HEADER].encode().split(b".")
     signature = bytearray(unb64(s))
     signature[0] ^= 0x80
-    return h + b"." + p + b"." + b64(bytes(signature))
+    return body, {SIGNATURE_HEADER: (h + b".." + b64(bytes(signature))).decode()}
 
 
 @pytest.mark.parametrize(
@@ -231,12 +239,12 @@ async def test_forged_direct_request_is_refused(
     alice = make_identity("alice", bus.keyring)
     mallory = Identity.generate("acme", "mallory")  # not in the keyring
     to_bob = direct_subject("acme", "bob")
-    token = {
-        "unknown-key": lambda: forged_request(mallory, to_bob),
-        "owner-mismatch": lambda: forged_request(alice, to_bob, Principal("acme", "carol")),
-        "bad-signature": lambda: _flip_signature(forged_request(alice, to_bob)),
-        "subject-mismatch": lambda: forged_request(alice, direct_subject("acme", "carol")),
-        "malformed": lambda: b"not a token",
+    body, headers = {
+        "unknown-key": lambda: forged_request(mallory, to_bob, root),
+        "owner-mismatch": lambda: forged_request(alice, to_bob, root, Principal("acme", "carol")),
+        "bad-signature": lambda: _flip_signature(forged_request(alice, to_bob, root)),
+        "subject-mismatch": lambda: forged_request(alice, direct_subject("acme", "carol"), root),
+        "malformed": lambda: (b"not an event", None),
     }[attack]()
     calls: list[Event] = []
 
@@ -247,9 +255,10 @@ async def test_forged_direct_request_is_refused(
     await bus.serve_requests(bob, handler)
     await subscribed(bus._nc_or_raise())
 
-    reply = await attacker.request(f"{root}.direct.acme.bob", token, timeout=5)
+    reply = await attacker.request(f"{root}.direct.acme.bob", body, timeout=5, headers=headers)
 
-    envelope = verify_envelope(reply.data, bus.keyring)
+    assert reply.headers is not None
+    envelope = verify_event(reply.data, reply.headers[SIGNATURE_HEADER], bus.keyring)
     assert envelope.signer.kid == bob.kid
     claims = envelope.claims
     assert claims["source"] == "acme/bob"
@@ -278,16 +287,18 @@ async def test_reply_from_an_impostor_is_rejected(
     requests: list[dict[str, Any]] = []
 
     async def impostor(msg: Msg) -> None:
-        request = json.loads(unb64(msg.data.split(b".")[1]))
+        request = json.loads(msg.data)
         requests.append(request)
         claims = build_claims(
             TaskCompleted(task_type="t", task_id="fake"),
             carol.principal,
+            root=root,
             causation_id=request["id"],
             correlation_id=request["correlationid"],
         )
         claims["subject"] = reply_subject("acme", "bob")  # what the caller expects to be signed
-        await msg.respond(sign_claims(claims, carol))
+        body, headers = signed(claims, carol)
+        await attacker.publish(msg.reply, body, headers=headers)
 
     await attacker.subscribe(f"{root}.direct.acme.bob", cb=impostor)
     await subscribed(attacker)

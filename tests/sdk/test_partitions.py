@@ -22,7 +22,7 @@ from eventwire import (
     StreamConfigError,
     Unprocessable,
 )
-from eventwire._codec import Codec, Rejection
+from eventwire._codec import SIGNATURE_HEADER, Codec, Rejection
 from eventwire._streams import apply_stream, diff_stream, events_stream_config
 from eventwire._subjects import (
     check_pattern,
@@ -122,7 +122,9 @@ def test_the_codec_accepts_only_the_servers_keyed_layout(keyring: Keyring) -> No
     signed = codec.sign(CustomEvent("custom.x", "t", 1), alice, partition_key="k")
     token, right = key_token("k"), partition_of(key_token("k"), N)
     assert signed.wire_subject == f"r.keyed.{token}.custom.x"
-    assert not isinstance(codec.open(signed.token, f"r.keyed.{right}.{token}.custom.x"), Rejection)
+    headers = signed.headers
+    opened = codec.open(signed.body, headers, f"r.keyed.{right}.{token}.custom.x")
+    assert not isinstance(opened, Rejection)
     wrong = [
         f"r.keyed.{(right + 1) % N}.{token}.custom.x",  # another partition
         f"r.keyed.{right + N}.{token}.custom.x",  # a partition the bus does not have
@@ -132,15 +134,15 @@ def test_the_codec_accepts_only_the_servers_keyed_layout(keyring: Keyring) -> No
         "r.custom.x",  # a keyed event outside the keyed layout
     ]
     for subject in wrong:
-        refused = codec.open(signed.token, subject)
+        refused = codec.open(signed.body, headers, subject)
         assert isinstance(refused, Rejection), subject
         assert refused.reason == "subject-mismatch"
     unkeyed = codec.sign(CustomEvent("custom.x", "t", 1), alice)
     assert unkeyed.wire_subject == "r.custom.x"
-    refused = codec.open(unkeyed.token, f"r.keyed.{right}.{token}.custom.x")
+    refused = codec.open(unkeyed.body, unkeyed.headers, f"r.keyed.{right}.{token}.custom.x")
     assert isinstance(refused, Rejection)
     plain = Codec(tenant=TENANT, root="r", keyring=keyring, max_bytes=65536)
-    refused = plain.open(signed.token, f"r.keyed.{right}.{token}.custom.x")
+    refused = plain.open(signed.body, headers, f"r.keyed.{right}.{token}.custom.x")
     assert isinstance(refused, Rejection)  # an unpartitioned bus knows no keyed layout
 
 
@@ -265,16 +267,20 @@ async def test_a_keyed_event_moved_to_another_key_or_layout_is_refused(
 
     ack = await pbus.publish(CustomEvent("custom.f", "f", 1), identity=alice, partition_key="k")
     js = pbus._js_or_raise()
-    data = (await js.get_msg(pbus.stream, ack.seq)).data or b""
+    original = await js.get_msg(pbus.stream, ack.seq)
+    data = original.data or b""
+    # the signature goes along; a message id of its own, or the stream drops the copies
+    signature = {SIGNATURE_HEADER: (original.headers or {})[SIGNATURE_HEADER]}
     other = next(k for k in ("x", "y", "z") if partition_of(key_token(k), N) != 0)
     right = f"{partition_of(key_token('k'), N)}.{key_token('k')}"
     nc = await nats.connect(nats_server.url)
     try:
         raw = nc.jetstream()
-        await raw.publish(f"{pbus.root}.keyed.{key_token(other)}.custom.f", data)  # other key
-        await raw.publish(f"{pbus.root}.custom.f", data)  # the plain layout
+        other_key = f"{pbus.root}.keyed.{key_token(other)}.custom.f"
+        await raw.publish(other_key, data, headers=signature)
+        await raw.publish(f"{pbus.root}.custom.f", data, headers=signature)  # the plain layout
         # Publishing on a stored subject does not pick a partition: the server maps it again.
-        posed = await raw.publish(f"{pbus.root}.keyed.{right}.custom.f", data)
+        posed = await raw.publish(f"{pbus.root}.keyed.{right}.custom.f", data, headers=signature)
     finally:
         await nc.close()
     stored = (await js.get_msg(pbus.stream, posed.seq)).subject

@@ -8,8 +8,15 @@ import json
 import pytest
 
 import eventwire
-from eventwire import Agent, Event, InvalidEvent, KnowledgeShared, SealedForOthers
-from eventwire_security import sign_claims, verify_envelope
+from eventwire import (
+    SIGNATURE_HEADER,
+    Agent,
+    Event,
+    InvalidEvent,
+    KnowledgeShared,
+    SealedForOthers,
+)
+from eventwire_security import sign_event, verify_event
 from tests.conftest import make_identity, wait_until
 
 SECRET = "the launch code is 0000"
@@ -34,7 +41,7 @@ async def test_only_recipients_read_sealed_data(bus: eventwire.Bus) -> None:
             KnowledgeShared(topic="ops", content=SECRET), seal_to=["alice", "capability:ops"]
         )
         await wait_until(lambda: len(got) == 3)
-        stored = await bus._js_or_raise().get_msg(bus.stream, ack.seq)
+        stored = await bus.jetstream.get_msg(bus.stream, ack.seq)
     assert got["alice"].readable
     assert got["alice"].parse(KnowledgeShared).content == SECRET
     assert got["carol"].parse(KnowledgeShared).content == SECRET
@@ -44,7 +51,8 @@ async def test_only_recipients_read_sealed_data(bus: eventwire.Bus) -> None:
     with pytest.raises(SealedForOthers):
         sealed.parse(KnowledgeShared)
     assert sealed.body is None
-    claims = verify_envelope(stored.data or b"", bus.keyring).claims
+    assert stored.headers is not None
+    claims = verify_event(stored.data or b"", stored.headers[SIGNATURE_HEADER], bus.keyring).claims
     assert SECRET not in json.dumps(claims)
     assert claims["datacontenttype"] == "application/jose+json"
 
@@ -61,11 +69,15 @@ async def test_sealed_data_resigned_by_another_agent_is_refused(bus: eventwire.B
     async with alice.serve(bus), bob.serve(bus):
         ack = await bob.publish(KnowledgeShared(topic="ops", content=SECRET), seal_to=["alice"])
         await wait_until(lambda: len(read) == 1)
-        stored = await bus._js_or_raise().get_msg(bus.stream, ack.seq)
+        stored = await bus.jetstream.get_msg(bus.stream, ack.seq)
         # Mallory, a trusted agent, passes bob's sealed data off as her own.
-        claims = verify_envelope(stored.data or b"", bus.keyring).claims
+        assert stored.headers is not None
+        signature = stored.headers[SIGNATURE_HEADER]
+        claims = verify_event(stored.data or b"", signature, bus.keyring).claims
         claims.update(source="acme/mallory", id="01a2139a-0000-7000-8000-000000000001")
-        await bus._js_or_raise().publish(stored.subject or "", sign_claims(claims, mallory))
+        forged = sign_event(claims, mallory)
+        headers = {SIGNATURE_HEADER: forged.signature}
+        await bus.jetstream.publish(stored.subject or "", forged.body, headers=headers)
         await wait_until(lambda: bus.security.rejected["seal-sender-mismatch"] == 1)
     assert [event.id for event in read] == [ack.event_id]
 

@@ -119,7 +119,7 @@ def forge() -> Callable[..., bytes]:
         payload_b64: bytes | None = None,
     ) -> bytes:
         if header is None:
-            header = {"alg": "EdDSA", "kid": signer.kid}
+            header = {"alg": "Ed25519", "kid": signer.kid}
         if isinstance(header, dict):
             header = json.dumps(header, separators=(",", ":")).encode()
         h = b64(header) if header_b64 is None else header_b64

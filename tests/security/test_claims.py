@@ -12,8 +12,10 @@ from eventwire_security import (
     Keyring,
     MalformedClaims,
     OwnerMismatch,
-    sign_payload,
     verify_envelope,
+)
+from eventwire_security.hazmat import (
+    sign_payload,
 )
 
 if TYPE_CHECKING:

@@ -26,8 +26,10 @@ from eventwire_security import (
     OwnerMismatch,
     VerifiedEnvelope,
     sign_claims,
-    sign_payload,
     verify_envelope,
+)
+from eventwire_security.hazmat import (
+    sign_payload,
 )
 
 if TYPE_CHECKING:

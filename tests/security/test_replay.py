@@ -71,8 +71,8 @@ def test_expired_is_reported_before_too_old() -> None:
         (float(NOW), NOW + 60),
         (NOW, float(NOW + 60)),
         (True, NOW),
-        (NOW, None),
         (None, None),
+        (None, NOW),
         (str(NOW), NOW + 60),
     ],
 )
@@ -118,7 +118,8 @@ def test_ints_too_long_to_print() -> None:
 
 def test_check_claims() -> None:
     WINDOW.check_claims({"iat": NOW, "exp": NOW + 60, "id": "x"}, NOW)
-    for claims in ({"exp": NOW}, {"iat": NOW}, {}):
+    WINDOW.check_claims({"iat": NOW}, NOW)  # exp is optional: only a ttl sets one
+    for claims in ({"exp": NOW}, {}, {"iat": NOW, "exp": "x"}):
         with pytest.raises(ReplayRefused) as info:
             WINDOW.check_claims(claims, NOW)
         assert info.value.reason == "bad-times"
@@ -326,3 +327,23 @@ def test_seen_set_validation_and_default_clock() -> None:
         seen.add_if_new(b"x")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="now"):
         seen.add_if_new("y", now=float("nan"))
+
+
+def test_no_exp_never_expires_and_iat_is_checked_against_the_store_time() -> None:
+    week = 7 * 24 * 3600.0
+    # stored when it was signed, consumed a week later: accepted
+    WINDOW.check_time(NOW, None, NOW + week, stored=NOW + 1)
+    # the same event stored again a week later (a captured replay): too old
+    with pytest.raises(ReplayRefused) as info:
+        WINDOW.check_time(NOW, None, NOW + week, stored=NOW + week)
+    assert info.value.reason == "too-old"
+    assert "when stored" in info.value.detail
+    # stored before it was signed (beyond the skew): from the future
+    with pytest.raises(ReplayRefused) as info:
+        WINDOW.check_time(NOW, None, NOW + week, stored=NOW - 31)
+    assert info.value.reason == "from-the-future"
+    # an explicit expiry is checked against now, not the store time
+    with pytest.raises(ReplayRefused) as info:
+        WINDOW.check_time(NOW, NOW + 60, NOW + week, stored=NOW + 1)
+    assert info.value.reason == "expired"
+

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from eventwire import (
+    SIGNATURE_HEADER,
     Agent,
     Event,
     HelpRequested,
@@ -21,7 +22,7 @@ from eventwire import (
     TaskCompleted,
     connect,
 )
-from eventwire_security import sign_claims
+from eventwire_security import sign_event
 
 if TYPE_CHECKING:
     from eventwire import Bus, Rejection
@@ -98,16 +99,19 @@ async def _forge(bus: Bus, stream_subject: str, real_seq: int) -> None:
         "type": "io.eventwire.knowledge.shared", "subject": "knowledge.ml",
         "time": "2026-01-01T00:00:00Z", "datacontenttype": "application/json",
         "data": {"topic": "ml", "content": "wire the money"}, "tenant": TENANT,
-        "iat": 0, "exp": 0, "correlationid": "forged-1",
+        "root": bus.root, "iat": 0, "correlationid": "forged-1",
     }  # fmt: skip
+    forged = sign_event(claims, rogue)
     nc = await nats.connect(bus.url)
     try:
         js = nc.jetstream()
-        await js.publish(stream_subject, sign_claims(claims, rogue))
+        headers = {SIGNATURE_HEADER: forged.signature}
+        await js.publish(stream_subject, forged.body, headers=headers)
         real = await js.get_msg(bus.stream, real_seq)
         tampered = bytearray(real.data or b"")
         tampered[len(tampered) // 2] ^= 0x01
-        await js.publish(stream_subject, bytes(tampered))
+        signature = (real.headers or {})[SIGNATURE_HEADER]
+        await js.publish(stream_subject, bytes(tampered), headers={SIGNATURE_HEADER: signature})
     finally:
         await nc.close()
 

@@ -11,6 +11,7 @@ import nats
 from rich.table import Table
 
 from eventwire import (
+    SIGNATURE_HEADER,
     Agent,
     EmbeddedServer,
     Event,
@@ -95,7 +96,8 @@ async def _cross_tenant_replay(url: str, acme: Bus, seq: int) -> None:
     try:
         js = nc.jetstream()
         stolen = await js.get_msg(acme.stream, seq)
-        await js.publish("globex.knowledge.plans", stolen.data or b"")
+        signature = {SIGNATURE_HEADER: (stolen.headers or {})[SIGNATURE_HEADER]}
+        await js.publish("globex.knowledge.plans", stolen.data or b"", headers=signature)
     finally:
         await nc.close()
 
