@@ -27,14 +27,23 @@ None of it can stop a writer or a reader: a bad message is a finding, never an e
   record also counts only at the stream sequence it names, so a re-published copy of a
   valid record is a finding (``audit-replayed``), wherever it is copied to.
 * Appending. The head is the last valid record: the writer reads the stream's last message
-  and, while it is not a valid record, the one before (at most ``max_scan`` of them, else
-  a new chain segment starts, linked to nothing, and is reported). The new record links to
-  the head with ``prev_seq`` and ``prev_hash``, so the skipped sequences are visible in the
-  chain. Each bad message it skipped is logged at error, counted in :attr:`AuditLog.stats`
-  and appended as a record of its own (action ``audit.rejected``, subject the stream name,
-  reason the finding's reason, details ``stream_seq`` and ``detail``; past
-  :data:`MAX_REPORTED` in one go, one more record with reason ``audit-many`` counts the
-  rest), before the writer's own records and right when :meth:`AuditLog.open` finds them.
+  and, while it is not a valid record, the one before. It never reads a message twice (it
+  remembers which ones it found bad), and :meth:`AuditLog.open` reads at most ``max_scan``
+  bad ones: past that it returns with the head unknown (:attr:`AuditLog.head` is ``None``,
+  :attr:`AuditLogStats.unresolved` true) and the first append goes on reading, however
+  long it takes, so a flood slows the first append after it, never ``connect()``. The new
+  record links to the head with ``prev_seq`` and ``prev_hash``, so the skipped sequences
+  are visible in the chain. Each bad message skipped is logged at error, counted in
+  :attr:`AuditLog.stats` and appended as a record of its own (action ``audit.rejected``,
+  subject the stream name, reason the finding's reason, details ``stream_seq`` and
+  ``detail``; past :data:`MAX_REPORTED` in one go, one more record with reason
+  ``audit-many`` counts the rest): by :meth:`AuditLog.open` when it finds them there, else
+  right after the record whose append met them. A report that cannot be stored is logged
+  and retried with the next append; two writers racing over the same bad message may both
+  report it.
+* History. Nothing appended changes how earlier messages are judged: records are valid or
+  not from their own bytes and position, and stored messages cannot be edited or removed.
+  A hostile writer can add findings (and, chain-only, records), never hide or rewrite one.
 * Reading. :meth:`AuditLog.verify` returns an :class:`AuditReport` and :meth:`AuditLog.tail`
   can yield :class:`AuditFinding` objects: ``rejected`` for bad messages, ``broken`` for a
   valid record that does not link to the valid record before it (a gap or an edit among
@@ -118,18 +127,20 @@ _WRONG_LAST_SEQUENCE = 10071  # JSStreamWrongLastSequenceErrF
 _PUBLISH_ATTEMPTS = 3
 _MAX_BACKOFF = 0.25  # seconds; a writer that lost the race waits up to this, jittered
 MAX_REPORTED = 32  # finding records one writer appends in one go; one more counts the rest
-DEFAULT_MAX_SCAN = 10_000
+_READ_AHEAD = 64  # messages requested at once when reading back over bad ones
+DEFAULT_MAX_SCAN = 1_000  # bad messages open() reads at most (about 0.3 s on loopback)
 _Entry = tuple[str, str, str, str, dict[str, Any]]  # actor, action, subject, reason, details
 
 
 @dataclass(slots=True)
 class AuditLogStats:
     """What the writer met while finding the head: bad messages by reason, the finding
-    records it appended, and how often no valid record was found within ``max_scan``."""
+    records it appended, and whether the head is still to be found (``max_scan`` bad
+    messages read at open; the next append reads on)."""
 
     rejected: Counter[str] = field(default_factory=Counter)
     reported: int = 0
-    restarts: int = 0
+    unresolved: bool = False
 
 
 def audit_stream_name(root: str) -> str:
@@ -196,8 +207,9 @@ class AuditLog:
         self._max_scan = max_scan
         self._lock = asyncio.Lock()
         self._head: AuditRecord | None = None
-        self._last_seq = 0
-        self._noted = 0  # bad messages up to this stream seq were logged and counted
+        self._last_seq = 0  # the stream's last sequence, as last read
+        self._base = 0  # the head's sequence; every message in (base, last_seq] is bad
+        self._resolved = False  # else the messages up to base are still to be read
         self._pending: list[AuditFinding] = []  # to report, at most MAX_REPORTED
         self._overflow: tuple[int, int, int] | None = None  # more of them: first, last, count
         self.stats = AuditLogStats()
@@ -241,18 +253,32 @@ class AuditLog:
         try:
             await log_._ensure(replicas, create)
             if publisher is not None:
-                await log_._load_head()
+                await log_._load_head(budget=max_scan)
         except (nats.errors.Error, TimeoutError) as exc:
             raise AuditLogError(f"cannot open the audit stream {log_.stream!r}: {exc!r}") from exc
-        if publisher is not None:
+        if log_._resolved:
             async with log_._lock:
                 await log_._report_quietly()
         return log_
 
     @property
     def head(self) -> AuditRecord | None:
-        """The last valid record this log appended or found as the stream's head."""
+        """The last valid record this log appended or found as the stream's head (``None``
+        for an empty log, or while :attr:`AuditLogStats.unresolved`)."""
         return self._head
+
+    async def report_findings(self) -> int:
+        """Find the head if :meth:`open` left it unknown, and append a record for each bad
+        message found and not reported yet; returns how many records that took (the Bus's
+        writer task calls it when it starts). Raises :class:`AuditWriteFailed`."""
+        if self._publisher is None:
+            raise AuditWriteFailed("this audit log was opened read-only")
+        async with self._lock:
+            reported = self.stats.reported
+            if not self._resolved:
+                await self._reload()
+            await self._report()
+            return self.stats.reported - reported
 
     async def _ensure(self, replicas: int, create: bool) -> None:
         if create:
@@ -267,43 +293,65 @@ class AuditLog:
                 f"stream {self.stream!r} must deny deletes and purges and refuse rollups"
             )
 
-    async def _load_head(self) -> None:
+    async def _load_head(self, budget: int | None = None) -> None:
         """Find the last valid record, from the stream's last message backwards."""
         try:
             raw = await self._js.get_last_msg(self.stream, f"{self._root}.audit.>")
         except nats.js.errors.NotFoundError:  # nothing stored yet (nothing can be removed)
-            self._head, self._last_seq = None, 0
+            self._head, self._last_seq, self._base, self._resolved = None, 0, 0, True
             return
-        last = int(raw.seq or 0)
-        head, bad = await self._scan_back(last, raw.data or b"")
-        self._head, self._last_seq = head, last
+        bad = await self._scan_back(int(raw.seq or 0), raw.data or b"", budget)
+        self.stats.unresolved = not self._resolved
+        if not self._resolved:
+            log.warning(
+                "%s: no valid record in the last %d messages read; the next append reads on",
+                self.stream, len(bad),
+            )  # fmt: skip
         self._note(bad)
 
-    async def _scan_back(
-        self, last: int, data: bytes
-    ) -> tuple[AuditRecord | None, list[AuditFinding]]:
-        """The last valid record at or before ``last`` and the bad messages after it."""
-        known = self._head.seq if self._head is not None else 0
+    async def _scan_back(self, last: int, data: bytes, budget: int | None) -> list[AuditFinding]:
+        """Read back from ``last`` (whose message is ``data``) to the last valid record,
+        skipping the messages known to be bad; stop after ``budget`` bad ones (only on a
+        first read, so that the known bad messages stay one range). Returns the bad ones."""
+        assert budget is None or self._last_seq == 0
         bad: list[AuditFinding] = []
-        position = last
-        while True:
-            try:
-                return read_stored(data, position, self._writers), bad
-            except SecurityError as exc:
-                bad.append(AuditFinding.of(position, FindingKind.REJECTED, exc, None))
-            position -= 1
-            if position == known and position > 0:
-                return self._head, bad  # records never change: the known head still is one
-            if position < 1 or len(bad) >= self._max_scan:
-                break
-            data = await self._message(position)
-        if position >= 1:
-            self.stats.restarts += 1
-            log.error(
-                "%s: no valid record in the last %d messages (down to stream seq %d): "
-                "the next record starts a new chain segment", self.stream, len(bad), position + 1,
-            )  # fmt: skip
-        return None, bad
+        ranges = [(last, self._last_seq)] + ([] if self._resolved else [(self._base, 0)])
+        self._last_seq = last
+        size = 1  # messages read at once: 1, then more while they keep being bad
+        for start, stop in ranges:
+            position = start
+            while position > stop:
+                window = range(position, max(stop, position - size), -1)
+                size = min(size * 4, _READ_AHEAD)
+                for at, message in zip(window, await self._read(window, last, data), strict=True):
+                    if budget is not None and len(bad) >= budget:
+                        self._base = at  # messages up to here are still to be read
+                        return bad
+                    try:
+                        record = read_stored(message, at, self._writers)
+                    except SecurityError as exc:
+                        bad.append(AuditFinding.of(at, FindingKind.REJECTED, exc, None))
+                        continue
+                    self._head, self._base, self._resolved = record, at, True
+                    return bad
+                position = window[-1] - 1
+        if not self._resolved:  # read down to the first message: no valid record at all
+            self._head, self._base, self._resolved = None, 0, True
+        return bad
+
+    async def _read(self, window: range, last: int, data: bytes) -> list[bytes]:
+        """The messages at ``window``'s stream sequences (``data`` is the one at ``last``),
+        requested all at once."""
+        results = await asyncio.gather(
+            *(self._message(at) for at in window if at != last), return_exceptions=True
+        )
+        found = []
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+            found.append(result)
+        found.reverse()
+        return [data if at == last else found.pop() for at in window]
 
     async def _message(self, position: int) -> bytes:
         try:
@@ -312,9 +360,9 @@ class AuditLog:
             return b""  # not stored (cannot happen under deny_delete): not a record either
 
     def _note(self, bad: list[AuditFinding]) -> None:
-        """Log, count and queue for reporting the bad messages not seen before."""
-        fresh = sorted((f for f in bad if f.stream_seq > self._noted), key=_stream_seq)
-        for finding in fresh:
+        """Log, count and queue for reporting the bad messages just read."""
+        overflowed = False
+        for finding in sorted(bad, key=_stream_seq):
             self.stats.rejected[finding.reason] += 1
             if len(self._pending) < MAX_REPORTED:
                 self._pending.append(finding)
@@ -325,9 +373,8 @@ class AuditLog:
             else:
                 first, _, count = self._overflow or (finding.stream_seq, 0, 0)
                 self._overflow = (first, finding.stream_seq, count + 1)
-        if fresh:
-            self._noted = fresh[-1].stream_seq
-        if self._overflow is not None:
+                overflowed = True
+        if self._overflow is not None and overflowed:
             first, last, count = self._overflow
             log.error(
                 "%s: %d more bad messages, stream seq %d to %d", self.stream, count, first, last
@@ -378,20 +425,25 @@ class AuditLog:
             return record
 
     async def _append(self, entry: _Entry) -> AuditRecord:
+        if not self._resolved:
+            await self._reload()  # open() stopped reading after max_scan bad messages
         for attempt in range(self._attempts):
             record = self._next(entry)
             ack = await self._publish(record)
             if ack is not None and not ack.duplicate and int(ack.seq) == record.seq:
-                self._head, self._last_seq = record, record.seq
+                self._head, self._last_seq, self._base = record, record.seq, record.seq
                 return record
-            try:
-                await self._load_head()  # another message was stored first
-            except (nats.errors.Error, TimeoutError) as exc:
-                raise AuditWriteFailed(f"cannot re-read the head: {exc!r}") from exc
+            await self._reload()  # another message was stored first
             if self._head is not None and self._head.hash == record.hash:
                 return record  # our own publish landed, its ack was lost and retried
             await asyncio.sleep(random.uniform(0, min(_MAX_BACKOFF, 0.005 * 2**attempt)))
         raise AuditWriteFailed(f"gave up after {self._attempts} attempts: other writers won")
+
+    async def _reload(self) -> None:
+        try:
+            await self._load_head()
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise AuditWriteFailed(f"cannot re-read the head: {exc!r}") from exc
 
     def _next(self, entry: _Entry) -> AuditRecord:
         try:

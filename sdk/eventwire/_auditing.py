@@ -125,6 +125,10 @@ class Auditor:
             log.error("audit queue full: %s %s (%s) not recorded", action, subject, reason)
 
     async def _write_loop(self) -> None:
+        try:  # what open() found and could not report yet (a flood past max_scan)
+            await self.log.report_findings()
+        except Exception:
+            log.exception("could not record the bad messages of the audit stream")
         while True:
             actor, action, subject, reason, details = await self._queue.get()
             try:

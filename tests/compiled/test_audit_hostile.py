@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import nats.errors
 import pytest
 
-from eventwire._audit_report import AuditReport, FindingKind
+from eventwire import AuditReport, FindingKind
 from tests.compiled.conftest import ROOT, World, violations
 from tests.conftest import wait_until
 

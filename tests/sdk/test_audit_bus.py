@@ -11,7 +11,12 @@ import pytest
 
 import eventwire
 from eventwire import ConfigError, CustomEvent, Event, Forbidden, Identity, Keyring, Policy
-from eventwire._audit_log import audit_stream_name, audit_subject
+from eventwire._audit_log import (
+    DEFAULT_MAX_SCAN,
+    MAX_REPORTED,
+    audit_stream_name,
+    audit_subject,
+)
 from eventwire._codec import Rejection
 from eventwire_security import sign_claims
 from eventwire_security._audit import AuditChain, AuditRecord, sign_record
@@ -183,6 +188,27 @@ async def test_a_signing_bus_needs_its_key_in_the_keyring(
     with pytest.raises(ConfigError, match="signed by `writers`"):
         async with bus:
             pass
+
+
+async def test_a_flood_does_not_slow_connect_and_is_reported_by_the_writer_task(
+    nats_server: eventwire.EmbeddedServer, root: str, raw: Client
+) -> None:
+    async with eventwire.connect(nats_server.url, tenant=TENANT, root=root) as first:
+        auditor_of(first).note("refused", "custom.x", "r", {})
+        await wait_until(lambda: first.audit.head is not None)
+    js = raw.jetstream()
+    flood = DEFAULT_MAX_SCAN + 10
+    await asyncio.gather(*(js.publish(audit_subject(root), b"junk") for _ in range(flood)))
+
+    async with eventwire.connect(nats_server.url, tenant=TENANT, root=root) as bus:
+        # connect() read DEFAULT_MAX_SCAN bad messages, the writer task reads on and reports
+        await wait_until(lambda: bus.audit.stats.reported == MAX_REPORTED + 1, timeout=30)
+        assert bus.audit.stats.rejected["audit-invalid"] == flood
+        head = bus.audit.head
+        assert head is not None
+        assert (head.reason, head.details["count"]) == ("audit-many", flood - MAX_REPORTED)
+        report = await bus.audit.verify()
+    assert (report.records, report.rejected, report.intact) == (MAX_REPORTED + 2, flood, True)
 
 
 # --- the writer task is owned: a death is logged and visible, close always completes ---

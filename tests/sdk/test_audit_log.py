@@ -324,24 +324,42 @@ async def test_a_flood_is_reported_in_bounded_records(
     assert first.seq == 1
 
 
-async def test_past_max_scan_a_new_chain_segment_starts(
+async def test_open_reads_at_most_max_scan_bad_messages_and_the_first_append_reads_on(
     js: JetStreamContext, publisher: AckedPublisher, root: str
 ) -> None:
-    await refuse(await AuditLog.open(js, publisher, root), 1)
+    first = await refuse(await AuditLog.open(js, publisher, root), 1)
     for _ in range(5):
         await forge(js, root, b"junk")
 
     log = await AuditLog.open(js, publisher, root, max_scan=3)
 
-    assert log.stats.restarts == 1
-    assert log.stats.rejected == Counter({"audit-invalid": 3})  # the ones it looked at
-    restart = await refuse(log, 2)
+    assert (log.head, log.stats.unresolved) == (None, True)
+    assert log.stats.rejected == Counter({"audit-invalid": 3})  # 6, 5, 4: read; 3, 2: not yet
+    record = await refuse(log, 2)  # reads on, reports the five, then appends
+    assert log.stats.rejected == Counter({"audit-invalid": 5})
+    assert (log.stats.unresolved, log.stats.reported) == (False, 5)
+    reported = [r async for r in log.tail()][1:6]
+    assert sorted(r.details["stream_seq"] for r in reported) == [2, 3, 4, 5, 6]
+    assert (reported[0].seq, reported[0].prev_seq, reported[0].prev_hash) == (7, 1, first.hash)
+    assert (record.seq, record.prev_seq) == (12, 11)
     report = await log.verify()
-    segment = [r async for r in log.tail()][1]  # the first finding record: linked to nothing
-    assert (segment.seq, segment.prev_seq) == (7, 0)
-    assert (restart.prev_seq, report.rejected) == (9, 5)
-    assert findings(report)[-1] == (7, FindingKind.BROKEN, "audit-broken")
-    assert "links to seq 0, but the previous record is seq 1" in report.findings[-1].detail
+    assert (report.records, report.rejected, report.intact) == (7, 5, True)
+
+
+async def test_report_findings_reads_on_and_reports(
+    js: JetStreamContext, publisher: AckedPublisher, root: str
+) -> None:
+    await refuse(await AuditLog.open(js, publisher, root), 1)
+    for _ in range(5):
+        await forge(js, root, b"junk")
+    log = await AuditLog.open(js, publisher, root, max_scan=3)
+
+    assert await log.report_findings() == 5
+    assert await log.report_findings() == 0
+    assert log.head is not None
+    assert (log.head.seq, log.head.action, log.stats.unresolved) == (11, "audit.rejected", False)
+    with pytest.raises(AuditWriteFailed, match="read-only"):
+        await (await AuditLog.open(js, None, root)).report_findings()
 
 
 # --- the honest chain: an edit or a removal among valid records is still found ---
