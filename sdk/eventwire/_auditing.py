@@ -11,7 +11,9 @@ by :meth:`Auditor.close`, which always completes (the queue is drained for at mo
 logged with its error and counted in ``failures``; the writer goes on with the next one. A
 writer that stops anyway (cancelled from outside) is logged at error when it stops,
 :attr:`Auditor.running` turns false with the cause in :attr:`Auditor.error`, and further
-refusals are counted in ``dropped`` and logged instead of queued for no one.
+refusals are counted in ``dropped`` and logged instead of queued for no one. The writer
+first calls :meth:`AuditLog.report_findings`: bad messages that ``connect()`` found in the
+stream (or had no time to read past, see ``max_scan``) are recorded in the background.
 
 Signed records. With a writer identity (``connect(audit_identity=...)``) the log counts
 only records signed by a key of the bus's keyring (the tenant's trusted keys, kept in step
