@@ -15,6 +15,7 @@ from eventwire_security import (
 
 from ._agent import Agent
 from ._audit_log import AuditCorrupted, AuditLog, AuditLogError, AuditWriteFailed
+from ._audit_report import AuditFinding, AuditReport, FindingKind
 from ._batches import Batch
 from ._bus import DEFAULT_REPLAY_WINDOW, Bus, PublishAck, connect
 from ._cluster import EmbeddedCluster
@@ -75,8 +76,10 @@ __all__ = [
     "AgentInfo",
     "AgentLifecycle",
     "AuditCorrupted",
+    "AuditFinding",
     "AuditLog",
     "AuditLogError",
+    "AuditReport",
     "AuditWriteFailed",
     "Batch",
     "Bus",
@@ -93,6 +96,7 @@ __all__ = [
     "EventData",
     "EventTooLarge",
     "EventwireError",
+    "FindingKind",
     "Forbidden",
     "HelpRequested",
     "Identity",

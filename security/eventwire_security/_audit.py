@@ -1,11 +1,27 @@
-"""Tamper-evident audit records: an append-only, SHA-256 hash chain.
+"""Tamper-evident audit records: an append-only, SHA-256 hash chain over a log.
+
+A log is a sequence of messages at increasing positions (for the JetStream log, the stream
+sequence). Anyone allowed to append may append anything, so not every message is a record
+of the chain. A record says where it is: ``seq`` is its own position and ``prev_seq`` the
+position of the record it follows (0 for the first record of a chain); ``prev_hash`` is that
+record's ``hash``, or 64 zeros after position 0. The positions in between hold messages that
+were refused when the record was written (garbage, copies, records of unknown writers): a
+writer skips them, and says so by linking past them.
 
 Each record's ``hash`` is the SHA-256 (lowercase hex) of its canonical JSON without the
 ``hash`` member: keys sorted, separators ``,`` and ``:``, UTF-8 (not ASCII-escaped), no
-NaN/Infinity. ``prev_hash`` is the previous record's ``hash`` (the SHA-256 of its canonical
-bytes), or 64 zeros for ``seq`` 1. So :func:`verify_chain` detects an edited record
-(:class:`AuditTampered`), a removed, inserted or reordered record (:class:`AuditGap`), and a
-record rewritten together with its own hash (:class:`AuditBroken` at the next one).
+NaN/Infinity.
+
+:func:`read_stored` decides, from one message and its position alone, whether it is a valid
+record: it parses (:class:`AuditRecordInvalid`), is signed by one of ``writers`` when they
+are given (the envelope's errors: ``unknown-key``, ``bad-signature``...), matches its own
+hash (:class:`AuditTampered`) and is stored where it says it is (:class:`AuditReplayed`: a
+copy of a record re-published later lands at another position). :func:`link_error` then
+says whether a valid record links to the valid record before it: a record that follows a
+position holding no valid record (removed, or altered since) is an :class:`AuditGap`, one
+linking to an older record or to a hash that is not the previous record's is
+:class:`AuditBroken`. :func:`verify_chain` checks a list of records with both and raises at
+the first error, also for records out of order (:class:`AuditGap`).
 
 A chain alone cannot show that its tail was cut off: compare the last verified hash with a
 head kept elsewhere (e.g. a record signed with :func:`sign_record`, or the writer's
@@ -23,6 +39,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from ._b64 import b64url_decode
 from ._envelope import sign_claims, verify_envelope
 from ._errors import SecurityError
 from ._json import strict_loads
@@ -38,7 +55,18 @@ GENESIS = "0" * 64
 AUDIT_TYPE = "eventwire.audit/1"
 MAX_DETAILS_DEPTH = 16
 MAX_SEQ = 2**63 - 1
-_FIELDS = ("seq", "time", "actor", "action", "subject", "reason", "details", "prev_hash", "hash")
+_FIELDS = (
+    "seq",
+    "prev_seq",
+    "time",
+    "actor",
+    "action",
+    "subject",
+    "reason",
+    "details",
+    "prev_hash",
+    "hash",
+)
 _TEXT_FIELDS = ("actor", "action", "subject", "reason")
 _HEX64 = re.compile(r"\A[0-9a-f]{64}\Z")
 _SIGNED_FIELDS = frozenset({"source", "tenant", "type", "record"})
@@ -63,12 +91,17 @@ class AuditRecordInvalid(AuditError):
 
 
 class AuditGap(AuditError):
-    """A record is missing or out of order: ``expected`` seq, ``found`` seq."""
+    """A record is missing or out of order: ``expected`` seq, ``found`` seq.
+
+    Either the record ``found`` follows the record at ``expected`` (its ``prev_seq``) and
+    there is no valid record there, or ``found`` comes where a seq after ``expected`` - 1
+    was due (a duplicate or a reordering).
+    """
 
     reason = "audit-gap"
 
-    def __init__(self, *, expected: int, found: int) -> None:
-        super().__init__(f"expected seq {expected}, found {found}", seq=found)
+    def __init__(self, *, expected: int, found: int, detail: str | None = None) -> None:
+        super().__init__(detail or f"expected seq {expected}, found {found}", seq=found)
         self.expected = expected
         self.found = found
 
@@ -80,9 +113,19 @@ class AuditTampered(AuditError):
 
 
 class AuditBroken(AuditError):
-    """The record at ``seq`` does not link to the previous record's hash."""
+    """The record at ``seq`` does not link to the previous record (its seq or its hash)."""
 
     reason = "audit-broken"
+
+
+class AuditReplayed(AuditError):
+    """The record says it is at ``seq`` but is stored at ``position``: a copy, re-published."""
+
+    reason = "audit-replayed"
+
+    def __init__(self, *, seq: int, position: int) -> None:
+        super().__init__(f"a record of seq {seq} stored at position {position}", seq=seq)
+        self.position = position
 
 
 def canonical_json(value: Any) -> bytes:
@@ -117,6 +160,7 @@ class AuditRecord:
     """One audited decision or change. Build records with :meth:`AuditChain.append`."""
 
     seq: int
+    prev_seq: int
     time: str
     actor: str
     action: str
@@ -177,6 +221,8 @@ class AuditRecord:
 def _validate(record: AuditRecord) -> None:
     if type(record.seq) is not int or not 1 <= record.seq <= MAX_SEQ:
         raise ValueError(f"seq must be an int in 1..{MAX_SEQ}")
+    if type(record.prev_seq) is not int or not 0 <= record.prev_seq < record.seq:
+        raise ValueError("prev_seq must be an int in 0..seq-1")
     parse_utc(record.time)
     for name in _TEXT_FIELDS:
         if not isinstance(getattr(record, name), str):
@@ -203,7 +249,7 @@ class AuditChain:
 
     @classmethod
     def resume(cls, last: AuditRecord) -> AuditChain:
-        """Continue after ``last`` (e.g. the last record read back from the stream)."""
+        """Continue after ``last`` (e.g. the last valid record read back from the log)."""
         if last.compute_hash() != last.hash:
             raise AuditTampered("the record to resume from does not match its hash", seq=last.seq)
         chain = cls()
@@ -230,10 +276,16 @@ class AuditChain:
         details: Mapping[str, Any] | None = None,
         *,
         now: datetime | None = None,
+        seq: int | None = None,
     ) -> AuditRecord:
-        """Record one decision or change, e.g. action ``"refused"`` or ``"key.rotated"``."""
+        """Record one decision or change, e.g. action ``"refused"`` or ``"key.rotated"``.
+
+        ``seq`` is the position the record will be stored at (default: right after the
+        last record); the positions skipped hold messages that are not records of the chain.
+        """
         draft = AuditRecord(
-            seq=self._seq + 1,
+            seq=self._seq + 1 if seq is None else seq,
+            prev_seq=self._seq,
             time=format_utc(now or datetime.now(UTC)),
             actor=actor,
             action=action,
@@ -248,27 +300,45 @@ class AuditChain:
         return record
 
 
+def link_error(record: AuditRecord, prev_seq: int, prev_hash: str) -> AuditError | None:
+    """Why ``record`` does not follow the valid record at ``prev_seq`` with ``prev_hash``
+    (0 and 64 zeros before the first), or ``None`` if it does."""
+    if record.prev_seq > prev_seq:
+        detail = (
+            f"seq {record.seq} follows seq {record.prev_seq}, which is missing or not a valid "
+            f"record (the last valid record is seq {prev_seq})"
+        )
+        return AuditGap(expected=record.prev_seq, found=record.seq, detail=detail)
+    if record.prev_seq < prev_seq:
+        detail = f"links to seq {record.prev_seq}, but the previous record is seq {prev_seq}"
+        return AuditBroken(detail, seq=record.seq)
+    if record.prev_hash != prev_hash:
+        return AuditBroken("prev_hash is not the previous record's hash", seq=record.seq)
+    return None
+
+
 def verify_chain(
     records: Iterable[AuditRecord | dict[str, Any]], *, after: AuditRecord | None = None
 ) -> int:
-    """Check ``records`` form an unbroken chain from seq 1 (or right after ``after``).
+    """Check ``records`` form an unbroken chain from its start (or right after ``after``).
 
     Returns the number of records verified; raises :class:`AuditGap`, :class:`AuditTampered`,
     :class:`AuditBroken` or :class:`AuditRecordInvalid` at the first bad record.
     """
-    expected, head = 1, GENESIS
+    seq, head = 0, GENESIS
     if after is not None:
-        expected, head = AuditChain.resume(after).seq + 1, after.hash
+        seq, head = AuditChain.resume(after).seq, after.hash
     count = 0
     for item in records:
         record = item if isinstance(item, AuditRecord) else AuditRecord.from_dict(item)
-        if record.seq != expected:
-            raise AuditGap(expected=expected, found=record.seq)
+        if record.seq <= seq:
+            raise AuditGap(expected=seq + 1, found=record.seq)
         if record.compute_hash() != record.hash:
             raise AuditTampered("the record does not match its hash", seq=record.seq)
-        if record.prev_hash != head:
-            raise AuditBroken("prev_hash is not the previous record's hash", seq=record.seq)
-        expected, head, count = expected + 1, record.hash, count + 1
+        error = link_error(record, seq, head)
+        if error is not None:
+            raise error
+        seq, head, count = record.seq, record.hash, count + 1
     return count
 
 
@@ -293,3 +363,42 @@ def verify_record(token: bytes, keyring: Keyring, *, now: datetime | None = None
     if record.compute_hash() != record.hash:
         raise AuditTampered("the signed record does not match its hash", seq=record.seq)
     return record
+
+
+def read_stored(
+    data: bytes, position: int, writers: Keyring | None = None, *, now: datetime | None = None
+) -> AuditRecord:
+    """The valid record stored at ``position`` of a log, judged from the message alone.
+
+    A message is a :meth:`AuditRecord.to_json` record or a :func:`sign_record` token (told
+    apart by the first byte, ``{``). With ``writers`` only tokens signed by one of them are
+    records; without, both forms are and signatures are not checked (the chain only).
+    Raises a :class:`SecurityError` saying why the message is not a valid record there.
+    """
+    if data[:1] == b"{":
+        if writers is not None:
+            raise AuditRecordInvalid("unsigned record where a signed one is required")
+        record = AuditRecord.from_json(data)
+    elif writers is not None:
+        record = verify_record(data, writers, now=now)
+    else:
+        record = _unverified_record(data)
+    if record.compute_hash() != record.hash:
+        raise AuditTampered("the record does not match its hash", seq=record.seq)
+    if record.seq != position:
+        raise AuditReplayed(seq=record.seq, position=position)
+    return record
+
+
+def _unverified_record(token: bytes) -> AuditRecord:
+    """The record inside a signed message, signature not checked (chain-only reading)."""
+    parts = token.split(b".")
+    if len(parts) != 3:
+        raise AuditRecordInvalid("neither a JSON record nor a compact JWS")
+    try:
+        claims = strict_loads(b64url_decode(parts[1]), max_depth=MAX_DETAILS_DEPTH + 3)
+    except ValueError as exc:
+        raise AuditRecordInvalid(f"signed record payload: {exc}") from None
+    if not isinstance(claims, dict) or claims.get("type") != AUDIT_TYPE:
+        raise AuditRecordInvalid(f"a signed audit record has type {AUDIT_TYPE!r}")
+    return AuditRecord.from_dict(claims.get("record"))

@@ -1,4 +1,5 @@
-"""Audit records: hash chain, gaps, edits, broken links, resume, strict parsing, signing."""
+"""Audit records: hash chain, gaps, edits, broken links, resume, strict parsing, signing,
+positions in a log (skipped messages, copies stored elsewhere)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from eventwire_security import (
     BadSignature,
@@ -28,8 +31,11 @@ from eventwire_security._audit import (
     AuditGap,
     AuditRecord,
     AuditRecordInvalid,
+    AuditReplayed,
     AuditTampered,
     canonical_json,
+    link_error,
+    read_stored,
     sign_record,
     verify_chain,
     verify_record,
@@ -174,8 +180,8 @@ def test_reordered_records() -> None:
     # Renumbered and rehashed to hide the swap: the links give it away.
     renumbered = [
         records[0],
-        rehashed(records[2], seq=2),
-        rehashed(records[1], seq=3),
+        rehashed(records[2], seq=2, prev_seq=1),
+        rehashed(records[1], seq=3, prev_seq=2),
         records[3],
         records[4],
     ]
@@ -196,7 +202,7 @@ def test_rehashed_edit_breaks_the_next_link() -> None:
 def test_deleted_and_relinked_record_is_broken() -> None:
     _, records = build(4)
     # Drop seq 2, renumber seq 3 -> 2 and rehash it, but its prev_hash still names seq 2.
-    forged = [records[0], rehashed(records[2], seq=2)]
+    forged = [records[0], rehashed(records[2], seq=2, prev_seq=1)]
     with pytest.raises(AuditBroken) as info:
         verify_chain(forged)
     assert info.value.seq == 2
@@ -252,6 +258,10 @@ INVALID: dict[str, Any] = {
     "seq-str": ("seq", "1"),
     "seq-float": ("seq", 1.0),
     "seq-huge": ("seq", 2**63),
+    "prev-seq-same": ("prev_seq", 1),
+    "prev-seq-negative": ("prev_seq", -1),
+    "prev-seq-bool": ("prev_seq", False),
+    "prev-seq-str": ("prev_seq", "0"),
     "time-naive": ("time", "2030-06-01T12:00:01"),
     "time-offset": ("time", "2030-06-01T12:00:01+00:00"),
     "time-bad-day": ("time", "2030-02-30T12:00:01Z"),
@@ -375,3 +385,121 @@ def test_signed_record_shape(alice: Identity) -> None:
     forged = {**base, "type": AUDIT_TYPE, "record": {**record.to_dict(), "reason": "x"}}
     with pytest.raises(AuditTampered):
         verify_record(sign_claims(forged, alice), keyring)
+
+
+# --- positions in a log: records skip bad messages, copies are refused where they land ---
+
+
+def test_a_record_at_a_later_position_links_past_the_skipped_ones() -> None:
+    chain, records = build(2)
+    later = chain.append("acme/bob", "refused", "s", "r", now=NOW, seq=5)  # 3, 4: not records
+    assert (later.seq, later.prev_seq, later.prev_hash) == (5, 2, records[1].hash)
+    assert (chain.seq, chain.head) == (5, later.hash)
+    assert verify_chain([*records, later]) == 3
+    following = chain.append("acme/bob", "refused", "s", "r", now=NOW)
+    assert (following.seq, following.prev_seq) == (6, 5)
+    with pytest.raises(AuditRecordInvalid, match="prev_seq"):
+        chain.append("acme/bob", "refused", "s", "r", now=NOW, seq=6)  # not after the last
+
+
+def test_a_record_following_a_position_without_a_valid_record_is_a_gap() -> None:
+    chain, records = build(2)
+    later = chain.append("acme/bob", "refused", "s", "r", now=NOW, seq=5)
+    # seq 2 was a valid record when seq 5 was written; without it seq 5 follows nothing.
+    with pytest.raises(AuditGap) as info:
+        verify_chain([records[0], later])
+    assert (info.value.expected, info.value.found, info.value.seq) == (2, 5, 5)
+    assert "follows seq 2, which is missing or not a valid record" in str(info.value)
+
+
+def test_link_error_names_each_way_a_link_can_be_wrong() -> None:
+    _, records = build(3)
+    first, second, third = records
+    assert link_error(second, first.seq, first.hash) is None
+    assert link_error(first, 0, GENESIS) is None
+    gap = link_error(third, first.seq, first.hash)  # 3 follows 2, but the last valid is 1
+    assert isinstance(gap, AuditGap)
+    assert (gap.expected, gap.found) == (2, 3)
+    fork = link_error(second, third.seq, third.hash)  # 2 links to 1, but 3 came before
+    assert isinstance(fork, AuditBroken)
+    assert "links to seq 1, but the previous record is seq 3" in str(fork)
+    rehash = link_error(second, first.seq, "f" * 64)
+    assert isinstance(rehash, AuditBroken)
+    assert rehash.seq == 2
+
+
+def test_read_stored_takes_a_record_at_its_own_position() -> None:
+    _, records = build(2)
+    assert read_stored(records[1].to_json(), 2) == records[1]
+
+
+def test_read_stored_refuses_a_copy_at_another_position(alice: Identity) -> None:
+    _, records = build(2)
+    with pytest.raises(AuditReplayed) as info:
+        read_stored(records[0].to_json(), 3)
+    assert (info.value.seq, info.value.position, info.value.reason) == (1, 3, "audit-replayed")
+    token = sign_record(records[1], alice)
+    assert read_stored(token, 2, Keyring.of(alice)) == records[1]
+    with pytest.raises(AuditReplayed):
+        read_stored(token, 7, Keyring.of(alice))  # a valid signature does not make it belong
+
+
+def test_read_stored_with_writers_requires_their_signature(alice: Identity, bob: Identity) -> None:
+    _, (record,) = build(1)
+    writers = Keyring.of(alice)
+    with pytest.raises(AuditRecordInvalid, match="unsigned record"):
+        read_stored(record.to_json(), 1, writers)
+    with pytest.raises(UnknownKey):
+        read_stored(sign_record(record, bob), 1, writers)
+    # Chain-only (no writers): signed or not, a well-formed record counts, unchecked.
+    assert read_stored(sign_record(record, bob), 1) == record
+    assert read_stored(record.to_json(), 1) == record
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"garbage", b"a.b.c", b"a.b", b"\xff\xfe", b"[1]", b'{"seq": 1}', b"{"]
+)
+def test_read_stored_refuses_what_is_no_record(data: bytes, alice: Identity) -> None:
+    with pytest.raises(AuditRecordInvalid):
+        read_stored(data, 1)
+    with pytest.raises(SecurityError):
+        read_stored(data, 1, Keyring.of(alice))
+
+
+def test_read_stored_refuses_an_edited_record(alice: Identity) -> None:
+    _, (record,) = build(1)
+    with pytest.raises(AuditTampered):
+        read_stored(edited(record, reason="fine").to_json(), 1)
+    forged = {"source": "acme/alice", "tenant": "acme", "type": AUDIT_TYPE}
+    claims = {**forged, "record": {**record.to_dict(), "reason": "fine"}}
+    with pytest.raises(AuditTampered):
+        read_stored(sign_claims(claims, alice), 1)  # chain-only: the hash still counts
+
+
+def outcome(data: bytes, position: int, writers: Keyring | None) -> AuditRecord | SecurityError:
+    try:
+        return read_stored(data, position, writers)
+    except SecurityError as exc:
+        return exc
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=300), position=st.integers(1, 10))
+def test_read_stored_refuses_random_bytes_with_a_typed_error(data: bytes, position: int) -> None:
+    assert isinstance(outcome(data, position, None), SecurityError)
+
+
+@settings(max_examples=300, deadline=None)
+@given(flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(1, 255)), max_size=4))
+def test_a_mutated_token_is_the_record_or_a_typed_error(
+    flips: list[tuple[int, int]], alice: Identity
+) -> None:
+    _, (record,) = build(1)
+    token = bytearray(sign_record(record, alice))
+    for index, value in flips:
+        token[index % len(token)] ^= value
+    for writers in (None, Keyring.of(alice)):
+        result = outcome(bytes(token), 1, writers)
+        assert result == record or isinstance(result, SecurityError)
+    if not flips:
+        assert outcome(bytes(token), 1, Keyring.of(alice)) == record

@@ -1,4 +1,10 @@
-"""``eventwire audit``: read and verify the hash-chained audit log."""
+"""``eventwire audit``: read and verify the hash-chained audit log.
+
+``verify`` prints one line per finding (stream seq, kind, reason, detail) and a summary, and
+exits 0 when the log is clean, 2 when bad messages were appended and skipped but the valid
+records form one unbroken chain, 3 when that chain is broken (a gap or an edit among valid
+records), 1 on an error (no server, no stream). ``tail`` prints findings in their place.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ from rich.text import Text
 from eventwire_security import SecurityError
 
 from .._audit_log import AuditLog
+from .._audit_report import AuditFinding, FindingKind
 from .._errors import ConnectionFailed, EventwireError
 from .._keyring_store import keyring_of_entries
 
@@ -27,6 +34,8 @@ if TYPE_CHECKING:
 
     from eventwire_security import Keyring
     from eventwire_security._audit import AuditRecord
+
+    from .._audit_report import AuditReport
 
 app = typer.Typer(help="Read and verify the hash-chained audit log.", no_args_is_help=True)
 Url = Annotated[str, typer.Option(envvar="EVENTWIRE_URL", help="NATS server URL.")]
@@ -40,6 +49,8 @@ Writers = Annotated[
     ),
 ]
 console = Console(highlight=False)
+EXIT_REJECTED = 2  # bad messages were skipped; the chain of valid records is unbroken
+EXIT_BROKEN = 3  # the chain of valid records is broken: a gap or an edit
 
 
 @contextlib.asynccontextmanager
@@ -97,6 +108,25 @@ def line(record: AuditRecord) -> Text:
     )  # fmt: skip
 
 
+def finding_line(finding: AuditFinding) -> Text:
+    """``stream seq  BAD  kind  reason  detail``: a bad message of the stream."""
+    style = "bold red" if finding.kind is FindingKind.BROKEN else "red"
+    return Text.assemble(
+        (f"{finding.stream_seq:>6}", "bold"), "  ", ("BAD", style), "  ",
+        (finding.kind.value, style), "  ", printable(finding.reason), "  ",
+        printable(finding.detail),
+    )  # fmt: skip
+
+
+def summary(report: AuditReport) -> str:
+    text = f"{report.records} records"
+    if report.rejected:
+        text += f", {report.rejected} bad messages skipped"
+    if not report.intact:
+        return text + f", chain BROKEN ({report.broken} broken links)"
+    return text + ", chain intact"
+
+
 @app.command()
 def tail(
     url: Url,
@@ -106,16 +136,19 @@ def tail(
     ] = False,
     writers: Writers = None,
 ) -> None:
-    """Print the audit records, oldest first: seq, time, actor, action, subject, reason."""
+    """Print the audit records, oldest first: seq, time, actor, action, subject, reason.
+
+    A bad message is printed in its place: stream seq, BAD, kind, reason, detail."""
 
     async def main() -> None:
         async with jetstream(url) as js:
             log = await AuditLog.open(
                 js, None, root, writers=writers_keyring(writers), create=False
             )
-            async with contextlib.aclosing(log.tail(follow)) as records:
-                async for record in records:
-                    console.print(line(record), soft_wrap=True)
+            async with contextlib.aclosing(log.tail(follow, findings=True)) as items:
+                async for item in items:
+                    shown = finding_line(item) if isinstance(item, AuditFinding) else line(item)
+                    console.print(shown, soft_wrap=True)
                     sys.stdout.flush()
 
     run(main())
@@ -123,14 +156,26 @@ def tail(
 
 @app.command()
 def verify(url: Url, root: Root = "ew", writers: Writers = None) -> None:
-    """Check the whole log is one intact hash chain (and signed, with --writers)."""
+    """Check the valid records form one intact hash chain (signed, with --writers) and
+    list every bad message. Exit 0: clean; 2: bad messages skipped, chain intact;
+    3: chain broken; 1: error."""
+    reports: list[AuditReport] = []
 
     async def main() -> None:
         async with jetstream(url) as js:
             log = await AuditLog.open(
                 js, None, root, writers=writers_keyring(writers), create=False
             )
-            count = await log.verify()
-        console.print(f"{count} records, chain intact")
+            reports.append(await log.verify())
 
     run(main())
+    report = reports[0]
+    for finding in report.findings:
+        console.print(finding_line(finding), soft_wrap=True)
+    if len(report.findings) < report.rejected + report.broken:
+        console.print(f"... {report.rejected + report.broken - len(report.findings)} more")
+    console.print(summary(report))
+    if not report.intact:
+        raise typer.Exit(EXIT_BROKEN)
+    if not report.clean:
+        raise typer.Exit(EXIT_REJECTED)

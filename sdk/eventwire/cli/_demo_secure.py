@@ -109,5 +109,6 @@ async def _show_audit(console: Console, *buses: Bus) -> None:
     for bus in buses:
         async for record in bus.audit.tail():
             table.add_row(bus.tenant, str(record.seq), record.action, record.subject, record.reason)
-        console.print(f"  {bus.tenant}: audit chain intact, {await bus.audit.verify()} records")
+        report = await bus.audit.verify()
+        console.print(f"  {bus.tenant}: audit chain intact, {report.records} records")
     console.print(table)
