@@ -20,12 +20,11 @@ from eventwire_security import (
     PolicyDenied,
     RecipientKey,
     ReplayWindow,
-    check_name,
 )
 
 from ._auditing import Auditor
 from ._codec import Codec
-from ._connection import connect_nats
+from ._connection import check_connection_name, connect_nats
 from ._consumer import Subscription, durable_name
 from ._direct import request, serve_requests
 from ._dlq import DeadLetterQueue
@@ -33,6 +32,7 @@ from ._errors import (
     ConfigError,
     Forbidden,
     NotRunning,
+    checked_name,
 )
 from ._idempotency import DEFAULT_WINDOW, ProcessedIds
 from ._partitions import consumer_plan, subscribe_partitioned
@@ -122,7 +122,7 @@ class Bus(AsyncResource):
         inbox_prefix: str | None = None,
         partitions: int = 0,
     ) -> None:
-        self.tenant = check_name("tenant", tenant)
+        self.tenant = checked_name("tenant", tenant)
         self.partitions = check_partitions(partitions)
         self.root = check_token(root, field="root")
         self.keyring = keyring if keyring is not None else Keyring()
@@ -131,7 +131,7 @@ class Bus(AsyncResource):
         self._store_dir = store_dir
         self._registry_ttl = registry_ttl
         self._replicas = replicas
-        self._name = name
+        self._name = check_connection_name(name)
         self._on_reject = on_reject
         self._connect_timeout = connect_timeout
         self._dedupe_window = dedupe_window
