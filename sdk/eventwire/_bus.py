@@ -284,9 +284,10 @@ class Bus(AsyncResource):
         if self._publisher is not None:
             await self._publisher.close()
         if self._nc is not None and not self._nc.is_closed:
-            with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
+            with contextlib.suppress(nats.errors.Error, OSError):  # timeouts, a lost server
                 await self._nc.drain()
-            await self._nc.close()
+            with contextlib.suppress(nats.errors.Error, OSError):
+                await self._nc.close()
         if self._server is not None:
             await self._server.close()
         self._nc = self._js = self._codec = self._registry = None

@@ -85,16 +85,21 @@ class _FirstConnect:
         self.servers = servers
         self.refused = 0
         self.last: BaseException | None = None
+        self.over = False  # connected, or given up: errors from here on are only logged
         self.connected = False
 
     def failed(self, exc: BaseException) -> None:
         self.last = exc
         if is_authentication_failure(exc):
-            raise _GiveUp(exc)
+            self._give_up(exc)
         if isinstance(exc, OSError) and not isinstance(exc, TimeoutError):
             self.refused += 1  # refused, or no such host: asking again will not help
             if self.refused >= self.servers:
-                raise _GiveUp(exc)
+                self._give_up(exc)
+
+    def _give_up(self, exc: BaseException) -> None:
+        self.over = True
+        raise _GiveUp(exc)
 
 
 async def connect_nats(
@@ -112,9 +117,9 @@ async def connect_nats(
     first = _FirstConnect(len(servers))
 
     async def on_error(exc: Exception) -> None:
-        if not first.connected:
+        if not first.over:
             first.failed(exc)
-        else:
+        elif not nc.is_closed:
             log.warning("nats: %r", exc)
 
     async def on_disconnected() -> None:
@@ -142,12 +147,15 @@ async def connect_nats(
                 reconnected_cb=on_reconnected,
                 inbox_prefix=inbox_prefix or DEFAULT_INBOX_PREFIX,
             )
-    except (_GiveUp, nats.errors.Error, OSError) as exc:  # TimeoutError is an OSError
+    except BaseException as exc:  # also cancelled (Ctrl-C): nothing may stay half-open
+        first.over = True
         with contextlib.suppress(nats.errors.Error, AssertionError):  # never connected
             await nc.close()
+        if not isinstance(exc, _GiveUp | nats.errors.Error | OSError):  # OSError: timeouts too
+            raise
         cause = exc.cause if isinstance(exc, _GiveUp) else first.last or exc
         raise _connect_error(shown, timeout, exc, cause) from cause
-    first.connected = True
+    first.over = first.connected = True
     return nc
 
 

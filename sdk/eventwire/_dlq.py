@@ -22,6 +22,7 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfi
 
 from ._codec import Rejection
 from ._errors import (
+    NATS_ERRORS,
     DeadLetterError,
     DeadLetterNotFound,
     InvalidArgument,
@@ -144,7 +145,7 @@ class DeadLetterQueue:
             if exc.err_code == _STREAM_NOT_FOUND:
                 raise NotProvisioned.absent(f"stream {self.stream!r}") from exc
             raise DeadLetterNotFound(seq) from exc
-        except (nats.errors.Error, TimeoutError) as exc:
+        except NATS_ERRORS as exc:
             raise nats_error(exc, f"reading dead letter {seq}") from exc
         return _parse(seq, raw.data or b"", dict(raw.headers or {}))
 
@@ -165,7 +166,7 @@ class DeadLetterQueue:
             return await self._js.stream_info(self.stream)
         except nats.js.errors.NotFoundError as exc:
             raise NotProvisioned.absent(f"stream {self.stream!r}") from exc
-        except (nats.errors.Error, TimeoutError) as exc:
+        except NATS_ERRORS as exc:
             raise nats_error(exc, what) from exc
 
     async def redrive(self, seq: int, *, verify: bool = True) -> int:
@@ -183,7 +184,7 @@ class DeadLetterQueue:
         if self._seen is not None:
             try:
                 await self._seen.forget(letter.consumer, tenant, source, event_id)
-            except (nats.errors.Error, TimeoutError) as exc:
+            except NATS_ERRORS as exc:
                 detail = f"could not redrive dead letter {seq}: {describe(exc)}"
                 raise DeadLetterError(detail) from exc
         msg_id = f"redrive:{self.stream}:{seq}"
@@ -191,13 +192,13 @@ class DeadLetterQueue:
             subject = republish_subject(self._root, letter.subject)
             future = await self._publisher.publish(subject, letter.data, {"Nats-Msg-Id": msg_id})
             ack = await future
-        except (nats.errors.Error, TimeoutError) as exc:
+        except NATS_ERRORS as exc:
             raise DeadLetterError(f"could not redrive dead letter {seq}: {describe(exc)}") from exc
         try:
             await self._js.delete_msg(self.stream, seq)
         except nats.js.errors.NotFoundError:
             pass  # a concurrent redrive of the same entry removed it: the goal is reached
-        except (nats.errors.Error, TimeoutError) as exc:
+        except NATS_ERRORS as exc:
             raise nats_error(exc, f"removing redriven dead letter {seq}") from exc
         return int(ack.seq)
 

@@ -236,6 +236,11 @@ _UNAVAILABLE = (
 )
 
 
+# What nats-py raises: its own errors, and OSErrors (a connection reset under a request,
+# a refused connect; TimeoutError is one too).
+NATS_ERRORS = (nats.errors.Error, OSError)
+
+
 def is_authentication_failure(exc: BaseException) -> bool:
     """Whether nats-py reports refused credentials (during a connect it raises a plain
     ``nats.errors.Error("nats: 'Authorization Violation'")``)."""
@@ -249,9 +254,10 @@ def is_authentication_failure(exc: BaseException) -> bool:
 
 def describe(exc: BaseException) -> str:
     """A short account of a nats-py error, without its ``nats:`` prefix."""
-    if isinstance(exc, nats.js.errors.APIError):
-        what = exc.description or type(exc).__name__
-        return f"{what} (code {exc.code}, err_code {exc.err_code})"
+    if isinstance(exc, nats.js.errors.APIError):  # some subclasses skip APIError.__init__
+        code, err_code = getattr(exc, "code", None), getattr(exc, "err_code", None)
+        what = getattr(exc, "description", None) or str(exc) or type(exc).__name__
+        return f"{what} (code {code}, err_code {err_code})"
     text = str(exc).removeprefix("nats: ").strip()
     if isinstance(exc, TimeoutError) and text in ("", "timeout"):
         return "timed out"
@@ -259,34 +265,34 @@ def describe(exc: BaseException) -> str:
 
 
 def nats_error(exc: BaseException, what: str) -> EventwireError:
-    """The eventwire error for a nats-py error (or a timeout) raised while doing ``what``;
+    """The eventwire error for a nats-py error (or an OSError) raised while doing ``what``;
     the caller raises it ``from exc``, keeping the cause."""
     message = f"{what}: {describe(exc)}"
     if is_authentication_failure(exc):
         return AuthenticationFailed(message)
-    if isinstance(exc, _CONNECTION):
-        return ConnectionFailed(message)
     if isinstance(exc, TimeoutError):  # nats' TimeoutErrors are the builtin's subclasses
         return OperationTimeout(message)
+    if isinstance(exc, (*_CONNECTION, OSError)):
+        return ConnectionFailed(message)
     if isinstance(exc, _UNAVAILABLE):
         return ServerUnavailable(message)
     if isinstance(exc, nats.js.errors.NotFoundError):
         return NotFound(message)
     if isinstance(exc, nats.js.errors.APIError):
-        return ServerRejected(
-            message, code=exc.code, err_code=exc.err_code, description=exc.description
-        )
+        fields = {key: getattr(exc, key, None) for key in ("code", "err_code", "description")}
+        return ServerRejected(message, **fields)
     return TransportError(message)
 
 
 @contextlib.contextmanager
 def mapped_nats_errors(what: str) -> Iterator[None]:
-    """Run a block whose nats-py errors (and timeouts) leave as :func:`nats_error`'s."""
+    """Run a block whose nats-py errors (and OSErrors: timeouts, a lost connection) leave
+    as :func:`nats_error`'s."""
     try:
         yield
     except EventwireError:
         raise  # already ours (some are TimeoutErrors too)
-    except (nats.errors.Error, TimeoutError) as exc:
+    except NATS_ERRORS as exc:
         raise nats_error(exc, what) from exc
 
 
