@@ -23,9 +23,8 @@ import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from eventwire import Event, Forbidden, Identity, KnowledgeShared, Rejection, TaskCompleted
-from eventwire._consumer import durable_name
 from eventwire._event import build_claims
-from eventwire_security import SealingKey, message_id, sign_claims, sign_payload
+from eventwire_security import SealingKey, consumer_name, message_id, sign_claims, sign_payload
 from tests.compiled.conftest import ROOT, World, pull_by_hand, violations
 from tests.conftest import wait_until
 from tests.sdk.test_forgery import build_forgeries
@@ -180,7 +179,7 @@ async def _capture(world: World, nc: Client, topic: str) -> bytes:
 
 async def _pull_until(nc: Client, topic: str) -> bytes:
     """Pull (and ack) from mallory's own consumer until the event on ``topic`` arrives."""
-    consumer = durable_name("mallory", "knowledge.public.*")
+    consumer = consumer_name("mallory", "knowledge.public.*")
     while True:
         msg = await pull_by_hand(nc, consumer)
         await msg.ack()
@@ -267,7 +266,7 @@ async def _refused_request(nc: Client, subject: str, payload: bytes = b"") -> No
 
 
 async def test_an_agent_cannot_read_beyond_its_own_consumers(world: World, mallory: Client) -> None:
-    theirs = durable_name("summarizer", "knowledge.>")
+    theirs = consumer_name("summarizer", "knowledge.>")
     config = ConsumerConfig(name="sneaky", filter_subject=f"{ROOT}.>", ack_policy=AckPolicy.NONE)
     with pytest.raises(nats.errors.TimeoutError):  # its own consumer through $JS.API
         await mallory.jetstream().add_consumer(STREAM, config, timeout=REFUSED)
