@@ -33,6 +33,7 @@ from ._errors import (
     Forbidden,
     NotRunning,
     checked_name,
+    mapped_nats_errors,
 )
 from ._idempotency import DEFAULT_WINDOW, ProcessedIds
 from ._partitions import consumer_plan, subscribe_partitioned
@@ -217,6 +218,10 @@ class Bus(AsyncResource):
         return self._nc
 
     async def _open(self) -> None:
+        with mapped_nats_errors("opening the bus (streams, buckets)"):
+            await self._open_unmapped()
+
+    async def _open_unmapped(self) -> None:
         if self._url is None:
             self._server = EmbeddedServer(store_dir=self._store_dir)
             await self._server.start()

@@ -256,8 +256,11 @@ def describe(exc: BaseException) -> str:
     """A short account of a nats-py error, without its ``nats:`` prefix."""
     if isinstance(exc, nats.js.errors.APIError):  # some subclasses skip APIError.__init__
         code, err_code = getattr(exc, "code", None), getattr(exc, "err_code", None)
-        what = getattr(exc, "description", None) or str(exc) or type(exc).__name__
-        return f"{what} (code {code}, err_code {err_code})"
+        what = getattr(exc, "description", None)
+        if not what and isinstance(exc, nats.js.errors.ServiceUnavailableError):
+            what = "JetStream did not answer (is it enabled for this account?)"
+        codes = ", ".join(f"{k} {v}" for k, v in (("code", code), ("err_code", err_code)) if v)
+        return f"{what or type(exc).__name__}" + (f" ({codes})" if codes else "")
     text = str(exc).removeprefix("nats: ").strip()
     if isinstance(exc, TimeoutError) and text in ("", "timeout"):
         return "timed out"

@@ -28,6 +28,7 @@ from eventwire import (
     InvalidArgument,
     NotFound,
     NotProvisioned,
+    ServerUnavailable,
     TransportError,
 )
 from eventwire_security import InvalidName, SecurityError
@@ -35,6 +36,7 @@ from tests.conftest import TENANT
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+    from pathlib import Path
 
 PASSWORD = "hunter2-not-in-any-message"
 PATIENT = 60.0  # a connect timeout no test waits for: the errors below come first
@@ -114,6 +116,18 @@ async def test_a_wrong_password_fails_at_once_without_the_password(auth: Embedde
         assert PASSWORD[::-1] not in str(caught.value)
     async with eventwire.connect(with_user(auth.url, "alice", PASSWORD), tenant=TENANT) as bus:
         assert await bus.dead_letters.list() == []
+
+
+async def test_a_server_without_jetstream_is_unavailable(tmp_path: Path) -> None:
+    async with EmbeddedServer(store_dir=tmp_path, extra_args=("-js=false",)) as plain:
+        with pytest.raises(ServerUnavailable) as caught:
+            async with eventwire.connect(plain.url, tenant=TENANT):
+                pass
+    assert str(caught.value) == (
+        "opening the bus (streams, buckets): "
+        "JetStream did not answer (is it enabled for this account?)"
+    )
+    assert isinstance(caught.value.__cause__, nats.js.errors.ServiceUnavailableError)
 
 
 async def test_a_lost_server_gives_a_typed_error_with_the_nats_cause(
