@@ -25,19 +25,35 @@ import logging
 import os
 import re
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from eventwire import ConfigError, EmbeddedCluster, EmbeddedServer, ServerError
-from eventwire._cluster import _free_ports
-from eventwire._server import LOOPBACK
 
 if TYPE_CHECKING:
     from testcontainers.core.container import DockerContainer
     from testcontainers.core.network import Network
 
 log = logging.getLogger("eventwire.tests.containers")
+LOOPBACK = "127.0.0.1"
+
+
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct ports free on 127.0.0.1 right now (bound together, then released)."""
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.bind((LOOPBACK, 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "compose.yaml"
 NODE_CONF = ROOT / "deploy" / "nats-cluster" / "node.conf"

@@ -16,11 +16,17 @@ from eventwire_security import (
     Identity,
     RecipientKey,
     SealingKey,
-    check_name,
     consumer_filters,
 )
 
-from ._errors import ConfigError, InvalidEvent, NotProvisioned, NotRunning, WrongTenant
+from ._errors import (
+    ConfigError,
+    InvalidEvent,
+    NotProvisioned,
+    NotRunning,
+    WrongTenant,
+    checked_name,
+)
 from ._kinds import AgentLifecycle
 from ._registry import announce, withdraw
 from ._retry import DEFAULT_RETRY, RetryPolicy
@@ -86,7 +92,7 @@ class Agent:
         max_in_flight: int = 1,
         roles: Sequence[str] = (),
     ) -> None:
-        self.name = check_name("agent", name)
+        self.name = checked_name("agent", name)
         self.capabilities = tuple(check_token(c, field="capability") for c in capabilities)
         if identity is None:
             identity = Identity.generate(tenant, name)

@@ -20,12 +20,11 @@ from eventwire_security import (
     PolicyDenied,
     RecipientKey,
     ReplayWindow,
-    check_name,
 )
 
 from ._auditing import Auditor
 from ._codec import Codec
-from ._connection import connect_nats
+from ._connection import check_connection_name, connect_nats
 from ._consumer import Subscription, durable_name
 from ._direct import request, serve_requests
 from ._dlq import DeadLetterQueue
@@ -33,6 +32,8 @@ from ._errors import (
     ConfigError,
     Forbidden,
     NotRunning,
+    checked_name,
+    mapped_nats_errors,
 )
 from ._idempotency import DEFAULT_WINDOW, ProcessedIds
 from ._partitions import consumer_plan, subscribe_partitioned
@@ -123,7 +124,7 @@ class Bus(AsyncResource):
         inbox_prefix: str | None = None,
         partitions: int = 0,
     ) -> None:
-        self.tenant = check_name("tenant", tenant)
+        self.tenant = checked_name("tenant", tenant)
         self.partitions = check_partitions(partitions)
         self.root = check_token(root, field="root")
         self.keyring = keyring if keyring is not None else Keyring()
@@ -132,7 +133,7 @@ class Bus(AsyncResource):
         self._store_dir = store_dir
         self._registry_ttl = registry_ttl
         self._replicas = replicas
-        self._name = name
+        self._name = check_connection_name(name)
         self._on_reject = on_reject
         self._connect_timeout = connect_timeout
         self._dedupe_window = dedupe_window
@@ -218,6 +219,10 @@ class Bus(AsyncResource):
         return self._nc
 
     async def _open(self) -> None:
+        with mapped_nats_errors("opening the bus (streams, buckets)"):
+            await self._open_unmapped()
+
+    async def _open_unmapped(self) -> None:
         if self._url is None:
             self._server = EmbeddedServer(store_dir=self._store_dir)
             await self._server.start()
@@ -285,9 +290,10 @@ class Bus(AsyncResource):
         if self._publisher is not None:
             await self._publisher.close()
         if self._nc is not None and not self._nc.is_closed:
-            with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
+            with contextlib.suppress(nats.errors.Error, OSError):  # timeouts, a lost server
                 await self._nc.drain()
-            await self._nc.close()
+            with contextlib.suppress(nats.errors.Error, OSError):
+                await self._nc.close()
         if self._server is not None:
             await self._server.close()
         self._nc = self._js = self._codec = self._registry = None

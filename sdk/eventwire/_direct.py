@@ -15,7 +15,14 @@ import nats.errors
 from eventwire_security import Principal
 
 from ._codec import Rejection
-from ._errors import InvalidEvent, NoResponders, RemoteError, ReplyRejected, RequestTimeout
+from ._errors import (
+    InvalidEvent,
+    NoResponders,
+    RemoteError,
+    ReplyRejected,
+    RequestTimeout,
+    checked_name,
+)
 from ._kinds import ErrorReported
 from ._subjects import direct_subject, reply_subject, to_wire
 
@@ -48,6 +55,7 @@ async def request(
     timeout: float,
 ) -> Event:
     """Send ``item`` to ``target`` and return its verified reply."""
+    checked_name("target", target)
     tenant = codec.tenant
     signed = codec.sign(item, identity, subject=direct_subject(tenant, target))
     try:

@@ -20,12 +20,22 @@ import nats.js.errors
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
 from ._codec import MSG_ID_HEADER, SIGNATURE_HEADER, Rejection, wire_headers
-from ._errors import DeadLetterError
+from ._errors import (
+    NATS_ERRORS,
+    DeadLetterError,
+    DeadLetterNotFound,
+    InvalidArgument,
+    NotProvisioned,
+    describe,
+    mapped_nats_errors,
+    nats_error,
+)
 from ._streams import DUPLICATE_WINDOW_SECONDS, ensure_stream
 from ._subjects import republish_subject
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
+    from nats.js.api import StreamInfo
 
     from ._codec import Codec
     from ._publisher import AckedPublisher
@@ -33,6 +43,7 @@ if TYPE_CHECKING:
 
 _PREFIX = "Ew-Dlq-"
 _ORIGINAL = "Ew-Original-"
+_STREAM_NOT_FOUND = 10059  # JetStream's err_code; 10037 is "no message found"
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,22 +135,38 @@ class DeadLetterQueue:
             raise DeadLetterError(f"could not store dead letter: {exc!r}") from exc
 
     async def get(self, seq: int) -> DeadLetter:
+        """The entry with id ``seq``; :class:`DeadLetterNotFound` if there is none."""
+        if _count(seq, "seq") < 1:
+            raise DeadLetterNotFound(seq)  # sequences start at 1: nothing to ask the server
         try:
             raw = await self._js.get_msg(self.stream, seq)
-        except nats.js.errors.NotFoundError:
-            raise DeadLetterError(f"no dead letter {seq}") from None
+        except nats.js.errors.NotFoundError as exc:
+            if exc.err_code == _STREAM_NOT_FOUND:
+                raise NotProvisioned.absent(f"stream {self.stream!r}") from exc
+            raise DeadLetterNotFound(seq) from exc
+        except NATS_ERRORS as exc:
+            raise nats_error(exc, f"reading dead letter {seq}") from exc
         return _parse(seq, raw.data or b"", dict(raw.headers or {}))
 
     async def list(self, limit: int = 100) -> list[DeadLetter]:
-        """The oldest ``limit`` entries still in the queue."""
-        info = await self._js.stream_info(self.stream)
+        """The oldest ``limit`` entries still in the queue (none if it is empty)."""
+        limit = _count(limit, "limit", minimum=0)
+        state = (await self._info(f"listing {self.stream}")).state
         found: list[DeadLetter] = []
-        seq = info.state.first_seq
-        while seq <= info.state.last_seq and len(found) < limit:
+        seq = max(state.first_seq, 1)  # an empty stream reports first_seq 0
+        while state.messages and seq <= state.last_seq and len(found) < limit:
             with contextlib.suppress(DeadLetterError):  # deleted entries leave gaps
                 found.append(await self.get(seq))
             seq += 1
         return found
+
+    async def _info(self, what: str) -> StreamInfo:
+        try:
+            return await self._js.stream_info(self.stream)
+        except nats.js.errors.NotFoundError as exc:
+            raise NotProvisioned.absent(f"stream {self.stream!r}") from exc
+        except NATS_ERRORS as exc:
+            raise nats_error(exc, what) from exc
 
     async def redrive(self, seq: int, *, verify: bool = True) -> int:
         """Publish the original bytes again on their subject, then drop the entry.
@@ -156,17 +183,23 @@ class DeadLetterQueue:
         if self._seen is not None:
             try:
                 await self._seen.forget(letter.consumer, tenant, source, event_id)
-            except nats.errors.Error as exc:
-                raise DeadLetterError(f"could not redrive dead letter {seq}: {exc!r}") from exc
+            except NATS_ERRORS as exc:
+                detail = f"could not redrive dead letter {seq}: {describe(exc)}"
+                raise DeadLetterError(detail) from exc
         msg_id = f"redrive:{self.stream}:{seq}"
         try:
             subject = republish_subject(self._root, letter.subject)
             headers = {**_signature_headers(letter.headers), MSG_ID_HEADER: msg_id}
             future = await self._publisher.publish(subject, letter.data, headers)
             ack = await future
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise DeadLetterError(f"could not redrive dead letter {seq}: {exc!r}") from exc
-        await self._js.delete_msg(self.stream, seq)
+        except NATS_ERRORS as exc:
+            raise DeadLetterError(f"could not redrive dead letter {seq}: {describe(exc)}") from exc
+        try:
+            await self._js.delete_msg(self.stream, seq)
+        except nats.js.errors.NotFoundError:
+            pass  # a concurrent redrive of the same entry removed it: the goal is reached
+        except NATS_ERRORS as exc:
+            raise nats_error(exc, f"removing redriven dead letter {seq}") from exc
         return int(ack.seq)
 
     def _identify(self, seq: int, letter: DeadLetter, verify: bool) -> tuple[str, str, str]:
@@ -185,8 +218,9 @@ class DeadLetterQueue:
 
     async def purge(self) -> int:
         """Drop every entry; returns how many there were."""
-        info = await self._js.stream_info(self.stream)
-        await self._js.purge_stream(self.stream)
+        info = await self._info(f"purging {self.stream}")
+        with mapped_nats_errors(f"purging {self.stream}"):
+            await self._js.purge_stream(self.stream)
         return int(info.state.messages)
 
 
@@ -218,3 +252,11 @@ def _signature_headers(original: dict[str, str]) -> dict[str, str]:
     headers = wire_headers(signature, "")
     del headers[MSG_ID_HEADER]
     return headers
+
+
+def _count(value: int, field: str, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(f"expected an int, got {type(value).__name__}", field=field)
+    if minimum is not None and value < minimum:
+        raise InvalidArgument(f"must be >= {minimum}, got {value}", field=field)
+    return value

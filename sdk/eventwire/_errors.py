@@ -1,6 +1,22 @@
-"""The one exception tree of ``eventwire``. Foreign errors (nats, security) are mapped here."""
+"""The one exception tree of ``eventwire``. Foreign errors (nats, security) are mapped here.
+
+Public entry points raise only these (and ``TypeError`` for a wrong type where the type
+system should have caught it): a nats-py error is mapped by :func:`nats_error` (or the
+:func:`mapped_nats_errors` block) and raised ``from`` the original, so the cause is kept.
+"""
 
 from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING
+
+import nats.errors
+import nats.js.errors
+
+from eventwire_security import InvalidName, check_name
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 
 class EventwireError(Exception):
@@ -28,8 +44,54 @@ class ServerError(EventwireError):
     """The embedded nats-server could not be found, started or stopped."""
 
 
-class ConnectionFailed(EventwireError):
-    """No connection to NATS could be made, or it was lost and not regained."""
+class TransportError(EventwireError):
+    """Talking to NATS failed. Subclasses say how; a plain one maps a nats-py error that
+    has no closer match (e.g. a subject or payload the client itself refused)."""
+
+
+class ConnectionFailed(TransportError):
+    """No connection to NATS could be made, or it was lost and not regained. ``url`` is
+    the server URL without credentials (never a password, in ``url`` or the message)."""
+
+    def __init__(self, message: str, *, url: str | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+
+
+class AuthenticationFailed(ConnectionFailed):
+    """The server refused the credentials (``Authorization Violation``): retrying with the
+    same ones will not help."""
+
+
+class OperationTimeout(TransportError, TimeoutError):
+    """The server did not answer in time."""
+
+
+class ServerUnavailable(TransportError):
+    """Nobody answered the request: JetStream is not enabled for the account, or a stream
+    has no leader (an election is under way)."""
+
+
+class ServerRejected(TransportError):
+    """The JetStream API refused a request: ``code`` (HTTP-like), ``err_code`` (JetStream's
+    own, e.g. 10058 stream name in use) and the server's ``description``."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        err_code: int | None = None,
+        description: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.err_code = err_code
+        self.description = description
+
+
+class NotFound(EventwireError, LookupError):
+    """What was asked for (a stream, a bucket, a key, an entry) does not exist."""
 
 
 class NotRunning(EventwireError):
@@ -108,6 +170,14 @@ class ConfigError(EventwireError, ValueError):
     """A setting is out of range or inconsistent."""
 
 
+class InvalidArgument(ConfigError):
+    """An argument is not valid; ``field`` names it (``tenant``, ``root``, ``limit``...)."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
 class Unprocessable(EventwireError):
     """Raise from a handler when an event can never be processed: it is dead-lettered at
     once, with this message as the reason, instead of being retried."""
@@ -115,6 +185,14 @@ class Unprocessable(EventwireError):
 
 class DeadLetterError(EventwireError):
     """The dead-letter queue could not store, find or redrive an entry."""
+
+
+class DeadLetterNotFound(DeadLetterError, NotFound):
+    """No dead letter has this id (never stored, redriven, or purged)."""
+
+    def __init__(self, seq: int) -> None:
+        super().__init__(f"no dead letter {seq}")
+        self.seq = seq
 
 
 class Forbidden(EventwireError):
@@ -134,3 +212,101 @@ class SealedForOthers(EventwireError):
     def __init__(self, event_id: str) -> None:
         super().__init__(f"event {event_id} is sealed, not for you")
         self.event_id = event_id
+
+
+# -- mapping foreign errors --------------------------------------------------------------------
+
+_AUTHENTICATION = (nats.errors.AuthorizationError, nats.errors.InvalidUserCredentialsError)
+_CONNECTION = (
+    nats.errors.NoServersError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.StaleConnectionError,  # and UnexpectedEOF
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.ConnectionDrainingError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.ServerNotInPoolError,
+    nats.errors.SecureConnRequiredError,
+    nats.errors.SecureConnWantedError,
+    nats.errors.SecureConnFailedError,
+)
+_UNAVAILABLE = (
+    nats.errors.NoRespondersError,
+    nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.NoStreamResponseError,
+)
+
+
+# What nats-py raises: its own errors, and OSErrors (a connection reset under a request,
+# a refused connect; TimeoutError is one too).
+NATS_ERRORS = (nats.errors.Error, OSError)
+
+
+def is_authentication_failure(exc: BaseException) -> bool:
+    """Whether nats-py reports refused credentials (during a connect it raises a plain
+    ``nats.errors.Error("nats: 'Authorization Violation'")``)."""
+    if isinstance(exc, _AUTHENTICATION):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, nats.errors.Error) and (
+        "authorization violation" in text or "authentication" in text
+    )
+
+
+def describe(exc: BaseException) -> str:
+    """A short account of a nats-py error, without its ``nats:`` prefix."""
+    if isinstance(exc, nats.js.errors.APIError):  # some subclasses skip APIError.__init__
+        code, err_code = getattr(exc, "code", None), getattr(exc, "err_code", None)
+        what = getattr(exc, "description", None)
+        if not what and isinstance(exc, nats.js.errors.ServiceUnavailableError):
+            what = "JetStream did not answer (is it enabled for this account?)"
+        codes = ", ".join(f"{k} {v}" for k, v in (("code", code), ("err_code", err_code)) if v)
+        return f"{what or type(exc).__name__}" + (f" ({codes})" if codes else "")
+    text = str(exc).removeprefix("nats: ").strip()
+    if isinstance(exc, TimeoutError) and text in ("", "timeout"):
+        return "timed out"
+    return text or type(exc).__name__
+
+
+def nats_error(exc: BaseException, what: str) -> EventwireError:
+    """The eventwire error for a nats-py error (or an OSError) raised while doing ``what``;
+    the caller raises it ``from exc``, keeping the cause."""
+    message = f"{what}: {describe(exc)}"
+    if is_authentication_failure(exc):
+        return AuthenticationFailed(message)
+    if isinstance(exc, TimeoutError):  # nats' TimeoutErrors are the builtin's subclasses
+        return OperationTimeout(message)
+    if isinstance(exc, (*_CONNECTION, OSError)):
+        return ConnectionFailed(message)
+    if isinstance(exc, _UNAVAILABLE):
+        return ServerUnavailable(message)
+    if isinstance(exc, nats.js.errors.NotFoundError):
+        return NotFound(message)
+    if isinstance(exc, nats.js.errors.APIError):
+        fields = {key: getattr(exc, key, None) for key in ("code", "err_code", "description")}
+        return ServerRejected(message, **fields)
+    return TransportError(message)
+
+
+@contextlib.contextmanager
+def mapped_nats_errors(what: str) -> Iterator[None]:
+    """Run a block whose nats-py errors (and OSErrors: timeouts, a lost connection) leave
+    as :func:`nats_error`'s."""
+    try:
+        yield
+    except EventwireError:
+        raise  # already ours (some are TimeoutErrors too)
+    except NATS_ERRORS as exc:
+        raise nats_error(exc, what) from exc
+
+
+def checked_name(field: str, value: str) -> str:
+    """``value`` if it is a valid tenant/agent name, else :class:`InvalidArgument`
+    naming ``field`` (security's :class:`~eventwire_security.InvalidName` is the cause)."""
+    try:
+        return check_name(field, value)
+    except InvalidName as exc:
+        raise InvalidArgument(
+            f"{value!r} is not a valid name (1-64 of a-z A-Z 0-9 _ -, "
+            "starting with a letter or digit)",
+            field=field,
+        ) from exc

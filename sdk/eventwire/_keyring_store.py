@@ -28,8 +28,6 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 
@@ -38,6 +36,7 @@ import nats.js.errors
 from nats.js.api import KeyValueConfig, StorageType
 
 from eventwire_security import DEFAULT_MAX_BYTES, EnvelopeError, Keyring, SecurityError
+from eventwire_security._files import write_atomic
 from eventwire_security._json import strict_loads
 from eventwire_security._keyring_doc import KeyEntry, KeyringDocument
 
@@ -362,39 +361,20 @@ def read_keyring_token(path: str) -> bytes:
 
 
 def write_keyring_file(path: str, token: bytes, *, replacing: bytes | None = None) -> None:
-    """Write ``token`` to ``path`` atomically.
+    """Write ``token`` to ``path`` atomically (mode 0644: a keyring document is public).
 
     Without ``replacing`` the file must not exist (it is never overwritten); with it, the
     file is replaced only if it still holds exactly ``replacing`` (the bytes read earlier).
     """
-    directory = os.path.dirname(os.path.abspath(path))
+    if replacing is not None and _read_bounded(path, DEFAULT_MAX_BYTES) != replacing:
+        raise KeyringError(f"{path} changed since it was read", reason="keyring-changed")
     try:
-        fd, temporary = tempfile.mkstemp(prefix=".keyring-", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as file:
-                file.write(token + b"\n")
-                file.flush()
-                os.fsync(file.fileno())
-            os.chmod(temporary, 0o644)  # a keyring document is public
-            if replacing is None:
-                os.link(temporary, path)  # fails if anything, even a dangling symlink, is there
-            elif _read_bounded(path, DEFAULT_MAX_BYTES) != replacing:
-                raise KeyringError(f"{path} changed since it was read", reason="keyring-changed")
-            else:
-                os.replace(temporary, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dir_fd)  # make the new directory entry durable too
-        finally:
-            os.close(dir_fd)
-    except FileExistsError:
+        write_atomic(path, token + b"\n", mode=0o644, exclusive=replacing is None)
+    except FileExistsError as exc:
         detail = f"{path} exists: write a new file, or replace it in place"
-        raise KeyringError(detail, reason="keyring-exists") from None
+        raise KeyringError(detail, reason="keyring-exists") from exc
     except OSError as exc:
-        raise KeyringError(f"cannot write {path}: {exc.strerror}", reason="keyring-file") from None
+        raise KeyringError(f"cannot write {path}: {exc.strerror}", reason="keyring-file") from exc
 
 
 def _read_bounded(path: str, limit: int) -> bytes:

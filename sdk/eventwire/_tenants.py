@@ -42,7 +42,7 @@ import signal
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from eventwire_security import (
     Actor,
@@ -51,10 +51,12 @@ from eventwire_security import (
     check_name,
     compile_permissions,
     private_inbox_prefix,
+    render_server_config,
 )
-from eventwire_security._nats_permissions import DEFAULT_ROOT, render_server_config
+from eventwire_security._files import write_atomic
 
 from ._errors import EventwireError
+from ._subjects import DEFAULT_ROOT
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping
@@ -123,7 +125,7 @@ class Credentials:
 
 
 @dataclass(frozen=True, slots=True)
-class UserEntry:
+class TenantUser:
     """One user of a tenant as stored in ``users.json`` (``secret``: a hash or plaintext)."""
 
     name: str
@@ -134,7 +136,9 @@ class UserEntry:
 
 
 @dataclass(frozen=True, slots=True)
-class Settings:
+class DeploymentSettings:
+    """Where a deployment's server keeps its data and listens, and its subject root."""
+
     root: str
     store_dir: str
     port: int
@@ -143,6 +147,9 @@ class Settings:
 class Deployment:
     """A deployment directory: tenants, their policies and users, and the server config."""
 
+    ADMIN: ClassVar[str] = ADMIN
+    """The name of each tenant's admin user (NATS user ``<tenant>-admin``)."""
+
     def __init__(self, path: StrPath) -> None:
         self.path = Path(path)
 
@@ -150,19 +157,21 @@ class Deployment:
     def config_path(self) -> Path:
         return self.path / CONFIG_NAME
 
-    def settings(self) -> Settings:
+    def settings(self) -> DeploymentSettings:
         """The stored settings over the defaults (``ew``, ``<dir>/jetstream``, port 4222)."""
         file = self.path / _SETTINGS
         try:
             stored = json.loads(file.read_text()) if file.exists() else {}
         except (OSError, ValueError) as exc:
-            raise DeploymentError(f"cannot read {file}: {exc}") from None
-        default = Settings(DEFAULT_ROOT, str((self.path / "jetstream").absolute()), DEFAULT_PORT)
+            raise DeploymentError(f"cannot read {file}: {exc}") from exc
+        default = DeploymentSettings(
+            DEFAULT_ROOT, str((self.path / "jetstream").absolute()), DEFAULT_PORT
+        )
         return _settings(stored, default)
 
     def configure(
         self, *, root: str | None = None, store_dir: str | None = None, port: int | None = None
-    ) -> Settings:
+    ) -> DeploymentSettings:
         """Change the stored settings. A running server must restart for a new store or port."""
         store = None if store_dir is None else str(Path(store_dir).absolute())
         given = {"root": root, "store_dir": store, "port": port}
@@ -181,9 +190,9 @@ class Deployment:
         try:
             return Policy.load(self._tenant_dir(tenant) / _POLICY)
         except (OSError, SecurityError) as exc:
-            raise DeploymentError(f"policy of tenant {tenant!r}: {exc}") from None
+            raise DeploymentError(f"policy of tenant {tenant!r}: {exc}") from exc
 
-    def users(self, tenant: str) -> dict[str, UserEntry]:
+    def users(self, tenant: str) -> dict[str, TenantUser]:
         """The users of ``tenant`` by agent name, the ``admin`` user included."""
         return {name: _entry(name, raw) for name, raw in self._users_json(tenant).items()}
 
@@ -214,7 +223,7 @@ class Deployment:
         try:
             actor = Actor(tenant, agent, tuple(capabilities), tuple(roles))
         except (SecurityError, TypeError) as exc:
-            raise DeploymentError(str(exc)) from None
+            raise DeploymentError(str(exc)) from exc
         with self._locked():
             users = self._users_json(tenant)
             if agent in users:
@@ -232,7 +241,7 @@ class Deployment:
         try:
             policy = Policy.from_toml(toml_text)
         except SecurityError as exc:
-            raise DeploymentError(f"policy refused, nothing changed: {exc}") from None
+            raise DeploymentError(f"policy refused, nothing changed: {exc}") from exc
         with self._locked():
             root = self.settings().root
             for name, entry in self.users(tenant).items():
@@ -256,7 +265,7 @@ class Deployment:
                 host=LOOPBACK,
             )
         except SecurityError as exc:
-            raise DeploymentError(f"cannot render the server config: {exc}") from None
+            raise DeploymentError(f"cannot render the server config: {exc}") from exc
 
     def write_config(self, path: StrPath | None = None, store_dir: str | None = None) -> Path:
         """Render and write the config atomically (temporary file, then rename), mode 0600."""
@@ -277,10 +286,10 @@ class Deployment:
         _check_process(pid, Path(config) if config is not None else self.config_path)
         try:
             os.kill(pid, signal.SIGHUP)
-        except ProcessLookupError:
-            raise ServerGone(pid) from None
+        except ProcessLookupError as exc:
+            raise ServerGone(pid) from exc
         except PermissionError as exc:
-            raise DeploymentError(f"may not signal process {pid}: {exc}") from None
+            raise DeploymentError(f"may not signal process {pid}: {exc}") from exc
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -307,7 +316,7 @@ class Deployment:
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
-            raise DeploymentError(f"cannot read {path}: {exc}") from None
+            raise DeploymentError(f"cannot read {path}: {exc}") from exc
         if not isinstance(data, dict):
             raise DeploymentError(f"{path}: expected an object of users")
         for name, raw in data.items():
@@ -330,7 +339,7 @@ class Deployment:
         try:
             return dict(compile_permissions(policy, actor, root=root))
         except SecurityError as exc:
-            raise DeploymentError(f"permissions of {actor.source}: {exc}") from None
+            raise DeploymentError(f"permissions of {actor.source}: {exc}") from exc
 
     def _account(self, tenant: str, root: str) -> list[tuple[str, str, Mapping[str, Any]]]:
         policy = self.policy(tenant)
@@ -349,10 +358,10 @@ def _check(kind: str, name: str) -> None:
     try:
         check_name(kind, name)  # also refuses a non-string
     except SecurityError as exc:
-        raise DeploymentError(str(exc)) from None
+        raise DeploymentError(str(exc)) from exc
 
 
-def _settings(data: object, base: Settings) -> Settings:
+def _settings(data: object, base: DeploymentSettings) -> DeploymentSettings:
     if not isinstance(data, dict) or set(data) - {"root", "store_dir", "port"}:
         raise DeploymentError(f"{_SETTINGS}: expected an object of root, store_dir, port")
     root, store_dir, port = (data.get(k, getattr(base, k)) for k in ("root", "store_dir", "port"))
@@ -361,10 +370,10 @@ def _settings(data: object, base: Settings) -> Settings:
         raise DeploymentError(f"store_dir must be an absolute path, not {store_dir!r}")
     if type(port) is not int or not -1 <= port <= 65535:
         raise DeploymentError(f"port must be -1 (any free port) to 65535, not {port!r}")
-    return Settings(root, store_dir, port)
+    return DeploymentSettings(root, store_dir, port)
 
 
-def _entry(name: str, raw: object, path: Path | str = _USERS) -> UserEntry:
+def _entry(name: str, raw: object, path: Path | str = _USERS) -> TenantUser:
     _check("agent", name)
     if not isinstance(raw, dict) or not set(raw) <= _ENTRY_KEYS:
         raise DeploymentError(f"{path}: user {name!r} must be an object of {sorted(_ENTRY_KEYS)}")
@@ -375,7 +384,7 @@ def _entry(name: str, raw: object, path: Path | str = _USERS) -> UserEntry:
         raise DeploymentError(f"{path}: user {name!r} needs one of password, password_bcrypt")
     if not all(isinstance(x, list) and all(isinstance(s, str) for s in x) for x in lists):
         raise DeploymentError(f"{path}: capabilities and roles of {name!r} must be string lists")
-    return UserEntry(name, tuple(lists[0]), tuple(lists[1]), secret, hashed)
+    return TenantUser(name, tuple(lists[0]), tuple(lists[1]), secret, hashed)
 
 
 def _dumps(users: Mapping[str, Mapping[str, Any]]) -> str:
@@ -395,19 +404,9 @@ def _new_password() -> tuple[str, dict[str, str]]:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file of mode 0600 beside ``path``, then rename it."""
+    """Write ``text`` to ``path`` atomically, mode 0600 (creating its directory, 0700)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    write_atomic(path, text.encode("utf-8"), mode=0o600)
 
 
 def _check_process(pid: int, config: Path) -> None:
@@ -418,8 +417,8 @@ def _check_process(pid: int, config: Path) -> None:
     try:
         stat = (proc / "stat").read_text()
         args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
-    except FileNotFoundError:
-        raise ServerGone(pid) from None
+    except FileNotFoundError as exc:
+        raise ServerGone(pid) from exc
     except OSError:
         return
     name, state = stat[stat.find("(") + 1 : stat.rfind(")")], stat[stat.rfind(")") + 2 :][:1]

@@ -6,10 +6,11 @@ File format (one file, written once)::
      "pkcs8_pem": "-----BEGIN ENCRYPTED PRIVATE KEY-----\\n..."}
 
 One file rather than a PEM plus a sidecar: the principal and the key cannot drift apart or
-be copied separately, and it is written with a single O_EXCL create. Encrypted PKCS#8 PEM
-has no room for headers, hence the JSON wrapper. ``tenant``/``agent``/``kid`` are in clear
-(they are public); ``kid`` is checked against the decrypted key on read. The principal is
-not authenticated by the file: receivers bind kid to owner through their keyring.
+be copied separately, and it is written atomically and exclusively (``_files``: never over
+an existing file, never half-written). Encrypted PKCS#8 PEM has no room for headers, hence
+the JSON wrapper. ``tenant``/``agent``/``kid`` are in clear (they are public); ``kid`` is
+checked against the decrypted key on read. The principal is not authenticated by the file:
+receivers bind kid to owner through their keyring.
 
 Encryption is ``cryptography``'s ``BestAvailableEncryption``: PBES2 with PBKDF2-HMAC-SHA256
 and AES-256-CBC. PBKDF2 runs only 2048 rounds there, so use a long random passphrase.
@@ -38,6 +39,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ._errors import InvalidName, KeyRejected, SecurityError
+from ._files import write_atomic
 from ._json import strict_loads
 from ._keys import Identity, Principal
 
@@ -129,19 +131,13 @@ def write_identity(path: str | os.PathLike[str], identity: Identity, passphrase:
     data = _encode(identity, _check_passphrase(passphrase))
     path = os.fspath(path)
     with _parent_dir(path) as (dir_fd, name):
-        fd = _create(dir_fd, name, path)
         try:
-            os.fchmod(fd, 0o600)  # exactly 0600, whatever the umask
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            os.unlink(name, dir_fd=dir_fd)  # a partial file would block every retry
-            raise
-        os.close(fd)
-        os.fsync(dir_fd)  # make the new directory entry durable too
+            write_atomic(name, data, mode=0o600, exclusive=True, dir_fd=dir_fd)
+        except FileExistsError as exc:
+            # The link never follows a symlink: it fails with EEXIST, even if dangling.
+            if stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode):
+                raise KeyFileUnsafe("the key path is a symlink", path=path) from exc
+            raise KeyFileExists("refusing to overwrite an existing key file", path=path) from exc
 
 
 def read_identity(path: str | os.PathLike[str], passphrase: bytes) -> Identity:
@@ -214,17 +210,6 @@ def _check_owned(st: os.stat_result, path: str, *, is_dir: bool) -> None:
         raise KeyFileUnsafe(f"{what} is not a regular file", path=path)
     if mode & 0o077:
         raise KeyFileUnsafe(f"{what} is accessible to group or others", path=path, mode=mode)
-
-
-def _create(dir_fd: int, name: str, path: str) -> int:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        return os.open(name, flags, 0o600, dir_fd=dir_fd)
-    except FileExistsError:
-        # O_CREAT|O_EXCL never follows a symlink: it fails with EEXIST, even if dangling.
-        if stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode):
-            raise KeyFileUnsafe("the key path is a symlink", path=path) from None
-        raise KeyFileExists("refusing to overwrite an existing key file", path=path) from None
 
 
 def _encode(identity: Identity, passphrase: bytes) -> bytes:

@@ -19,9 +19,15 @@ import nats
 import pytest
 
 import eventwire
-from eventwire import Identity, Keyring, RetryPolicy, provision_agent
-from eventwire._server import find_nats_server
-from eventwire._tenants import Credentials, Deployment
+from eventwire import (
+    Credentials,
+    Deployment,
+    Identity,
+    Keyring,
+    RetryPolicy,
+    find_nats_server,
+    provision_agent,
+)
 from eventwire_security import Actor, Policy, private_inbox_prefix
 from tests.sdk.test_tenants import _ready_url as ready_url
 from tests.sdk.test_tenants import _stop as stop_server

@@ -30,9 +30,8 @@ from eventwire import (
     Rejection,
     TaskCompleted,
 )
-from eventwire._consumer import durable_name
 from eventwire._event import build_claims
-from eventwire_security import SealingKey, message_id, sign_event
+from eventwire_security import SealingKey, consumer_name, message_id, sign_event
 from eventwire_security.hazmat import sign_detached
 from tests.compiled.conftest import ROOT, World, pull_by_hand, violations
 from tests.conftest import wait_until
@@ -209,7 +208,7 @@ async def _capture(world: World, nc: Client, topic: str) -> tuple[bytes, Headers
 
 async def _pull_until(nc: Client, topic: str) -> tuple[bytes, Headers]:
     """Pull (and ack) from mallory's own consumer until the event on ``topic`` arrives."""
-    consumer = durable_name("mallory", "knowledge.public.*")
+    consumer = consumer_name("mallory", "knowledge.public.*")
     while True:
         msg = await pull_by_hand(nc, consumer)
         await msg.ack()
@@ -297,7 +296,7 @@ async def _refused_request(nc: Client, subject: str, payload: bytes = b"") -> No
 
 
 async def test_an_agent_cannot_read_beyond_its_own_consumers(world: World, mallory: Client) -> None:
-    theirs = durable_name("summarizer", "knowledge.>")
+    theirs = consumer_name("summarizer", "knowledge.>")
     config = ConsumerConfig(name="sneaky", filter_subject=f"{ROOT}.>", ack_policy=AckPolicy.NONE)
     with pytest.raises(nats.errors.TimeoutError):  # its own consumer through $JS.API
         await mallory.jetstream().add_consumer(STREAM, config, timeout=REFUSED)

@@ -24,8 +24,7 @@ from eventwire import (
     TaskCompleted,
     Unprocessable,
 )
-from eventwire._consumer import durable_name
-from eventwire_security import consumer_filters
+from eventwire_security import consumer_filters, consumer_name
 from tests.compiled.conftest import FLAKY_ACK_WAIT, FLAKY_RETRY, World, pull_by_hand, violations
 from tests.conftest import wait_until
 
@@ -115,7 +114,7 @@ async def test_nothing_is_created_by_a_bind_only_bus(world: World) -> None:
     consumers = await world.admin.jetstream.consumers_info(world.admin.stream)
     mine = {info.name for info in consumers if info.name.startswith("mallory-")}
     granted = consumer_filters(world.policy, world.actors["mallory"])
-    assert mine == {durable_name("mallory", pattern) for pattern in granted}
+    assert mine == {consumer_name("mallory", pattern) for pattern in granted}
     async with world.bus("mallory") as bus:
         sub = bus.subscribe(
             "knowledge.>", _collect([]), durable="mallory", actor=world.actors["mallory"]
@@ -147,7 +146,7 @@ async def test_poison_event_is_dead_lettered_by_a_bind_only_agent(world: World) 
             await wait_until(lambda: sub.stats.dead_lettered == 1)
     letters = [d for d in await world.admin.dead_letters.list() if d.stream_seq == ack.seq]
     assert [(d.reason, d.consumer) for d in letters] == [
-        ("unprocessable", durable_name("summarizer", "capability.summarize.*"))
+        ("unprocessable", consumer_name("summarizer", "capability.summarize.*"))
     ]
 
 
@@ -155,7 +154,7 @@ async def test_reserve_delivery_dead_letters_after_a_crash(world: World) -> None
     """A consumer that died on the last delivery leaves no outcome; the next instance gets
     the reserve delivery and dead-letters it without calling the handler (an agent may not
     read the stream, so the server's advisory is not its way)."""
-    name = durable_name("flaky", "status.*")
+    name = consumer_name("flaky", "status.*")
     ack = await world.admin.publish(
         StatusUpdate(component="db", state="down"), identity=world.identities["writer"]
     )
@@ -201,6 +200,6 @@ async def test_the_cli_provisions_a_tenant_for_bind_only_agents(world: World) ->
                  "EVENTWIRE_URL": world.login("globex-admin")},
         )  # fmt: skip
         out = (await proc.communicate())[0].decode()
-        assert (proc.returncode, durable_name("eve", "agent.lifecycle.*") in out) == (0, True), out
+        assert (proc.returncode, consumer_name("eve", "agent.lifecycle.*") in out) == (0, True), out
     async with world.bus("eve") as bus, eve.serve(bus):
         assert [info.name for info in await bus.agents()] == ["eve"]

@@ -14,21 +14,32 @@ from typing import TYPE_CHECKING, Any
 import nats
 import pytest
 
-from eventwire import CustomEvent, Event, Identity, Keyring
-from eventwire._keyring_store import (
-    KEYRING_KEY,
+from eventwire import (
+    CustomEvent,
+    Event,
+    Identity,
+    Keyring,
     KeyringError,
     KeyringRefusal,
     KeyringWatcher,
-    open_keyring_bucket,
+    keyring_bucket,
     publish_keyring,
     read_key_entry,
     write_keyring_file,
 )
-from eventwire_security import KeyNotValid, UnknownKey, sign_claims, verify_envelope
-from eventwire_security._keyfile import read_identity
-from eventwire_security._keyring_doc import KeyEntry, KeyringDocument
+from eventwire_security import (
+    KeyEntry,
+    KeyNotValid,
+    KeyringDocument,
+    UnknownKey,
+    read_identity,
+    sign_claims,
+    verify_envelope,
+)
 from tests.conftest import TENANT, wait_until
+
+# The keyring bucket's one key, as the SDK documents it (``eventwire._keyring_store``).
+CURRENT = "current"
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -171,10 +182,10 @@ async def test_forged_conflicting_and_deleted_values_are_refused(
     async with report.watcher(js, root, admins, target) as watcher:
         forged = v1.add(entry(mallory)).sign(mallory)  # signed by a non-admin
         other = KeyringDocument.create([entry(mallory)]).sign(admin)  # version 1 again
-        kv = await open_keyring_bucket(js, root)
+        kv = await js.key_value(keyring_bucket(root))
         for value in (forged, other, b"garbage"):
-            await kv.put(KEYRING_KEY, value)
-        await kv.delete(KEYRING_KEY)
+            await kv.put(CURRENT, value)
+        await kv.delete(CURRENT)
         await wait_until(lambda: len(report.refused) == 4)
         reasons = [r.reason for r in report.refused]
         assert reasons == ["unknown-key", "keyring-conflict", "malformed", "keyring-deleted"]
@@ -366,8 +377,8 @@ async def test_keyring_push_to_the_bucket(
     where = ("--url", nats_server.url, "--root", root, "--admins", admin_pub)
     out = await ok("keys", "keyring", "push", v2, *where)
     assert f"to {root}-keyring (revision 1)" in out
-    kv = await open_keyring_bucket(js, root)
-    assert (await kv.get(KEYRING_KEY)).value == (tmp_path / "v2.jws").read_bytes().strip()
+    kv = await js.key_value(keyring_bucket(root))
+    assert (await kv.get(CURRENT)).value == (tmp_path / "v2.jws").read_bytes().strip()
     assert "keyring-rollback" in await fails("keys", "keyring", "push", v1, *where)
     out = await fails("keys", "keyring", "push", v1, "--url", "nats://127.0.0.1:1", "--root", root)
     assert "cannot connect" in out

@@ -13,7 +13,7 @@ import nats.errors
 
 from eventwire import CustomEvent, Event
 from eventwire import _settle as settle
-from eventwire._consumer import durable_name
+from eventwire_security import consumer_name
 from tests.conftest import make_identity, wait_until
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ async def test_every_handled_event_is_recorded_and_acked_before_stop_returns(
     # stop() has returned: every record is stored and every event acknowledged
     assert sorted(handled) == sorted(ack.event_id for ack in acks)
     assert sub.stats.handled == 300
-    name = durable_name("s", "custom.>")
+    name = consumer_name("s", "custom.>")
     for _ in range(100):  # acks are one-way messages: the server applies them a moment later
         info = await bus.jetstream.consumer_info(bus.stream, name)
         if info.num_ack_pending == 0:
@@ -71,7 +71,7 @@ async def test_an_event_whose_record_cannot_be_stored_is_not_acked(
         calls.append(event.id)
 
     ack = await bus.publish(CustomEvent("custom.f", "f"), identity=alice)
-    name = durable_name("f", "custom.>")
+    name = consumer_name("f", "custom.>")
     async with bus.subscribe("custom.>", handler, durable="f", idempotent=True) as sub:
         await wait_until(lambda: sub.stats.handled >= 1)
         await wait_until(lambda: sub.stats.delivered >= 2, timeout=15)  # naked: delivered again

@@ -23,9 +23,7 @@ import nats.js.errors
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from eventwire._server import find_nats_server
-from eventwire._tenants import (
-    ADMIN,
+from eventwire import (
     AgentExists,
     Credentials,
     Deployment,
@@ -33,6 +31,7 @@ from eventwire._tenants import (
     ServerGone,
     TenantExists,
     UnknownTenant,
+    find_nats_server,
 )
 from eventwire_security import Actor
 from tests.conftest import wait_until
@@ -58,6 +57,7 @@ consume = ["agent.lifecycle.*"]
 principal = "agent:bot"
 publish = ["task.*.completed"]
 """
+ADMIN = Deployment.ADMIN
 BCRYPT_VECTOR = "$2a$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW"  # "U*U", OpenBSD
 
 

@@ -22,15 +22,16 @@ import nats.errors
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from eventwire._server import find_nats_server
-from eventwire_security._nats_permissions import (
+from eventwire import find_nats_server
+from eventwire_security import (
+    Actor,
+    Policy,
     compile_permissions,
     consumer_filters,
     consumer_name,
     private_inbox_prefix,
     render_server_config,
 )
-from eventwire_security._policy import Actor, Policy
 from tests.conftest import wait_until
 
 if TYPE_CHECKING:

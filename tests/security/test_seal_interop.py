@@ -19,7 +19,7 @@ from joserfc.errors import DecodeError, JoseError
 from joserfc.jwk import OKPKey
 from joserfc.registry import HeaderParameter
 
-from eventwire_security._seal import (
+from eventwire_security import (
     MalformedSeal,
     SealBroken,
     SealingKey,

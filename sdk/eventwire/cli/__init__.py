@@ -1,4 +1,8 @@
-"""The ``eventwire`` command line: a thin shell over the library."""
+"""The ``eventwire`` command line: a thin shell over the library.
+
+Commands use the public API of ``eventwire`` and ``eventwire_security``, connect through
+``_connect``, and let errors reach the root group (``_boundary``), which prints one line.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import typer
 
 from ._audit import app as audit_app
 from ._bench import bench
+from ._boundary import Boundary
 from ._demo import demo
 from ._dlq import app as dlq_app
 from ._keys import app as keys_app
@@ -17,6 +22,7 @@ app = typer.Typer(
     help="Signed, durable events between AI agents over NATS JetStream.",
     no_args_is_help=True,
     add_completion=False,
+    cls=Boundary,
 )
 app.command(help="Run agents on an embedded server and print a verified timeline.")(demo)
 app.command(help="Measure eventwire against raw nats-py on the same server.")(bench)

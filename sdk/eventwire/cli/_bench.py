@@ -13,12 +13,10 @@ import statistics
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
-import nats
-import nats.errors
 import typer
 from rich.console import Console
 
-from eventwire import EmbeddedServer, EventwireError
+from eventwire import EmbeddedServer
 
 from ._bench_cases import eventwire_case, hand_signed_case, raw_case
 from ._bench_latency import (
@@ -39,6 +37,7 @@ from ._bench_report import (
     render,
     size_label,
 )
+from ._connect import nats_connection, redact_url
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -106,12 +105,11 @@ async def run_bench(config: BenchConfig, progress: Callable[[str], None] = _sile
         url = config.url
         if url is None:
             url = (await stack.enter_async_context(EmbeddedServer())).url
-        nc = await nats.connect(url, name="eventwire-bench", connect_timeout=5)
-        stack.push_async_callback(nc.close)
+        nc = await stack.enter_async_context(nats_connection(url, name="eventwire-bench"))
         js = nc.jetstream(publish_async_max_pending=config.window)
         throughput = await _throughput(config, url, js, progress)
         latency = await _latency(config, url, nc, js, progress)
-    return BenchResults(url, config.url is None, throughput, latency, imports)
+    return BenchResults(redact_url(url), config.url is None, throughput, latency, imports)
 
 
 async def _throughput(
@@ -201,20 +199,14 @@ def bench(
     ] = DEFAULT_REPEAT,
 ) -> None:
     """Measure eventwire against raw nats-py and hand-signed PyNaCl on the same server."""
-    config = BenchConfig.of(
-        url=url, quick=quick, count=count, requests=requests, repeat=repeat
-    )
+    config = BenchConfig.of(url=url, quick=quick, count=count, requests=requests, repeat=repeat)
     err = Console(stderr=True)
 
     def progress(message: str) -> None:
         if not json_output:
             err.print(f"[dim]... {message}[/dim]")
 
-    try:
-        results = asyncio.run(run_bench(config, progress))
-    except (EventwireError, nats.errors.Error, OSError, TimeoutError) as exc:
-        err.print(f"[red]bench failed:[/red] {exc!r}")
-        raise typer.Exit(1) from None
+    results = asyncio.run(run_bench(config, progress))  # errors: the CLI boundary's
     if json_output:
         for record in records(results):
             typer.echo(json.dumps(record))

@@ -7,16 +7,20 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from eventwire import DeadLetterError, EventwireError, connect
+from eventwire import DeadLetterError
+
+from ._boundary import command_group, fail, one_line
+from ._connect import open_bus
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from eventwire import Bus
 
-app = typer.Typer(help="Inspect, redrive and purge dead letters.", no_args_is_help=True)
+app = command_group("Inspect, redrive and purge dead letters.")
 Url = Annotated[str, typer.Option(envvar="EVENTWIRE_URL", help="NATS server URL.")]
 Root = Annotated[str, typer.Option(help="Subject root of the deployment.")]
 Tenant = Annotated[str, typer.Option(help="Tenant of the deployment.")]
@@ -24,15 +28,13 @@ console = Console(highlight=False)
 
 
 def _run(url: str, root: str, tenant: str, action: Callable[[Bus], Awaitable[None]]) -> None:
+    """Run ``action`` on a bus; its errors are the CLI boundary's to print."""
+
     async def main() -> None:
-        async with connect(url, root=root, tenant=tenant) as bus:
+        async with open_bus(url, tenant=tenant, root=root) as bus:
             await action(bus)
 
-    try:
-        asyncio.run(main())
-    except EventwireError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
+    asyncio.run(main())
 
 
 @app.command("list")
@@ -43,12 +45,14 @@ def list_(url: Url, root: Root = "ew", tenant: Tenant = "default", limit: int = 
         table = Table(title=f"dead letters in {bus.dead_letters.stream}")
         for column in ("id", "time", "subject", "consumer", "reason", "deliveries", "error"):
             table.add_column(column)
-        for d in await bus.dead_letters.list(limit):
+        letters = await bus.dead_letters.list(limit)
+        for d in letters:
+            fields = (d.time.isoformat(timespec="seconds"), d.subject, d.consumer, d.reason)
             table.add_row(
-                str(d.seq), d.time.isoformat(timespec="seconds"), d.subject, d.consumer,
-                d.reason, str(d.deliveries), d.error[:60],
+                str(d.seq), *(escape(printable(f)) for f in fields), str(d.deliveries),
+                escape(printable(d.error[:60])),
             )  # fmt: skip
-        console.print(table)
+        console.print(table if letters else f"no dead letters in {bus.dead_letters.stream}")
 
     _run(url, root, tenant, action)
 
@@ -64,8 +68,9 @@ def show(entry: int, url: Url, root: Root = "ew", tenant: Tenant = "default") ->
             ("consumer", d.consumer), ("stream seq", d.stream_seq), ("reason", d.reason),
             ("deliveries", d.deliveries), ("error", d.error), ("headers", d.headers),
         ):  # fmt: skip
-            console.print(f"[bold]{name:>11}[/bold]  {value}")
-        console.print(f"[bold]{'data':>11}[/bold]  {d.data.decode(errors='replace')}")
+            console.print(f"[bold]{name:>11}[/bold]  {escape(printable(str(value)))}")
+        data = printable(d.data.decode(errors="replace"))
+        console.print(f"[bold]{'data':>11}[/bold]  {escape(data)}")
 
     _run(url, root, tenant, action)
 
@@ -83,8 +88,7 @@ def redrive(  # noqa: PLR0917 - typer reads options from the signature
 ) -> None:
     """Publish dead letters again, unchanged (their signatures still verify)."""
     if (entry is None) == (not all_):
-        console.print("[red]error:[/red] give one entry id, or --all")
-        raise typer.Exit(2)
+        fail("give one entry id, or --all", code=2)
 
     async def action(bus: Bus) -> None:
         ids = [entry] if entry is not None else [d.seq for d in await bus.dead_letters.list(10**6)]
@@ -92,8 +96,7 @@ def redrive(  # noqa: PLR0917 - typer reads options from the signature
             try:
                 new_seq = await bus.dead_letters.redrive(seq, verify=verify)
             except DeadLetterError as exc:
-                console.print(f"[red]{seq}: {exc}[/red]")
-                raise typer.Exit(1) from None
+                fail(f"{seq}: {one_line(exc)}")
             console.print(f"redriven {seq} -> stream seq {new_seq}")
 
     _run(url, root, tenant, action)
@@ -107,3 +110,8 @@ def purge(url: Url, root: Root = "ew", tenant: Tenant = "default") -> None:
         console.print(f"purged {await bus.dead_letters.purge()} dead letters")
 
     _run(url, root, tenant, action)
+
+
+def printable(text: str) -> str:
+    """Entries hold what others wrote: no terminal control characters get through."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)

@@ -9,6 +9,8 @@ is required, so a document is never replaced by accident.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -20,19 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from eventwire_security import Identity, SecurityError
-from eventwire_security._b64 import b64url_encode
-from eventwire_security._keyfile import (
-    PASSPHRASE_ENV,
-    KeyFileExists,
-    passphrase_from_env,
-    read_identity,
-    write_identity,
-)
-from eventwire_security._keyring_doc import KeyEntry, KeyringDocument
-
-from .._errors import EventwireError
-from .._keyring_store import (
+from eventwire import (
     keyring_bucket,
     keyring_of_entries,
     publish_keyring,
@@ -41,15 +31,27 @@ from .._keyring_store import (
     read_keyring_token,
     write_keyring_file,
 )
-from ._audit import jetstream, run
+from eventwire_security import (
+    Identity,
+    KeyEntry,
+    KeyFileExists,
+    KeyringDocument,
+    passphrase_from_env,
+    read_identity,
+    write_identity,
+)
+
+from ._boundary import command_group, fail
+from ._connect import jetstream
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-app = typer.Typer(help="Signing key files and the signed keyring.", no_args_is_help=True)
-keyring_app = typer.Typer(help="Edit, list and publish the signed keyring.", no_args_is_help=True)
+app = command_group("Signing key files and the signed keyring.")
+keyring_app = command_group("Edit, list and publish the signed keyring.")
 app.add_typer(keyring_app, name="keyring")
 console = Console(highlight=False)
+PASSPHRASE_ENV = "EVENTWIRE_KEY_PASSPHRASE"
 
 KeyPath = Annotated[str, typer.Argument(help="Key file.")]
 Doc = Annotated[str, typer.Argument(help="Signed keyring document file.")]
@@ -64,16 +66,17 @@ InPlace = Annotated[bool, typer.Option("--in-place", help="Replace DOC atomicall
 
 @contextlib.contextmanager
 def _errors() -> Iterator[None]:
+    """Values out of range (a grace period too long for a date) are input errors too; the
+    typed errors go on to the CLI boundary."""
     try:
         yield
-    except (EventwireError, SecurityError, ValueError, OSError) as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(1) from None
+    except (ValueError, OverflowError) as exc:
+        fail(exc)
 
 
 def _passphrase(*, confirm: bool) -> bytes:
     if os.environ.get(PASSPHRASE_ENV):
-        return passphrase_from_env()
+        return passphrase_from_env(PASSPHRASE_ENV)
     value: str = typer.prompt("Passphrase", hide_input=True, confirmation_prompt=confirm)
     return os.fsencode(value)
 
@@ -105,7 +108,7 @@ def show(path: KeyPath) -> None:
     for name, value in (
         ("kid", identity.kid), ("tenant", identity.principal.tenant),
         ("agent", identity.principal.agent),
-        ("public key", b64url_encode(identity.public_key.raw).decode()),
+        ("public key", base64.urlsafe_b64encode(identity.public_key.raw).rstrip(b"=").decode()),
     ):  # fmt: skip
         console.print(f"[bold]{name:>10}[/bold]  {value}")
 
@@ -153,8 +156,7 @@ def _edit(
 ) -> None:
     """Read DOC (verified), apply ``change``, sign the next version, write it."""
     if (out is None) != in_place:
-        console.print("[red]error:[/red] give --out NEW_FILE, or --in-place")
-        raise typer.Exit(2)
+        fail("give --out NEW_FILE, or --in-place", code=2)
     with _errors():
         identity = _read_admin(admin)
         trusted = keyring_of_entries(admins or ())
@@ -228,10 +230,9 @@ def keyring_revoke(
 @keyring_app.command("list")
 def keyring_list(doc: Doc, admins: Admins = None) -> None:
     """Verify DOC against the admins' public keys and list its keys."""
-    with _errors():
-        if not admins:
-            raise ValueError("give the admins' public keys with --admins")
-        document, _ = read_keyring_file(doc, keyring_of_entries(admins))
+    if not admins:
+        fail("give the admins' public keys with --admins", code=2)
+    document, _ = read_keyring_file(doc, keyring_of_entries(admins))
     issued = document.issued_at.isoformat(timespec="seconds")
     table = Table(title=f"keyring version {document.version}, issued {issued}")
     for column in ("kid", "tenant", "agent", "status", "not_after"):
@@ -266,4 +267,4 @@ def keyring_push(
             revision = await publish_keyring(js, root, token, admins=trusted)
         console.print(f"pushed {escape(doc)} to {keyring_bucket(root)} (revision {revision})")
 
-    run(main())
+    asyncio.run(main())

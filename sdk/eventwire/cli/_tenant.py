@@ -8,31 +8,25 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from eventwire import Deployment, provision_agent
 from eventwire_security import Actor
 
-from .._bus import connect
-from .._errors import EventwireError
-from .._provision import provision_agent
-from .._tenants import ADMIN, Deployment
+from ._boundary import command_group, fail
+from ._connect import open_bus
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from eventwire import Credentials
 
-    from .._tenants import Credentials
-
-app = typer.Typer(
-    help="Tenants: one NATS account each; changes reload a running server (no restart).",
-    no_args_is_help=True,
-)
+app = command_group("Tenants: one NATS account each; changes reload a running server (no restart).")
 console = Console(highlight=False)
-T = TypeVar("T")
+ADMIN = Deployment.ADMIN
 
 Dir = Annotated[Path, typer.Option("--dir", help="Deployment directory.")]
 Pid = Annotated[
@@ -41,26 +35,14 @@ Pid = Annotated[
 Tenant = Annotated[str, typer.Argument(help="Tenant (NATS account) name.")]
 
 
-def _fail(exc: Exception) -> NoReturn:
-    console.print(f"[red]error:[/red] {escape(str(exc))}")
-    raise typer.Exit(1)
-
-
-def _guard(action: Callable[[], T]) -> T:
-    try:
-        return action()
-    except (EventwireError, OSError) as exc:
-        _fail(exc)
-
-
 def _apply(deployment: Deployment, pid: int | None) -> None:
     """Re-render the config file and, with a PID, reload the running server."""
-    path = _guard(deployment.write_config)
+    path = deployment.write_config()
     console.print(f"wrote {escape(str(path))}")
     if pid is None:
         console.print(f"reload a running server with --pid, or start: nats-server -c {path}")
         return
-    _guard(lambda: deployment.reload(pid))
+    deployment.reload(pid)
     console.print(
         f"asked nats-server (pid {pid}) to reload, no restart; "
         "its log says 'Reloaded server configuration' when done"
@@ -96,11 +78,8 @@ def create(
     """Create a tenant (a NATS account) and its admin user; print the admin password once."""
     deployment = Deployment(dir_)
     if store is not None or port is not None or root is not None:
-        configure = deployment.configure
-        _guard(
-            lambda: configure(root=root, port=port, store_dir=None if store is None else str(store))
-        )
-    _show(_guard(lambda: deployment.create_tenant(name)))
+        deployment.configure(root=root, port=port, store_dir=None if store is None else str(store))
+    _show(deployment.create_tenant(name))
     _apply(deployment, pid)
 
 
@@ -118,7 +97,7 @@ def add_agent(
 ) -> None:
     """Add an agent user to a tenant; print its password once."""
     deployment = Deployment(dir_)
-    credentials = _guard(lambda: deployment.add_agent(tenant, agent, capability or (), role or ()))
+    credentials = deployment.add_agent(tenant, agent, capability or (), role or ())
     _show(credentials)
     _apply(deployment, pid)
 
@@ -132,8 +111,11 @@ def policy(
 ) -> None:
     """Replace a tenant's policy (validated first: an invalid file changes nothing)."""
     deployment = Deployment(dir_)
-    text = _guard(lambda: file.read_text(encoding="utf-8"))
-    rules = len(_guard(lambda: deployment.set_policy(tenant, text)).rules)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        fail(f"{file}: not UTF-8 text ({exc.reason})")
+    rules = len(deployment.set_policy(tenant, text).rules)
     console.print(f"policy of {tenant}: {rules} rules")
     _apply(deployment, pid)
 
@@ -145,9 +127,9 @@ def list_(dir_: Dir) -> None:
     table = Table(title=f"tenants in {escape(str(dir_))}")
     for column in ("tenant", "NATS users", "agents (capabilities; roles)", "rules"):
         table.add_column(column)
-    for tenant in _guard(deployment.tenants):
-        users = _guard(lambda: deployment.users(tenant))  # noqa: B023 - called at once
-        rules = len(_guard(lambda: deployment.policy(tenant)).rules)  # noqa: B023
+    for tenant in deployment.tenants():
+        users = deployment.users(tenant)
+        rules = len(deployment.policy(tenant).rules)
         agents = [
             f"{name} ({', '.join(entry.capabilities) or '-'}; {', '.join(entry.roles) or '-'})"
             for name, entry in users.items()
@@ -169,7 +151,7 @@ def render(
     """Write the nats-server config of the deployment to a file."""
     deployment = Deployment(dir_)
     store_dir = None if store is None else str(store)
-    path = _guard(lambda: deployment.write_config(out, store_dir))
+    path = deployment.write_config(out, store_dir)
     console.print(f"wrote {escape(str(path))}")
 
 
@@ -177,7 +159,7 @@ async def _provision(deployment: Deployment, tenant: str, url: str) -> list[tupl
     """Connect as the tenant's admin; create streams, buckets and every agent's consumers."""
     settings, policy = deployment.settings(), deployment.policy(tenant)
     made: list[tuple[str, str]] = []
-    async with connect(url, tenant=tenant, root=settings.root, name=f"{tenant}-provision") as bus:
+    async with open_bus(url, tenant=tenant, root=settings.root, name=f"{tenant}-provision") as bus:
         for agent, entry in deployment.users(tenant).items():
             if agent != ADMIN:
                 actor = Actor(tenant, agent, entry.capabilities, entry.roles)
@@ -200,11 +182,7 @@ def provision(
     """As the tenant's admin: create the streams, buckets and each agent's consumers, so
     that agents run bind-only (``connect(..., provision=False)``) under their permissions.
     Run it again after adding agents or changing the policy."""
-    deployment = Deployment(dir_)
-    try:
-        made = asyncio.run(_provision(deployment, tenant, url))
-    except (EventwireError, OSError) as exc:
-        _fail(exc)
+    made = asyncio.run(_provision(Deployment(dir_), tenant, url))
     table = Table(title=f"consumers provisioned for tenant {escape(tenant)}")
     table.add_column("agent")
     table.add_column("consumer")
