@@ -11,33 +11,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
-import nats.errors
 import typer
-from nats.aio.client import Client as NatsClient
 from rich.console import Console
-from rich.markup import escape
 from rich.text import Text
 
-from eventwire_security import SecurityError
+from eventwire import AuditFinding, AuditLog, FindingKind, keyring_of_entries
 
-from .._audit_log import AuditLog
-from .._audit_report import AuditFinding, FindingKind
-from .._errors import ConnectionFailed, EventwireError
-from .._keyring_store import keyring_of_entries
+from ._boundary import command_group
+from ._connect import jetstream
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Coroutine
+    from eventwire import AuditReport
+    from eventwire_security import AuditRecord, Keyring
 
-    from nats.js import JetStreamContext
-
-    from eventwire_security import Keyring
-    from eventwire_security._audit import AuditRecord
-
-    from .._audit_report import AuditReport
-
-app = typer.Typer(help="Read and verify the hash-chained audit log.", no_args_is_help=True)
+app = command_group("Read and verify the hash-chained audit log.")
 Url = Annotated[str, typer.Option(envvar="EVENTWIRE_URL", help="NATS server URL.")]
 Root = Annotated[str, typer.Option(help="Subject root of the deployment.")]
 Writers = Annotated[
@@ -51,44 +40,6 @@ Writers = Annotated[
 console = Console(highlight=False)
 EXIT_REJECTED = 2  # bad messages were skipped; the chain of valid records is unbroken
 EXIT_BROKEN = 3  # the chain of valid records is broken: a gap or an edit
-
-
-@contextlib.asynccontextmanager
-async def jetstream(url: str, timeout: float = 5.0) -> AsyncIterator[JetStreamContext]:
-    """One short-lived connection for a command; no reconnects, errors mapped."""
-
-    async def quiet(exc: Exception) -> None:
-        """Connection errors surface as the exception below, not as log noise."""
-
-    nc = NatsClient()
-    try:
-        async with asyncio.timeout(timeout):
-            await nc.connect(
-                url,
-                name="eventwire-cli",
-                allow_reconnect=False,
-                max_reconnect_attempts=1,  # else nats-py retries a refused first connect forever
-                reconnect_time_wait=0,
-                connect_timeout=2,
-                error_cb=quiet,
-            )
-    except (nats.errors.Error, OSError, TimeoutError) as exc:
-        raise ConnectionFailed(f"cannot connect to {url}: {exc!r}") from exc
-    try:
-        yield nc.jetstream()
-    finally:
-        await nc.close()
-
-
-def run(main: Coroutine[Any, Any, None]) -> None:
-    """Run a command's coroutine; typed errors are printed and exit with code 1."""
-    try:
-        asyncio.run(main)
-    except (EventwireError, SecurityError, nats.errors.Error) as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc) or repr(exc))}")
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
 
 
 def writers_keyring(specs: list[str] | None) -> Keyring | None:
@@ -151,7 +102,7 @@ def tail(
                     console.print(shown, soft_wrap=True)
                     sys.stdout.flush()
 
-    run(main())
+    asyncio.run(main())
 
 
 @app.command()
@@ -168,7 +119,7 @@ def verify(url: Url, root: Root = "ew", writers: Writers = None) -> None:
             )
             reports.append(await log.verify())
 
-    run(main())
+    asyncio.run(main())
     report = reports[0]
     for finding in report.findings:
         console.print(finding_line(finding), soft_wrap=True)
