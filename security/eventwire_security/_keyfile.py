@@ -33,10 +33,6 @@ import os
 import stat
 from typing import TYPE_CHECKING, Any
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from ._errors import InvalidName, KeyRejected, SecurityError
 from ._json import strict_loads
 from ._keys import Identity, Principal
@@ -228,6 +224,9 @@ def _create(dir_fd: int, name: str, path: str) -> int:
 
 
 def _encode(identity: Identity, passphrase: bytes) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     key = Ed25519PrivateKey.from_private_bytes(identity.seed)
     pem = key.private_bytes(
         serialization.Encoding.PEM,
@@ -291,6 +290,10 @@ def _encrypted_info(document: dict[str, str]) -> bool:
 
 
 def _decode(data: bytes, passphrase: bytes, path: str) -> Identity:
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     document = _parse(data, path)
     try:
         principal = Principal(document["tenant"], document["agent"])
