@@ -13,16 +13,14 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any, Self
 
-from ._audit_log import AuditLog, AuditLogError
-from ._keyring_store import KeyringWatcher
-
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
 
     from eventwire_security import Identity, Keyring, KeyringDocument
 
+    from ._audit_log import AuditLog
     from ._codec import Rejection
-    from ._keyring_store import KeyringRefusal
+    from ._keyring_store import KeyringRefusal, KeyringWatcher
     from ._publisher import AckedPublisher
 
 log = logging.getLogger("eventwire.audit")
@@ -56,6 +54,9 @@ class Auditor:
         keyring: Keyring | None = None,
         create: bool = True,
     ) -> Self:
+        from ._audit_log import AuditLog
+        from ._keyring_store import KeyringWatcher
+
         opened = await AuditLog.open(js, publisher, root, writer, replicas=replicas, create=create)
         auditor = cls(opened, actor)
         auditor._writer = asyncio.create_task(auditor._write_loop(), name="eventwire-audit")
@@ -81,6 +82,8 @@ class Auditor:
             log.error("audit queue full: %s %s (%s) not recorded", action, subject, reason)
 
     async def _write_loop(self) -> None:
+        from ._audit_log import AuditLogError
+
         while True:
             actor, action, subject, reason, details = await self._queue.get()
             try:
