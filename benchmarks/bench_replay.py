@@ -48,6 +48,7 @@ FILL_CHUNK = 10_000
 FILLER = "x" * 200  # the data is {"p": FILLER}
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TABLE_ROWS = 30
+PROGRESS_EVERY = 10  # samples (seconds) between progress lines
 
 
 def rss_bytes() -> int:
@@ -66,8 +67,9 @@ class RssSampler:
     event loop cannot hold up. With ``trace`` it also snapshots tracemalloc once the
     warm-up is over and at the end, and lists the allocation sites that grew between."""
 
-    def __init__(self, progress: Callable[[], int], warm: int, *, trace: bool) -> None:
+    def __init__(self, name: str, progress: Callable[[], int], warm: int, *, trace: bool) -> None:
         self.samples: list[tuple[float, int, int]] = []
+        self._name = name
         self.growth: list[str] = []
         self._progress = progress
         self._warm = warm
@@ -101,7 +103,13 @@ class RssSampler:
                 self._warm_snapshot = tracemalloc.take_snapshot()
 
     def _sample(self) -> None:
-        self.samples.append((perf_counter() - self._started, self._progress(), rss_bytes()))
+        seconds, done, rss = perf_counter() - self._started, self._progress(), rss_bytes()
+        self.samples.append((seconds, done, rss))
+        if len(self.samples) % PROGRESS_EVERY == 0:  # on stderr, while the parent waits
+            print(
+                f"  {self._name}: {seconds:5.0f} s {done:>9,} events RSS {mib(rss)}",
+                file=sys.stderr,
+            )
 
 
 def _growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot) -> list[str]:
@@ -144,7 +152,8 @@ async def consume_eventwire(job: dict[str, Any]) -> dict[str, Any]:
     async with eventwire.connect(
         job["url"], tenant=TENANT, root=job["root"], keyring=keyring, name="replay-bench"
     ) as bus:
-        sampler = RssSampler(lambda: counter.handled, int(count * WARMUP), trace=job["trace"])
+        warm = int(count * WARMUP)
+        sampler = RssSampler("eventwire", lambda: counter.handled, warm, trace=job["trace"])
         with sampler:
             started = perf_counter()
             subscription = bus.subscribe(
@@ -166,7 +175,7 @@ async def consume_raw(job: dict[str, Any]) -> dict[str, Any]:
         js = nc.jetstream()
         config = ConsumerConfig(durable_name="raw", ack_policy=AckPolicy.EXPLICIT)
         await js.add_consumer(stream, config)
-        sampler = RssSampler(lambda: received, int(count * WARMUP), trace=job["trace"])
+        sampler = RssSampler("raw", lambda: received, int(count * WARMUP), trace=job["trace"])
         with sampler:
             started = perf_counter()
             psub = await js.pull_subscribe_bind("raw", stream)
