@@ -1,6 +1,7 @@
 """eventwire: signed, durable events between AI agents over NATS JetStream."""
 
 import logging
+from typing import TYPE_CHECKING
 
 from eventwire_security import (
     Actor,
@@ -14,11 +15,8 @@ from eventwire_security import (
 )
 
 from ._agent import Agent
-from ._audit_log import AuditCorrupted, AuditLog, AuditLogError, AuditWriteFailed
-from ._audit_report import AuditFinding, AuditReport, FindingKind
 from ._batches import Batch
 from ._bus import DEFAULT_REPLAY_WINDOW, Bus, PublishAck, connect
-from ._cluster import EmbeddedCluster
 from ._codec import SIGNATURE_HEADER, Rejection, SecurityStats
 from ._consumer import Subscription, SubscriptionStats
 from ._dlq import DeadLetter, DeadLetterQueue
@@ -53,18 +51,6 @@ from ._errors import (
     WrongTenant,
 )
 from ._event import Event, Publishable
-from ._keyring_store import (
-    KeyringError,
-    KeyringRefusal,
-    KeyringWatcher,
-    keyring_bucket,
-    keyring_of_entries,
-    publish_keyring,
-    read_key_entry,
-    read_keyring_file,
-    read_keyring_token,
-    write_keyring_file,
-)
 from ._kinds import (
     AgentLifecycle,
     CustomEvent,
@@ -76,7 +62,6 @@ from ._kinds import (
     TaskCompleted,
 )
 from ._partitions import PartitionedSubscription
-from ._provision import provision_agent
 from ._registry import AgentInfo
 from ._retry import DEFAULT_RETRY, RetryPolicy
 from ._server import EmbeddedServer, find_nats_server
@@ -91,6 +76,62 @@ from ._tenants import (
     TenantUser,
     UnknownTenant,
 )
+
+if TYPE_CHECKING:
+    from ._audit_log import AuditCorrupted, AuditLog, AuditLogError, AuditWriteFailed
+    from ._audit_report import AuditFinding, AuditReport, FindingKind
+    from ._cluster import EmbeddedCluster
+    from ._keyring_store import (
+        KeyringError,
+        KeyringRefusal,
+        KeyringWatcher,
+        keyring_bucket,
+        keyring_of_entries,
+        publish_keyring,
+        read_key_entry,
+        read_keyring_file,
+        read_keyring_token,
+        write_keyring_file,
+    )
+    from ._provision import provision_agent
+else:
+    # Names for admin tools and tests, imported on first use (PEP 562) so that
+    # ``import eventwire`` stays light; type checkers see the imports above.
+    _LAZY = {
+        "AuditCorrupted": "_audit_log",
+        "AuditLog": "_audit_log",
+        "AuditLogError": "_audit_log",
+        "AuditWriteFailed": "_audit_log",
+        "AuditFinding": "_audit_report",
+        "AuditReport": "_audit_report",
+        "FindingKind": "_audit_report",
+        "EmbeddedCluster": "_cluster",
+        "KeyringError": "_keyring_store",
+        "KeyringRefusal": "_keyring_store",
+        "KeyringWatcher": "_keyring_store",
+        "publish_keyring": "_keyring_store",
+        "keyring_bucket": "_keyring_store",
+        "keyring_of_entries": "_keyring_store",
+        "read_key_entry": "_keyring_store",
+        "read_keyring_file": "_keyring_store",
+        "read_keyring_token": "_keyring_store",
+        "write_keyring_file": "_keyring_store",
+        "provision_agent": "_provision",
+    }
+
+    def __getattr__(name: str) -> object:
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        from importlib import import_module
+
+        value = getattr(import_module(f"{__name__}.{module}"), name)
+        globals()[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *_LAZY})
+
 
 __version__ = "0.1.0"
 

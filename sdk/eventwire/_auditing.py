@@ -29,17 +29,16 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any, Self
 
-from ._audit_log import AuditLog
 from ._errors import NotRunning
-from ._keyring_store import KeyringWatcher
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
 
     from eventwire_security import Identity, Keyring, KeyringDocument
 
+    from ._audit_log import AuditLog
     from ._codec import Rejection
-    from ._keyring_store import KeyringRefusal
+    from ._keyring_store import KeyringRefusal, KeyringWatcher
     from ._publisher import AckedPublisher
 
 log = logging.getLogger("eventwire.audit")
@@ -78,6 +77,9 @@ class Auditor:
     ) -> Self:
         """Follow the keyring (if ``admins``), open the log, start the writer; on failure
         nothing is left running."""
+        from ._audit_log import AuditLog  # the admin modules load on first use
+        from ._keyring_store import KeyringWatcher
+
         auditor = cls(actor)
         try:
             if admins is not None and keyring is not None:

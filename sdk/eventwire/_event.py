@@ -57,7 +57,7 @@ class Publishable(Protocol):
 class Event(BaseModel):
     """A verified event. ``source`` is ``tenant/agent`` and was checked against the signer."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     specversion: Literal["1.0"]
     id: StrictStr

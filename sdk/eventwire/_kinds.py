@@ -37,7 +37,7 @@ Severity = Literal["info", "warning", "error", "critical"]
 class EventData(BaseModel):
     """Base of the typed event kinds. Subclasses set ``event_type`` and define ``subject()``."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, defer_build=True)
     event_type: ClassVar[str]
 
     if not TYPE_CHECKING:  # type checkers keep pydantic's typed constructor

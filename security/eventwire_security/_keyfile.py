@@ -34,10 +34,6 @@ import os
 import stat
 from typing import TYPE_CHECKING, Any
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from ._errors import InvalidName, KeyRejected, SecurityError
 from ._files import write_atomic
 from ._json import strict_loads
@@ -213,6 +209,9 @@ def _check_owned(st: os.stat_result, path: str, *, is_dir: bool) -> None:
 
 
 def _encode(identity: Identity, passphrase: bytes) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     key = Ed25519PrivateKey.from_private_bytes(identity.seed)
     pem = key.private_bytes(
         serialization.Encoding.PEM,
@@ -276,6 +275,10 @@ def _encrypted_info(document: dict[str, str]) -> bool:
 
 
 def _decode(data: bytes, passphrase: bytes, path: str) -> Identity:
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     document = _parse(data, path)
     try:
         principal = Principal(document["tenant"], document["agent"])

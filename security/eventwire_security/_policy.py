@@ -38,7 +38,6 @@ expression per action (linear in the subject's length), for the per-event checks
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -390,6 +389,8 @@ class Policy:
     @classmethod
     def from_toml(cls, text: str) -> Policy:
         """Parse a policy document; any problem is a :class:`PolicyError` with its location."""
+        import tomllib
+
         if not isinstance(text, str):
             raise PolicyError(f"expected TOML text (str), got {type(text).__name__}")
         try:

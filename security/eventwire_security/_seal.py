@@ -19,20 +19,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
-
 from ._b64 import b64url_decode, b64url_encode
 from ._errors import EnvelopeError, KeyRejected, SecurityError
 from ._json import strict_loads
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
     from ._keys import Identity
 
@@ -138,6 +132,8 @@ class RecipientKey:
     _public: X25519PublicKey = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
         if not isinstance(self.raw, bytes) or len(self.raw) != _KEY_BYTES:
             raise KeyRejected("an X25519 public key is 32 bytes")
         u = int.from_bytes(self.raw, "little")
@@ -170,6 +166,8 @@ class SealingKey:
     __slots__ = ("_private", "public")
 
     def __init__(self, private_bytes: bytes) -> None:
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
         if not isinstance(private_bytes, bytes) or len(private_bytes) != _KEY_BYTES:
             raise KeyRejected("an X25519 private key is 32 bytes")
         self._private = X25519PrivateKey.from_private_bytes(private_bytes)
@@ -177,6 +175,8 @@ class SealingKey:
 
     @classmethod
     def generate(cls) -> SealingKey:
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
         return cls(X25519PrivateKey.generate().private_bytes_raw())
 
     @classmethod
@@ -188,6 +188,9 @@ class SealingKey:
         """The sealing key of an identity, derived from its seed (HKDF-SHA256), so that
         every instance of an agent holding the identity opens what is sealed to it. The
         signing key itself is never used for encryption."""
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
         okm = HKDF(
             algorithm=hashes.SHA256(), length=_KEY_BYTES, salt=None, info=_DERIVE_INFO
         ).derive(identity.seed)
@@ -204,6 +207,8 @@ class SealingKey:
 
     def _exchange(self, peer: bytes) -> bytes:
         """X25519 with ``peer``; ``ValueError`` on a wrong length or an all-zero result."""
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
         return self._private.exchange(X25519PublicKey.from_public_bytes(peer))
 
     def __repr__(self) -> str:
@@ -212,6 +217,9 @@ class SealingKey:
 
 def _kek(shared: bytes, apu: bytes = b"", apv: bytes = b"") -> bytes:
     """The key-encryption key: Concat KDF over the shared secret (RFC 7518 section 4.6.2)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
+
     party_info = struct.pack(">I", len(apu)) + apu + struct.pack(">I", len(apv)) + apv
     kdf = ConcatKDFHash(hashes.SHA256(), _KEY_BYTES, _ALGORITHM_ID + party_info + _KEYDATALEN)
     return kdf.derive(shared)
@@ -251,6 +259,9 @@ def _check_kid_argument(kid: str) -> None:
 
 
 def _wrap_for(key: RecipientKey, cek: bytes) -> dict[str, Any]:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.keywrap import aes_key_wrap
+
     ephemeral = X25519PrivateKey.generate()
     try:
         shared = ephemeral.exchange(key._public)
@@ -279,6 +290,8 @@ def seal(
     ``context`` (e.g. the event subject and id) is authenticated as the JWE AAD and must be
     given again to :func:`open_seal`.
     """
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     if not isinstance(plaintext, bytes) or not isinstance(context, bytes):
         raise TypeError("plaintext and context must be bytes")
     _check_kid_argument(sender_kid)
@@ -431,6 +444,10 @@ def _parse(jwe: object) -> _Parsed:
 
 
 def _decrypt(parsed: _Parsed, entry: _Entry, key: SealingKey) -> bytes:
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
+
     try:
         kek = _kek(key._exchange(entry.epk), entry.apu, entry.apv)
         cek = aes_key_unwrap(kek, entry.encrypted_key)
