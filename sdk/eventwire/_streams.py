@@ -4,17 +4,17 @@ A bus creates what is missing (or, bound only, requires it) on connect, and ``ev
 streams diff|apply`` compares every declared resource with a server and applies it. Names
 and subjects come from the shared layout (``eventwire_security._layout``).
 
-=============  ==========================  =====================================
-role           resource                    settings the code declares
-=============  ==========================  =====================================
-events         stream ``<root>-events``    every family (and the keyed layout)
-dead letters   stream ``<root>-dlq``       ``<root>.dlq.>``
-audit          stream ``<root>-audit``     ``<root>.audit.>``, no delete, no purge
-registry       bucket ``<root>-agents``    history 1, ttl = the registry ttl
-keyring        bucket ``<root>-keyring``   history 10
-replay claims  bucket ``<root>-seen``      history 1, ttl = the replay horizon
-handled ids    bucket ``<root>-processed``  history 1, ttl = the dedupe window, direct gets
-=============  ==========================  =====================================
+=============  ===========================  =========================================
+role           resource                     settings the code declares
+=============  ===========================  =========================================
+events         stream ``<root>-events``     every family (and the keyed layout)
+dead letters   stream ``<root>-dlq``        ``<root>.dlq.>``
+audit          stream ``<root>-audit``      ``<root>.audit.>``, no delete, no purge
+registry       bucket ``<root>-agents``     history 1, ttl = the registry ttl
+keyring        bucket ``<root>-keyring``    history 10
+replay claims  bucket ``<root>-seen``       history 1, ttl = the replay horizon
+handled ids    bucket ``<root>-processed``  history 1, ttl = the dedupe window, direct
+=============  ===========================  =========================================
 
 A KV bucket is the stream ``KV_<bucket>``; its settings are compared by their KV names
 (``history``, ``ttl``, ``replicas``, ``direct``, ``storage``).
