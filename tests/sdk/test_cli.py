@@ -8,11 +8,10 @@ import sys
 from typing import TYPE_CHECKING
 
 import nats
-from nats.js.api import StorageType
+from nats.js.api import StorageType, StreamConfig
 
 import eventwire
 from eventwire import CustomEvent, Event, RetryPolicy, Unprocessable
-from eventwire._streams import events_stream_config
 from tests.conftest import TENANT, make_identity, wait_until
 
 if TYPE_CHECKING:
@@ -113,8 +112,10 @@ async def test_streams_apply_names_what_cannot_change(
 ) -> None:
     nc = await nats.connect(nats_server.url)
     try:
-        config = events_stream_config(root)
-        await nc.jetstream().add_stream(dataclasses.replace(config, storage=StorageType.MEMORY))
+        # The events stream as an operator might have made it by hand, in memory.
+        subjects = [f"{root}.knowledge.>"]
+        config = StreamConfig(name=f"{root}-events", subjects=subjects, storage=StorageType.MEMORY)
+        await nc.jetstream().add_stream(config)
     finally:
         await nc.close()
     where = ("--url", nats_server.url, "--root", root)

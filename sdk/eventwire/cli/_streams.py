@@ -1,24 +1,29 @@
-"""``eventwire streams diff|apply``: every declared stream and KV bucket against a server."""
+"""``eventwire streams diff|apply``: every declared stream and KV bucket against a server.
+
+Exit codes: 0 everything matches (diff) or was applied (apply); 1 drift (diff) or a
+setting that cannot change in place or that the server refused (apply); 2 an error (bad
+option, no connection), printed as one line by the CLI boundary.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from typing import TYPE_CHECKING, Annotated
 
-import nats
-import nats.errors
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from eventwire import DEFAULT_REPLAY_WINDOW, EventwireError, StreamConfigError
 from eventwire_security import SecurityError
 
-from .._bus import DEFAULT_REGISTRY_TTL, DEFAULT_REPLAY_WINDOW
-from .._errors import EventwireError, StreamConfigError
+from .._bus import DEFAULT_REGISTRY_TTL
 from .._idempotency import DEFAULT_WINDOW
 from .._streams import Applied, Resource, apply_resource, declared, diff_resource
 from .._subjects import MAX_PARTITIONS, check_partitions, check_token
+from ._boundary import command_group, fail
+from ._connect import jetstream, redact_url
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -27,7 +32,7 @@ if TYPE_CHECKING:
 
     from .._streams import Difference
 
-app = typer.Typer(help="Compare or apply the declared streams and buckets.", no_args_is_help=True)
+app = command_group("Compare or apply the declared streams and buckets.")
 Url = Annotated[str, typer.Option(envvar="EVENTWIRE_URL", help="NATS server URL.")]
 Root = Annotated[str, typer.Option(help="Subject root of the deployment.")]
 Replicas = Annotated[int, typer.Option(min=1, help="Replicas the deployment declares.")]
@@ -44,27 +49,8 @@ DedupeWindow = Annotated[
     float, typer.Option(min=0.001, help="Seconds handled ids are kept (the dedupe window).")
 ]
 console = Console(highlight=False)
+ERROR = 2
 _RECREATE = "cannot change in place: recreate it (its data is lost)"
-
-
-def redact(url: str) -> str:
-    """``url`` (one or several, comma-separated) with any user, password or token hidden."""
-    shown = []
-    for one in url.split(","):
-        scheme, sep, rest = one.strip().partition("://") if "://" in one else ("", "", one)
-        if "@" in rest:
-            rest = "***@" + rest.rpartition("@")[2]
-        shown.append(f"{scheme}{sep}{rest}")
-    return ",".join(shown)
-
-
-def _scrub(text: str, url: str) -> str:
-    """``text`` (an error message) without the secrets of ``url``."""
-    for one in url.split(","):
-        secret = one.strip().rpartition("@")[0].rpartition("://")[2]
-        if secret:
-            text = text.replace(secret, "***")
-    return text
 
 
 def _rows(resource: Resource, diffs: list[Difference] | None) -> list[tuple[str, ...]]:
@@ -82,11 +68,12 @@ def _rows(resource: Resource, diffs: list[Difference] | None) -> list[tuple[str,
 
 
 def _value(value: object) -> str:
-    return repr(getattr(value, "value", value))
+    return repr(getattr(value, "value", value))  # an enum as its plain value
 
 
 async def _diff(js: JetStreamContext, root: str, url: str, resources: list[Resource]) -> int:
-    table = Table(title=f"declared streams and buckets of root {root!r} at {redact(url)}")
+    """Print every resource's state; how many drift."""
+    table = Table(title=f"declared streams and buckets of root {root!r} at {redact_url(url)}")
     for column in ("resource", "role", "state", "setting", "server", "code", "fix"):
         table.add_column(column)
     drift = 0
@@ -132,20 +119,16 @@ async def _apply(js: JetStreamContext, resources: list[Resource]) -> int:
 
 
 def _run(url: str, action: Callable[[JetStreamContext], Awaitable[int]]) -> int:
-    """Connect to ``url``, run ``action``; a connection error exits 2 (no secrets shown)."""
+    """Run ``action`` on a short-lived connection; an error exits 2 (one line, no secrets)."""
 
     async def main() -> int:
-        nc = await nats.connect(url, max_reconnect_attempts=1, allow_reconnect=False)
-        try:
-            return await action(nc.jetstream())
-        finally:
-            await nc.close()
+        async with jetstream(url) as js:
+            return await action(js)
 
     try:
         return asyncio.run(main())
-    except (nats.errors.Error, OSError, TimeoutError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {escape(_scrub(repr(exc), url))}")
-        raise typer.Exit(2) from None
+    except (EventwireError, SecurityError, OSError) as exc:
+        fail(exc, ERROR)
 
 
 def _resources(
@@ -159,8 +142,7 @@ def _resources(
             dedupe_window=window,
         )  # fmt: skip
     except (EventwireError, SecurityError) as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from None
+        fail(exc, ERROR)
 
 
 @app.command()
