@@ -72,9 +72,8 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 import nats.errors
 import nats.js.errors
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
-from eventwire_security import SecurityError
+from eventwire_security import SecurityError, audit_stream_name, audit_subject
 from eventwire_security._audit import (
     AuditChain,
     AuditRecord,
@@ -94,7 +93,7 @@ from ._audit_report import (
     InvalidAuditRecord,
 )
 from ._errors import ConfigError, StreamConfigError
-from ._streams import ensure_stream
+from ._streams import audit_stream_config, ensure_stream
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Mapping
@@ -141,30 +140,6 @@ class AuditLogStats:
     rejected: Counter[str] = field(default_factory=Counter)
     reported: int = 0
     unresolved: bool = False
-
-
-def audit_stream_name(root: str) -> str:
-    return f"{root}-audit"
-
-
-def audit_subject(root: str) -> str:
-    return f"{root}.audit.log"
-
-
-def audit_stream_config(root: str, *, replicas: int = 1) -> StreamConfig:
-    return StreamConfig(
-        name=audit_stream_name(root),
-        description="eventwire audit log (hash-chained records; no delete, no purge)",
-        subjects=[f"{root}.audit.>"],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        discard=DiscardPolicy.NEW,
-        duplicate_window=120.0,
-        num_replicas=replicas,
-        deny_delete=True,
-        deny_purge=True,
-        allow_rollup_hdrs=False,
-    )
 
 
 def _stream_seq(finding: AuditFinding) -> int:

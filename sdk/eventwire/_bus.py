@@ -44,7 +44,7 @@ from ._resource import AsyncResource
 from ._retry import DEFAULT_RETRY, RetryPolicy
 from ._seen import SeenIds
 from ._server import EmbeddedServer
-from ._streams import ensure_stream, events_stream_config, events_stream_name
+from ._streams import declared, ensure_declared, events_stream_name
 from ._subjects import DEFAULT_ROOT, check_partitions, check_token
 
 if TYPE_CHECKING:
@@ -239,9 +239,14 @@ class Bus(AsyncResource):
             replay=self._replay_window,
             partitions=self.partitions,
         )
-        create, replicas = self._provision, self._replicas
-        events = events_stream_config(self.root, replicas=replicas, partitions=self.partitions)
-        await ensure_stream(self._js, events, create=create)
+        window, replicas = self._replay_window, self._replicas
+        horizon = None if window is None else window.horizon
+        topology = declared(
+            self.root, replicas=replicas, partitions=self.partitions, replay_horizon=horizon,
+            registry_ttl=self._registry_ttl, dedupe_window=self._dedupe_window,
+        )  # fmt: skip
+        await ensure_declared(self._js, topology, create=self._provision)
+        create = False  # every declared stream and bucket exists now: bind to them
         self._publisher = AckedPublisher(self._nc)
         await self._publisher.open()
         self._auditor = await Auditor.open(
@@ -253,15 +258,13 @@ class Bus(AsyncResource):
             self._js, self.root, self._dedupe_window, replicas,
             create=create, publisher=self._publisher,
         )  # fmt: skip
-        if self._replay_window is not None:
-            horizon = self._replay_window.horizon
+        if horizon is not None:
             self._seen = await SeenIds.open(
                 self._js, self._publisher, self.root, horizon, replicas, create=create
             )
         self._dlq = DeadLetterQueue(
             self._js, self._publisher, self.root, codec=self._codec, seen=self._seen
         )
-        await self._dlq.ensure(replicas, create=create)
 
     async def _on_reconnected(self) -> None:
         for subscription in self._subscriptions:

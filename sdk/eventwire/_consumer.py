@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import time
@@ -21,6 +20,8 @@ from typing import TYPE_CHECKING, Literal
 import nats.errors
 import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from eventwire_security._layout import consumer_name
 
 from ._batches import Batch
 from ._codec import Rejection
@@ -80,10 +81,9 @@ class SubscriptionStats:
     duplicates: int = 0
 
 
-def durable_name(owner: str, pattern: str) -> str:
-    """A stable consumer name for ``owner`` consuming ``pattern``."""
-    digest = hashlib.sha256(pattern.encode()).hexdigest()[:12]
-    return f"{owner}-{digest}"
+# A stable consumer name for ``owner`` consuming ``pattern`` (the shared layout's scheme,
+# which the server-permission compiler grants).
+durable_name = consumer_name
 
 
 def consumer_config(

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 
 import nats.errors
 import nats.js.errors
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+
+from eventwire_security import dlq_stream_name, dlq_subject
 
 from ._codec import MSG_ID_HEADER, SIGNATURE_HEADER, Rejection, wire_headers
 from ._errors import (
@@ -30,7 +31,7 @@ from ._errors import (
     mapped_nats_errors,
     nats_error,
 )
-from ._streams import DUPLICATE_WINDOW_SECONDS, ensure_stream
+from ._streams import dlq_stream_config, ensure_stream
 from ._subjects import republish_subject
 
 if TYPE_CHECKING:
@@ -60,23 +61,6 @@ class DeadLetter:
     time: datetime
     data: bytes
     headers: dict[str, str]
-
-
-def dlq_stream_name(root: str) -> str:
-    return f"{root}-dlq"
-
-
-def dlq_stream_config(root: str, *, replicas: int = 1) -> StreamConfig:
-    return StreamConfig(
-        name=dlq_stream_name(root),
-        description="eventwire dead letters (original signed bytes + reason headers)",
-        subjects=[f"{root}.dlq.>"],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        discard=DiscardPolicy.OLD,
-        duplicate_window=DUPLICATE_WINDOW_SECONDS,
-        num_replicas=replicas,
-    )
 
 
 class DeadLetterQueue:
@@ -129,7 +113,7 @@ class DeadLetterQueue:
             }
         )
         try:
-            future = await self._publisher.publish(f"{self._root}.dlq.{consumer}", data, headers)
+            future = await self._publisher.publish(dlq_subject(self._root, consumer), data, headers)
             await future
         except (nats.errors.Error, TimeoutError) as exc:
             raise DeadLetterError(f"could not store dead letter: {exc!r}") from exc

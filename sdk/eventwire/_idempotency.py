@@ -13,10 +13,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import nats.js.errors
-from nats.js.api import KeyValueConfig, StorageType
+
+from eventwire_security import processed_bucket
 
 from ._buckets import open_bucket
 from ._errors import NotRunning
+from ._streams import processed_config
 
 if TYPE_CHECKING:
     import asyncio
@@ -28,10 +30,6 @@ if TYPE_CHECKING:
     from ._publisher import AckedPublisher
 
 DEFAULT_WINDOW = 24 * 3600.0
-
-
-def processed_bucket(root: str) -> str:
-    return f"{root}-processed"
 
 
 class ProcessedIds:
@@ -53,14 +51,7 @@ class ProcessedIds:
         create: bool = True,
         publisher: AckedPublisher | None = None,
     ) -> ProcessedIds:
-        config = KeyValueConfig(
-            bucket=processed_bucket(root),
-            history=1,
-            ttl=window,
-            storage=StorageType.FILE,
-            replicas=replicas,
-            direct=True,  # gets by key: an agent's right is scoped to its consumers' keys
-        )
+        config = processed_config(root, window=window, replicas=replicas)
         kv = await open_bucket(js, config, create=create)
         return cls(kv, processed_bucket(root), publisher)
 

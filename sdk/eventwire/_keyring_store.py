@@ -33,15 +33,16 @@ from typing import TYPE_CHECKING, Any, Self
 
 import nats.errors
 import nats.js.errors
-from nats.js.api import KeyValueConfig, StorageType
 
 from eventwire_security import DEFAULT_MAX_BYTES, EnvelopeError, Keyring, SecurityError
+from eventwire_security import keyring_bucket as keyring_bucket  # noqa: PLC0414 - re-export
 from eventwire_security._files import write_atomic
 from eventwire_security._json import strict_loads
 from eventwire_security._keyring_doc import KeyEntry, KeyringDocument
 
 from ._buckets import open_bucket
 from ._errors import EventwireError
+from ._streams import keyring_config
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable
@@ -52,7 +53,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("eventwire.keyring")
 KEYRING_KEY = "current"
-KEYRING_HISTORY = 10
 
 
 class KeyringError(EventwireError):
@@ -78,10 +78,6 @@ class KeyringRefusal:
     error: Exception | None
 
 
-def keyring_bucket(root: str) -> str:
-    return f"{root}-keyring"
-
-
 def _refused(exc: SecurityError, where: str = "") -> KeyringError:
     if isinstance(exc, EnvelopeError):
         return KeyringError(where + exc.detail, reason=exc.reason, error=exc)
@@ -92,13 +88,7 @@ async def open_keyring_bucket(
     js: JetStreamContext, root: str, *, replicas: int = 1, create: bool = True
 ) -> KeyValue:
     """Bind to the keyring bucket, creating it if absent (if ``create``)."""
-    config = KeyValueConfig(
-        bucket=keyring_bucket(root),
-        history=KEYRING_HISTORY,
-        storage=StorageType.FILE,
-        replicas=replicas,
-    )
-    return await open_bucket(js, config, create=create)
+    return await open_bucket(js, keyring_config(root, replicas=replicas), create=create)
 
 
 async def publish_keyring(

@@ -9,17 +9,18 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import nats.js.errors
-from nats.js.api import KeyValueConfig, StorageType
 
 from eventwire_security import (
     EnvelopeError,
     RecipientKey,
     SecurityError,
+    registry_bucket,
     sign_claims,
     verify_envelope,
 )
 
 from ._buckets import open_bucket
+from ._streams import registry_config
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
@@ -46,18 +47,11 @@ class AgentInfo:
     sealing_key: RecipientKey | None = None
 
 
-def registry_bucket(root: str) -> str:
-    return f"{root}-agents"
-
-
 async def open_registry(
     js: JetStreamContext, root: str, ttl: float, *, create: bool = True
 ) -> KeyValue:
     """Create (or bind to) the registry bucket; entries expire ``ttl`` seconds after a put."""
-    config = KeyValueConfig(
-        bucket=registry_bucket(root), history=1, ttl=ttl, storage=StorageType.FILE
-    )
-    return await open_bucket(js, config, create=create)
+    return await open_bucket(js, registry_config(root, ttl=ttl), create=create)
 
 
 async def announce(

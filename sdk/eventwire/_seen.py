@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 import nats.errors
 import nats.js.errors
-from nats.js.api import KeyValueConfig, StorageType
 
-from eventwire_security import seen_key
+from eventwire_security import seen_bucket, seen_key
 
 from ._buckets import open_bucket
+from ._streams import seen_config
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
@@ -28,10 +28,6 @@ if TYPE_CHECKING:
     from ._publisher import AckedPublisher
 
 _WRONG_LAST_SEQUENCE = 10071
-
-
-def seen_bucket(root: str) -> str:
-    return f"{root}-seen"
 
 
 class SeenIds:
@@ -55,9 +51,7 @@ class SeenIds:
         create: bool = True,
     ) -> SeenIds:
         bucket = seen_bucket(root)
-        config = KeyValueConfig(
-            bucket=bucket, history=1, ttl=horizon, storage=StorageType.FILE, replicas=replicas
-        )
+        config = seen_config(root, horizon=horizon, replicas=replicas)
         await open_bucket(js, config, create=create)
         return cls(js, publisher, bucket)
 

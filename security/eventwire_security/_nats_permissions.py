@@ -31,7 +31,6 @@ skips the SDK is refused too. What it can and cannot express:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -39,6 +38,26 @@ from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 from ._errors import SecurityError
 from ._keys import check_name
+from ._layout import (
+    DEFAULT_ROOT,
+    SHARED_INBOX,
+    audit_stream_name,
+    audit_subject,
+    consumer_name,
+    direct_subject,
+    dlq_stream_name,
+    dlq_subject,
+    events_stream_name,
+    inbox_prefix,
+    is_name,
+    keyed_publish_pattern,
+    keyring_bucket,
+    kv_stream_name,
+    processed_bucket,
+    registry_bucket,
+    seen_bucket,
+    to_wire,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -57,8 +76,6 @@ __all__ = [
     "render_server_config",
 ]
 
-DEFAULT_ROOT = "ew"
-_CONSUMER = re.compile(r"\A[A-Za-z0-9_-]{1,128}\Z")
 _UNQUOTABLE = re.compile(r'["\\\x00-\x1f\x7f]')
 _PASSWORD = re.compile(r"\A[\x21\x23-\x5b\x5d-\x7e]{1,256}\Z")  # printable ASCII, no " \ space
 
@@ -85,14 +102,6 @@ class Permissions(TypedDict):
     allow_responses: NotRequired[bool]
 
 
-def consumer_name(agent: str, pattern: str) -> str:
-    """The durable consumer name of ``agent`` for the logical ``pattern``.
-
-    Same scheme as the SDK's ``eventwire._consumer.durable_name``: ``<agent>-<12 hex>``.
-    """
-    return f"{agent}-{hashlib.sha256(pattern.encode()).hexdigest()[:12]}"
-
-
 def consumer_filters(policy: Policy, actor: Actor, *, root: str | None = None) -> list[str]:
     """The filter subjects of the consumers an admin creates for ``actor``.
 
@@ -106,12 +115,12 @@ def consumer_filters(policy: Policy, actor: Actor, *, root: str | None = None) -
     if root is None:
         return list(allowed)
     check_name("root", root)
-    return [f"{root}.{pattern}" for pattern in allowed]
+    return [to_wire(root, pattern) for pattern in allowed]
 
 
 def private_inbox_prefix(actor: Actor) -> str:
     """The agent's own inbox prefix, used with ``compile_permissions(private_inbox=True)``."""
-    return f"_INBOX_{actor.agent}"
+    return inbox_prefix(actor.agent)
 
 
 def _consumer_names(policy: Policy, actor: Actor, consumers: Sequence[str] | None) -> list[str]:
@@ -120,7 +129,7 @@ def _consumer_names(policy: Policy, actor: Actor, consumers: Sequence[str] | Non
     if isinstance(consumers, str):
         raise ServerConfigError("expected a sequence of names, not a string", field="consumers")
     for name in consumers:
-        if not isinstance(name, str) or not _CONSUMER.match(name):
+        if not is_name(name):
             raise ServerConfigError(f"{name!r} is not a consumer name", field="consumers")
     return list(dict.fromkeys(consumers))
 
@@ -133,10 +142,10 @@ def _jetstream_rights(actor: Actor, root: str, consumers: Sequence[str]) -> list
     keyring buckets are readable by the whole tenant (an agent lists live agents and
     follows the keyring); the audit stream can be appended to and its head read.
     """
-    stream = f"{root}-events"
-    seen, processed = f"{root}-seen", f"{root}-processed"
-    rights = [f"$JS.API.STREAM.INFO.{name}" for name in (stream, f"{root}-dlq", f"{root}-audit")]
-    rights += [f"$JS.API.STREAM.INFO.KV_{name}" for name in (seen, processed)]
+    stream, audit = events_stream_name(root), audit_stream_name(root)
+    seen, processed = seen_bucket(root), processed_bucket(root)
+    rights = [f"$JS.API.STREAM.INFO.{name}" for name in (stream, dlq_stream_name(root), audit)]
+    rights += [f"$JS.API.STREAM.INFO.{kv_stream_name(name)}" for name in (seen, processed)]
     for name in consumers:
         rights += [
             f"$JS.API.CONSUMER.INFO.{stream}.{name}",
@@ -144,21 +153,21 @@ def _jetstream_rights(actor: Actor, root: str, consumers: Sequence[str]) -> list
             f"$JS.ACK.{stream}.{name}.>",
             f"$KV.{seen}.{name}.>",
             f"$KV.{processed}.{name}.>",
-            f"$JS.API.DIRECT.GET.KV_{processed}.$KV.{processed}.{name}.>",
-            f"{root}.dlq.{name}",
+            f"$JS.API.DIRECT.GET.{kv_stream_name(processed)}.$KV.{processed}.{name}.>",
+            dlq_subject(root, name),
         ]
     # Audit: append a record after the head it read (hash chain); no delete, no purge.
-    rights += [f"{root}.audit.log", f"$JS.API.STREAM.MSG.GET.{root}-audit"]
-    for bucket in (f"{root}-agents", f"{root}-keyring"):
+    rights += [audit_subject(root), f"$JS.API.STREAM.MSG.GET.{audit}"]
+    for bucket in (registry_bucket(root), keyring_bucket(root)):
         rights += _readable_bucket(bucket)
     # Registry: put (or purge) its own entries only, keyed <agent>.<instance>.
-    rights.append(f"$KV.{root}-agents.{actor.agent}.>")
+    rights.append(f"$KV.{registry_bucket(root)}.{actor.agent}.>")
     return rights
 
 
 def _readable_bucket(bucket: str) -> list[str]:
     """Bind to a KV bucket, get keys and list or watch them (an ordered consumer)."""
-    stream = f"KV_{bucket}"
+    stream = kv_stream_name(bucket)
     return [
         f"$JS.API.STREAM.INFO.{stream}",
         f"$JS.API.DIRECT.GET.{stream}.>",
@@ -192,26 +201,35 @@ def compile_permissions(
     check_name("root", root)
     names = _consumer_names(policy, actor, consumers)
     publish, consume = policy.grants(actor, "publish"), policy.grants(actor, "consume")
-    inbox = private_inbox_prefix(actor) if private_inbox else "_INBOX"
-    layouts = (f"{root}.", f"{root}.keyed.*.") if partitioned else (f"{root}.",)
-    publish_allow = [prefix + pattern for pattern in publish.allow for prefix in layouts]
-    publish_allow.append(f"{root}.direct.{actor.tenant}.*")
+    inbox = private_inbox_prefix(actor) if private_inbox else SHARED_INBOX
+    publish_allow = _on_wire(root, publish.allow, partitioned)
+    publish_allow.append(to_wire(root, direct_subject(actor.tenant, "*")))
     if not private_inbox:
-        publish_allow.append("_INBOX.>")
+        publish_allow.append(f"{SHARED_INBOX}.>")
     publish_allow += _jetstream_rights(actor, root, names)
     permissions: Permissions = {
         "publish": {
             "allow": list(dict.fromkeys(publish_allow)),
-            "deny": [prefix + pattern for pattern in publish.deny for prefix in layouts],
+            "deny": _on_wire(root, publish.deny, partitioned),
         },
         "subscribe": {
-            "allow": [f"{inbox}.>", f"{root}.direct.{actor.tenant}.{actor.agent}"],
-            "deny": [f"{root}.{pattern}" for pattern in consume.deny],
+            "allow": [f"{inbox}.>", to_wire(root, direct_subject(actor.tenant, actor.agent))],
+            "deny": [to_wire(root, pattern) for pattern in consume.deny],
         },
     }
     if private_inbox:
         permissions["allow_responses"] = True
     return permissions
+
+
+def _on_wire(root: str, patterns: Sequence[str], partitioned: bool) -> list[str]:
+    """``patterns`` under ``root``, each followed by its keyed layout when ``partitioned``."""
+    wire: list[str] = []
+    for pattern in patterns:
+        wire.append(to_wire(root, pattern))
+        if partitioned:
+            wire.append(keyed_publish_pattern(root, pattern))
+    return wire
 
 
 def _check_users(accounts: Mapping[str, Sequence[tuple[str, str, Mapping[str, Any]]]]) -> None:

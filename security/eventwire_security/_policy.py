@@ -44,6 +44,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ._errors import InvalidName, SecurityError
 from ._keys import check_name
+from ._layout import (
+    TOKEN_RE,
+    is_subject,
+    is_token,
+    pattern_problem,
+    tokens_contain,
+    tokens_intersect,
+    tokens_match,
+)
 
 if TYPE_CHECKING:
     import os
@@ -69,10 +78,7 @@ __all__ = [
 Action = Literal["publish", "consume"]
 ACTIONS: tuple[Action, ...] = ("publish", "consume")
 POLICY_VERSION = 1
-MAX_TOKENS = 16
 NO_RULE = "no rule allows it"
-_TOKEN = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
-_TOKEN_RE = r"[A-Za-z0-9_-]{1,64}"
 _LISTS = ("publish", "consume", "deny_publish", "deny_consume")
 _RULE_KEYS = ("principal", *_LISTS)
 _TOP_KEYS = ("version", "rule")
@@ -123,7 +129,7 @@ def _names(kind: str, values: Iterable[str]) -> tuple[str, ...]:
         raise TypeError(f"{kind} names must be a sequence of strings, not a string")
     names = tuple(values)
     for name in names:
-        if not isinstance(name, str) or not _TOKEN.match(name):
+        if not is_token(name):
             raise InvalidName(kind, name)
     return names
 
@@ -187,87 +193,32 @@ class Rule:
 # -- patterns ---------------------------------------------------------------------------------
 
 
-def _pattern_problem(pattern: object) -> str | None:
-    """Why ``pattern`` is not a valid logical pattern, or ``None`` if it is."""
-    if not isinstance(pattern, str):
-        return f"expected a string, got {type(pattern).__name__}"
-    if not pattern:
-        return "empty pattern"
-    tokens = pattern.split(".")
-    if len(tokens) > MAX_TOKENS:
-        return f"{pattern!r} has more than {MAX_TOKENS} tokens"
-    for index, token in enumerate(tokens):
-        if token == ">" and index != len(tokens) - 1:
-            return f"'>' must be the last token in {pattern!r}"
-        if token not in ("*", ">") and not _TOKEN.match(token):
-            shown = "an empty token" if not token else f"token {token!r}"
-            return f"{shown} in {pattern!r}: tokens are 1-64 of A-Z a-z 0-9 _ -, '*' or '>'"
-    return None
-
-
 def check_pattern(pattern: str) -> str:
     """Return ``pattern`` if it is a valid logical pattern, else raise :class:`PolicyError`."""
-    problem = _pattern_problem(pattern)
+    problem = pattern_problem(pattern)
     if problem is not None:
         raise PolicyError(problem, field="pattern")
     return pattern
 
 
-def _valid_subject(subject: object) -> bool:
-    """A concrete logical subject: non-empty tokens, no wildcards."""
-    if not isinstance(subject, str) or not subject:
-        return False
-    return all(_TOKEN.match(token) for token in subject.split("."))
-
-
-def _matches(want: Sequence[str], have: Sequence[str]) -> bool:
-    for index, token in enumerate(want):
-        if token == ">":
-            return len(have) > index
-        if index >= len(have) or (token != "*" and token != have[index]):
-            return False
-    return len(want) == len(have)
-
-
-def _contains(outer: Sequence[str], inner: Sequence[str]) -> bool:
-    for index, token in enumerate(outer):
-        if token == ">":
-            return len(inner) > index
-        if index >= len(inner) or inner[index] == ">":
-            return False
-        if token != "*" and token != inner[index]:
-            return False
-    return len(outer) == len(inner)
-
-
-def _intersect(a: Sequence[str], b: Sequence[str]) -> bool:
-    for index in range(min(len(a), len(b))):
-        x, y = a[index], b[index]
-        if x == ">" or y == ">":
-            return True
-        if "*" not in (x, y) and x != y:
-            return False
-    return len(a) == len(b)
-
-
 def subject_matches(pattern: str, subject: str) -> bool:
     """Whether the concrete ``subject`` matches ``pattern`` (NATS semantics), in O(tokens)."""
     check_pattern(pattern)
-    return _valid_subject(subject) and _matches(pattern.split("."), subject.split("."))
+    return is_subject(subject) and tokens_match(pattern.split("."), subject.split("."))
 
 
 def pattern_contains(outer: str, inner: str) -> bool:
     """Whether every subject ``inner`` matches is also matched by ``outer``."""
     check_pattern(outer)
     check_pattern(inner)
-    return _contains(outer.split("."), inner.split("."))
+    return tokens_contain(outer.split("."), inner.split("."))
 
 
 def patterns_intersect(a: str, b: str) -> bool:
     """Whether some subject matches both ``a`` and ``b``."""
     check_pattern(a)
     check_pattern(b)
-    return _intersect(a.split("."), b.split("."))
+    return tokens_intersect(a.split("."), b.split("."))
 
 
 def _minimal(patterns: Iterable[str], *, drop_if_in: Sequence[str] = ()) -> tuple[str, ...]:
@@ -277,7 +228,7 @@ def _minimal(patterns: Iterable[str], *, drop_if_in: Sequence[str] = ()) -> tupl
     kept: list[str] = []
     for pattern in distinct:
         covers = [other for other in distinct if other != pattern] + list(drop_if_in)
-        if not any(_contains(split[other], split[pattern]) for other in covers):
+        if not any(tokens_contain(split[other], split[pattern]) for other in covers):
             kept.append(pattern)
     return tuple(kept)
 
@@ -315,7 +266,7 @@ def _check_rule(index: int, rule: object) -> None:
             kind = type(patterns).__name__
             raise PolicyError(f"expected a list of strings, got {kind}", rule=index, field=name)
         for item, pattern in enumerate(patterns):
-            problem = _pattern_problem(pattern)
+            problem = pattern_problem(pattern)
             if problem is not None:
                 raise PolicyError(problem, rule=index, field=name, item=item)
 
@@ -433,16 +384,16 @@ class Policy:
         The reference decision: rule by rule, token by token, O(tokens) per pattern.
         """
         _check_action(action)
-        if not _valid_subject(subject):
+        if not is_subject(subject):
             return "not a valid subject (tokens of A-Z a-z 0-9 _ -, no wildcards)"
         have = subject.split(".")
         rules = self.rules_for(actor)
         for index, rule in rules:
             for pattern in rule.denied(action):
-                if _matches(pattern.split("."), have):
+                if tokens_match(pattern.split("."), have):
                     return f"denied by rule {index} ({rule.principal}: deny_{action} {pattern!r})"
         for _, rule in rules:
-            if any(_matches(pattern.split("."), have) for pattern in rule.allowed(action)):
+            if any(tokens_match(pattern.split("."), have) for pattern in rule.allowed(action)):
                 return None
         return NO_RULE
 
@@ -474,9 +425,9 @@ def _regex(pattern: str) -> str:
     parts = []
     for token in pattern.split("."):
         if token == "*":
-            parts.append(_TOKEN_RE)
+            parts.append(TOKEN_RE)
         elif token == ">":
-            parts.append(rf"{_TOKEN_RE}(?:\.{_TOKEN_RE})*")
+            parts.append(rf"{TOKEN_RE}(?:\.{TOKEN_RE})*")
         else:
             parts.append(re.escape(token))
     return r"\.".join(parts)
@@ -497,7 +448,7 @@ def _predicate(grants: Grants) -> Callable[[str], bool]:
     deny = "|".join(
         _regex(pattern)
         for pattern in grants.deny
-        if any(_intersect(pattern.split("."), other.split(".")) for other in grants.allow)
+        if any(tokens_intersect(pattern.split("."), other.split(".")) for other in grants.allow)
     )
     source = f"(?!(?:{deny})\\Z)(?:{allow})" if deny else f"(?:{allow})"
     fullmatch = re.compile(source).fullmatch

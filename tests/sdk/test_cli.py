@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 from typing import TYPE_CHECKING
 
 import nats
+from nats.js.api import StorageType, StreamConfig
 
 import eventwire
 from eventwire import CustomEvent, Event, RetryPolicy, Unprocessable
@@ -72,27 +74,74 @@ async def test_dlq_list_show_redrive_purge(
 async def test_streams_diff_and_apply(nats_server: EmbeddedServer, root: str) -> None:
     where = ("--url", nats_server.url, "--root", root)
     code, out = await cli("streams", "diff", *where)
-    assert code == 1
-    assert "absent" in out
+    assert (code, out.count(" missing "), "7 of 7 drift" in out) == (1, 7, True), out
     code, out = await cli("streams", "apply", *where)
-    assert (code, f"{root}-events: ok" in out) == (0, True), out
+    assert (code, out.count(": created")) == (0, 7), out
+    for name in ("stream '{}-audit'", "bucket '{}-agents'", "bucket '{}-processed'"):
+        assert name.format(root) + ": created" in out
     code, out = await cli("streams", "diff", *where)
-    assert (code, "no drift" in out) == (0, True), out
-    # Someone changes the duplicate window on the server: diff names it, apply fixes it.
+    assert (code, out.count(" matches "), "no drift" in out) == (0, 7, True), out
+    # Someone changes the events' duplicate window and the registry's ttl on the server.
     nc = await nats.connect(nats_server.url)
     try:
         js = nc.jetstream()
-        config = (await js.stream_info(f"{root}-events")).config
-        config.duplicate_window = 5.0
-        await js.update_stream(config)
+        for stream, change in (
+            (f"{root}-events", {"duplicate_window": 5.0}),
+            (f"KV_{root}-agents", {"max_age": 30.0}),
+        ):
+            config = (await js.stream_info(stream)).config
+            await js.update_stream(dataclasses.replace(config, **change))
     finally:
         await nc.close()
     code, out = await cli("streams", "diff", *where)
-    assert (code, "duplicate_window" in out) == (1, True), out
+    assert (code, out.count(" differs "), out.count(" matches ")) == (1, 2, 5), out
+    assert "duplicate_window" in out
+    assert "ttl" in out
+    assert "2 of 7 drift" in out
     code, out = await cli("streams", "apply", *where)
-    assert (code, "duplicate_window" in out) == (0, True), out
+    assert code == 0, out
+    assert f"stream '{root}-events': updated duplicate_window: server has 5.0" in out
+    assert f"bucket '{root}-agents': updated ttl: server has 30.0, code wants 15.0" in out
+    assert out.count(": matches") == 5
     code, out = await cli("streams", "diff", *where)
     assert code == 0, out
+
+
+async def test_streams_apply_names_what_cannot_change(
+    nats_server: EmbeddedServer, root: str
+) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        # The events stream as an operator might have made it by hand, in memory.
+        subjects = [f"{root}.knowledge.>"]
+        config = StreamConfig(name=f"{root}-events", subjects=subjects, storage=StorageType.MEMORY)
+        await nc.jetstream().add_stream(config)
+    finally:
+        await nc.close()
+    where = ("--url", nats_server.url, "--root", root)
+    code, out = await cli("streams", "diff", *where)
+    assert (code, "storage" in out, "recreate" in out) == (1, True, True), out
+    code, out = await cli("streams", "apply", *where)
+    assert code == 1, out
+    assert f"stream '{root}-events': storage: server has 'memory', code wants 'file': " in out
+    assert "cannot change in place" in out
+    assert out.count(": created") == 6
+    code, out = await cli("streams", "apply", *where, "--replicas", "3")  # one server only
+    assert (code, out.count("the server refused to update")) == (1, 7), out
+
+
+async def test_streams_never_print_credentials(nats_server: EmbeddedServer, root: str) -> None:
+    secret_url = nats_server.url.replace("nats://", "nats://bob:s3cret-pw@")
+    code, out = await cli("streams", "diff", "--url", secret_url, "--root", root)
+    assert (code, "nats://***@127.0.0.1:" in out) == (1, True), out
+    code, out = await cli("streams", "apply", "--url", secret_url, "--root", root)
+    assert code == 0, out
+    for url in ("nats://bob:s3cret-pw@127.0.0.1:1", "bob:s3cret-pw@127.0.0.1:1"):
+        code, out = await cli("streams", "diff", "--url", url, "--root", root)
+        assert (code, "error:" in out) == (2, True), out
+        assert "s3cret" not in out
+    code, out = await cli("streams", "diff", "--url", secret_url, "--root", "a.b")
+    assert (code, "root: 'a.b' is not a subject token" in out) == (2, True), out
 
 
 async def test_secure_demo_shows_sealing_policy_and_tenancy_in_the_audit_log() -> None:
