@@ -176,7 +176,7 @@ async def test_agent_configuration_errors_are_typed(bus: eventwire.Bus) -> None:
     assert mismatch.value.field == "identity"
     with pytest.raises(InvalidEvent):
         Agent("alice", capabilities=["not a token"])
-    with pytest.raises(ValueError, match="agent: .no spaces please. is not a valid name"):
+    with pytest.raises(ValueError, match=r"agent: .no spaces please. is not a valid name"):
         Agent("no spaces please")
     with pytest.raises(InvalidEvent):
         Agent("alice").on("knowledge.>.bad")
