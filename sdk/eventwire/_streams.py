@@ -22,7 +22,9 @@ A KV bucket is the stream ``KV_<bucket>``; its settings are compared by their KV
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Literal
@@ -53,6 +55,8 @@ from eventwire_security._layout import (
 )
 
 from ._errors import NotProvisioned, StreamConfigError
+
+log = logging.getLogger("eventwire.streams")
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -326,16 +330,37 @@ async def diff_stream(js: JetStreamContext, wanted: StreamConfig) -> list[Differ
 # -- creating and updating -------------------------------------------------------------------
 
 
+# A cluster that just lost or restarted a node refuses placements for a few seconds ("no
+# suitable peers for placement", a meta leader election): a create waits that out.
+_NO_PEERS = 10005
+_PLACEMENT_WAIT = 20.0
+
+
 async def _create(js: JetStreamContext, resource: Resource) -> None:
-    try:
-        if isinstance(resource.config, KeyValueConfig):
-            await js.create_key_value(resource.config)
-        else:
-            await js.add_stream(resource.config)
-    except nats.js.errors.APIError as exc:
-        raise StreamConfigError(
-            f"the server refused to create {resource}: {exc.description}"
-        ) from exc
+    deadline = asyncio.get_running_loop().time() + _PLACEMENT_WAIT
+    delay = 0.1
+    while True:
+        try:
+            await _create_once(js, resource)
+            return
+        except nats.js.errors.APIError as exc:
+            transient = exc.err_code == _NO_PEERS or isinstance(
+                exc, nats.js.errors.ServiceUnavailableError
+            )
+            if not transient or asyncio.get_running_loop().time() + delay > deadline:
+                raise StreamConfigError(
+                    f"the server refused to create {resource}: {exc.description}"
+                ) from exc
+            log.info("creating %s: %s; retrying in %.1fs", resource, exc.description, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 2.0)
+
+
+async def _create_once(js: JetStreamContext, resource: Resource) -> None:
+    if isinstance(resource.config, KeyValueConfig):
+        await js.create_key_value(resource.config)
+    else:
+        await js.add_stream(resource.config)
 
 
 async def ensure_stream(js: JetStreamContext, wanted: StreamConfig, *, create: bool = True) -> None:
