@@ -22,6 +22,8 @@ from ._consumer import Subscription, SubscriptionStats
 from ._dlq import DeadLetter, DeadLetterQueue
 from ._errors import (
     AuthenticationFailed,
+    BusyResource,
+    ClosedResource,
     ConfigError,
     ConnectionFailed,
     DeadLetterError,
@@ -41,6 +43,7 @@ from ._errors import (
     ReplyRejected,
     RequestFailed,
     RequestTimeout,
+    ResourceFailed,
     SealedForOthers,
     ServerError,
     ServerRejected,
@@ -61,8 +64,10 @@ from ._kinds import (
     StatusUpdate,
     TaskCompleted,
 )
+from ._options import DeliveryKeywords, SubscribeKeywords, SubscribeOptions
 from ._partitions import PartitionedSubscription
 from ._registry import AgentInfo
+from ._resource import ResourceState
 from ._retry import DEFAULT_RETRY, RetryPolicy
 from ._server import EmbeddedServer, find_nats_server
 from ._tenants import (
@@ -156,6 +161,8 @@ __all__ = [
     "AuthenticationFailed",
     "Batch",
     "Bus",
+    "BusyResource",
+    "ClosedResource",
     "ConfigError",
     "ConnectionFailed",
     "Credentials",
@@ -164,6 +171,7 @@ __all__ = [
     "DeadLetterError",
     "DeadLetterNotFound",
     "DeadLetterQueue",
+    "DeliveryKeywords",
     "Deployment",
     "DeploymentError",
     "DeploymentSettings",
@@ -202,6 +210,8 @@ __all__ = [
     "ReplyRejected",
     "RequestFailed",
     "RequestTimeout",
+    "ResourceFailed",
+    "ResourceState",
     "RetryPolicy",
     "SealedForOthers",
     "SealingKey",
@@ -212,6 +222,8 @@ __all__ = [
     "ServerUnavailable",
     "StatusUpdate",
     "StreamConfigError",
+    "SubscribeKeywords",
+    "SubscribeOptions",
     "Subscription",
     "SubscriptionStats",
     "TaskCompleted",
