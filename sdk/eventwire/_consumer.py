@@ -39,6 +39,7 @@ from ._errors import (
 )
 from ._lanes import KeyLanes
 from ._options import consumer_config, differences
+from ._options import durable_name as durable_name  # noqa: PLC0414 - re-export
 from ._pull import Pull
 from ._resource import ResourceState, StatefulResource
 from ._settle import Settler

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eventwire._options import durable_name
+from eventwire._consumer import durable_name
 from eventwire_security import InvalidName, SecurityError
 from eventwire_security._nats_permissions import (
     ServerConfigError,
