@@ -307,6 +307,7 @@ async def test_an_agent_cannot_read_beyond_its_own_consumers(world: World, mallo
         f"$JS.API.STREAM.MSG.GET.{STREAM}",  # the stream itself
         f"$JS.API.DIRECT.GET.{STREAM}",
         f"$JS.API.DIRECT.GET.KV_{processed}.$KV.{processed}.{theirs}.x",  # its handled ids
+        f"$JS.API.DIRECT.GET.KV_{ROOT}-seen.$KV.{ROOT}-seen.{theirs}.x",  # its replay claims
         f"$JS.API.STREAM.PURGE.{ROOT}-audit",  # erase its tracks
         f"$JS.API.STREAM.DELETE.{ROOT}-audit",
     ):
