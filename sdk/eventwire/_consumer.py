@@ -300,12 +300,8 @@ class Subscription(AsyncResource):
         async with asyncio.TaskGroup() as group:
             while taken := await pull.next_batch():
                 msgs, results = await self._screen(taken)
-                fresh = [False] * len(msgs)
-                if self._seen is not None and msgs:
-                    claimed = await self._refuse_replays(msgs, results)
-                    if claimed is None:
-                        continue
-                    fresh = claimed
+                if (fresh := await self._refuse_replays(msgs, results)) is None:
+                    continue
                 if self._batch_handler is not None:
                     await self._deliver_batch(msgs, results)
                     continue
@@ -341,10 +337,7 @@ class Subscription(AsyncResource):
         """Not the event's outcome but the consumer's own failure on it (a bug): logged,
         counted, and the event dead-lettered as ``consumer-error``, kept to be redriven."""
         self.stats.errors += 1
-        log.error(
-            "%s: consumer failed on the event at %s, dead-lettered", self.durable, msg.subject,
-            exc_info=exc,
-        )  # fmt: skip
+        log.error("%s: failed on the event at %s", self.durable, msg.subject, exc_info=exc)
         error = f"{type(exc).__name__}: {exc}"
         await self._dead_letter(msg, "consumer-error", error, msg.metadata.num_delivered or 1)
 
@@ -406,8 +399,8 @@ class Subscription(AsyncResource):
         new (such an event was never handled here), or None (after naking the batch) if
         the claims could not be made.
         """
-        assert self._seen is not None
-        assert self._pull is not None
+        if self._seen is None or self._pull is None or not msgs:
+            return [False] * len(msgs)
         events = [(i, r) for i, r in enumerate(results) if not isinstance(r, Rejection)]
         claims = [(event_key(event), msgs[i].metadata.sequence.stream) for i, event in events]
         try:
