@@ -72,6 +72,7 @@ class Pull:
     async def close(self) -> list[Msg]:
         """Stop pulling; return what arrived but was never taken (for the caller to nak)."""
         self._closed = True
+        self._reset.set()  # and for good: whoever waits on interrupted() stops waiting
         if self._sub is not None:
             try:
                 await self._sub.unsubscribe()
@@ -119,11 +120,13 @@ class Pull:
         self._requested = 0
         self._last_word = 0.0
         self._arrived.set()
-        self._reset.set()
-        self._reset = asyncio.Event()
+        if not self._closed:
+            self._reset.set()
+            self._reset = asyncio.Event()
 
     def interrupted(self) -> asyncio.Event:
-        """An event that the next :meth:`reset` (a reconnect) sets."""
+        """An event that the next :meth:`reset` (a reconnect) sets, already set once
+        :meth:`close` was called."""
         return self._reset
 
     async def _check_alive(self) -> None:

@@ -127,7 +127,9 @@ class SeenIds:
         stop = None if interrupt is None else asyncio.ensure_future(interrupt.wait())
         waits = {work} if stop is None else {work, stop}
         try:
-            done, _ = await asyncio.wait(waits, timeout=timeout, return_when="FIRST_COMPLETED")
+            done, _ = await asyncio.wait(
+                waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             for task in waits:
                 task.cancel()
@@ -149,11 +151,14 @@ class SeenIds:
         once when ``interrupted()`` (the event of the current connection) is set by a
         reconnect, after a short pause when the bucket answers with an error (no
         responders while its stream recovers after a restart or elects a leader). Raises
-        the last error when the time is up."""
+        the last error when the time is up, :class:`ClaimsUnanswered` at once if
+        ``interrupted()`` is already set (the consumer is stopping)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         for attempt in itertools.count():
             interrupt = interrupted()
+            if interrupt.is_set():
+                raise ClaimsUnanswered("the consumer is stopping")
             try:
                 wait = max(0.05, deadline - loop.time())
                 return await self.claim(consumer, claims, timeout=wait, interrupt=interrupt)
