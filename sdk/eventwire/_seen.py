@@ -183,8 +183,12 @@ class SeenIds:
                 future.cancel()  # those still waiting (the round was cancelled)
         verdicts = [_created(future) for future in futures]
         conflicts = [index for index, verdict in enumerate(verdicts) if verdict is None]
-        found = await asyncio.gather(*(self._claimed_at(consumer, claims[i][0]) for i in conflicts))
+        found = await asyncio.gather(
+            *(self._claimed_at(consumer, claims[i][0]) for i in conflicts), return_exceptions=True
+        )  # every read ends before the first error is raised: none is left running
         for index, at in zip(conflicts, found, strict=True):
+            if isinstance(at, BaseException):
+                raise at
             if at is None:  # expired or forgotten since: send the round again
                 raise ClaimsUnanswered(f"claim {claims[index][0]} vanished while read back")
             verdicts[index] = Claim.AGAIN if at == claims[index][1] else Claim.REPLAY
