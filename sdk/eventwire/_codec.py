@@ -175,32 +175,33 @@ class Codec:
     def _finish(
         self, envelope: UnverifiedEnvelope, wire_subject: str, stored_at: float | None
     ) -> Event | Rejection:
+        """Verify the signature, then validate every claim (nothing is used before that),
+        then check where the event arrived and when it was stored."""
         kid = envelope.signer.kid
         try:
-            claims = envelope.verify().claims
+            event = event_from_claims(envelope.verify().claims, kid)
         except EnvelopeError as exc:
             return Rejection(exc.reason, exc.detail, wire_subject, kid)
-        refusal = self._misplaced(claims, wire_subject, kid)
+        except InvalidEvent as exc:
+            return Rejection("invalid-event", str(exc), wire_subject, kid)
+        refusal = self._misplaced(event, wire_subject, kid)
         if refusal is not None:
             return refusal
         if self.replay is not None:
             try:
-                self.replay.check_claims(claims, stored=stored_at)
+                self.replay.check_time(event.iat, event.exp, stored=stored_at)
             except ReplayRefused as exc:
                 return Rejection(exc.reason, exc.detail, wire_subject, kid)
-        try:
-            return event_from_claims(claims, kid)
-        except InvalidEvent as exc:
-            return Rejection("invalid-event", str(exc), wire_subject, kid)
+        return event
 
-    def _misplaced(self, claims: dict[str, Any], wire_subject: str, kid: str) -> Rejection | None:
+    def _misplaced(self, event: Event, wire_subject: str, kid: str) -> Rejection | None:
         """A refusal if the signed tenant, root or subject are not where it arrived."""
-        if claims.get("tenant") != self.tenant:
-            return Rejection("wrong-tenant", f"tenant {claims.get('tenant')!r}", wire_subject, kid)
-        if claims.get("root") != self.root:
-            detail = f"signed for root {claims.get('root')!r}, arrived under {self.root!r}"
+        if event.tenant != self.tenant:
+            return Rejection("wrong-tenant", f"tenant {event.tenant!r}", wire_subject, kid)
+        if event.root != self.root:
+            detail = f"signed for root {event.root!r}, arrived under {self.root!r}"
             return Rejection("wrong-root", detail, wire_subject, kid)
-        subject, key = claims.get("subject"), claims.get("partitionkey")
+        subject, key = event.subject, event.partitionkey
         if not arrived_as_signed(self.root, wire_subject, subject, key, self.partitions):
             keyed = f" with partition key {key!r}" if self.partitions and key is not None else ""
             return Rejection(

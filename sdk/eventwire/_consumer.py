@@ -42,7 +42,8 @@ from ._options import consumer_config, differences
 from ._options import durable_name as durable_name  # noqa: PLC0414 - re-export
 from ._pull import Pull
 from ._resource import ResourceState, StatefulResource
-from ._settle import Settler
+from ._seen import Claim, event_key
+from ._settle import Settler, ack, nak, term
 from ._subjects import check_pattern, to_wire
 from ._supervisor import Loop, is_transport_error
 
@@ -84,6 +85,7 @@ class SubscriptionStats:
     dead_lettered: int = 0
     duplicates: int = 0
     restarts: int = 0  # runs of the loop ended by a NATS error and started again
+    errors: int = 0  # events the consumer itself failed on (dead-lettered as consumer-error)
 
 
 # A user without the right to a consumer gets no answer, only a permissions violation.
@@ -274,14 +276,11 @@ class Subscription(StatefulResource):
             await _nak_all(await pull.close())
 
     async def _dispatch(self, pull: Pull) -> None:
+        self._fresh: set[int] = set()  # messages being handled whose replay claim was new
         async with asyncio.TaskGroup() as group:
-            while msgs := await pull.next_batch():
-                received = [(m.data, m.headers, m.subject, _stored(m)) for m in msgs]
-                results = self._codec.open_many(received)
-                if self._may_consume is not None:
-                    self._refuse_by_policy(results)
-                self._unseal(results)
-                if self._seen is not None and not await self._refuse_replays(msgs, results):
+            while taken := await pull.next_batch():
+                msgs, results = await self._screen(taken)
+                if (fresh := await self._refuse_replays(msgs, results)) is None:
                     continue
                 if self._batch_handler is not None:
                     await self._deliver_batch(msgs, results)
@@ -291,7 +290,36 @@ class Subscription(StatefulResource):
                         await _nak_all(msgs[index:])
                         await self._done(len(msgs) - index)
                         break
-                    await self._deliver(msg, result, group)
+                    await self._deliver(msg, result, group, fresh=fresh[index])
+
+    async def _screen(self, taken: list[Msg]) -> tuple[list[Msg], list[Event | Rejection]]:
+        """Open each message (verify, validate, place, time) and refuse what the policy or a
+        broken seal refuses. A message the consumer itself fails on is dead-lettered here
+        (see :meth:`_broken`); the others go on."""
+        msgs: list[Msg] = []
+        results: list[Event | Rejection] = []
+        for msg in taken:
+            try:
+                one = self._codec.open_many([(msg.data, msg.headers, msg.subject, _stored(msg))])
+                if self._may_consume is not None:
+                    self._refuse_by_policy(one)
+                self._unseal(one)
+            except Exception as exc:
+                self.stats.delivered += 1
+                await self._broken(msg, exc)
+                await self._done(1)
+                continue
+            msgs.append(msg)
+            results.append(one[0])
+        return msgs, results
+
+    async def _broken(self, msg: Msg, exc: Exception) -> None:
+        """Not the event's outcome but the consumer's own failure on it (a bug): logged,
+        counted, and the event dead-lettered as ``consumer-error``, kept to be redriven."""
+        self.stats.errors += 1
+        log.error("%s: failed on the event at %s", self.durable, msg.subject, exc_info=exc)
+        error = f"{type(exc).__name__}: {exc}"
+        await self._dead_letter(msg, "consumer-error", error, msg.metadata.num_delivered or 1)
 
     async def _deliver_batch(self, msgs: list[Msg], results: list[Event | Rejection]) -> None:
         """One call of the batch handler, then one ack decision per event."""
@@ -301,7 +329,7 @@ class Subscription(StatefulResource):
             self.stats.delivered += 1
             if isinstance(result, Rejection):
                 self.stats.rejected += 1
-                await msg.term()
+                await term(msg)
             elif self._provision or not await self._last_delivery(msg):
                 valid.append((msg, result))
         batch = Batch([event for _, event in valid])
@@ -314,7 +342,7 @@ class Subscription(StatefulResource):
             error = batch.failures.get(event.id)
             if error is None:
                 self.stats.handled += 1
-                await msg.ack()
+                await ack(msg)
             else:
                 self.stats.failed += 1
                 await self._failed(msg, event, error, msg.metadata.num_delivered or 1)
@@ -343,49 +371,60 @@ class Subscription(StatefulResource):
                 self._codec.record(refusal)
                 results[index] = refusal
 
-    async def _refuse_replays(self, msgs: list[Msg], results: list[Event | Rejection]) -> bool:
-        """Claim the ids of first deliveries; an id claimed before is a replay, refused.
-
-        Returns False (after naking the batch) if the claims could not be made.
+    async def _refuse_replays(
+        self, msgs: list[Msg], results: list[Event | Rejection]
+    ) -> list[bool] | None:
+        """Claim the id of every event at its stream sequence, whatever its delivery count;
+        an id claimed at another sequence is a replay, refused. Returns which claims were
+        new (such an event was never handled here), or None (after naking the batch) if
+        the claims could not be made.
         """
-        assert self._seen is not None
-        firsts = [
-            (index, result)
-            for index, (msg, result) in enumerate(zip(msgs, results, strict=True))
-            if not isinstance(result, Rejection) and msg.metadata.num_delivered == 1
-        ]
+        if self._seen is None or self._pull is None or not msgs:
+            return [False] * len(msgs)
+        events = [(i, r) for i, r in enumerate(results) if not isinstance(r, Rejection)]
+        claims = [(event_key(event), msgs[i].metadata.sequence.stream) for i, event in events]
         try:
-            claimed = await self._seen.claim(self.durable, [event for _, event in firsts])
-        except (nats.errors.Error, TimeoutError) as exc:
+            verdicts = await self._seen.claim_until_answered(
+                self.durable, claims, within=min(10.0, self.options.ack_wait),
+                interrupted=self._pull.interrupted,
+            )  # fmt: skip
+        except Exception as exc:  # nats errors, no answer in time, or a bug: the batch waits
             log.warning("%s: replay claims failed (%r); retrying the batch", self.durable, exc)
             for msg in msgs:
-                with contextlib.suppress(nats.errors.Error):
-                    await msg.nak(delay=1.0)
+                await nak(msg, delay=1.0)
             await self._done(len(msgs))
-            return False
-        for (index, event), new in zip(firsts, claimed, strict=True):
-            if not new:
-                refusal = Rejection(
-                    "already-seen", f"event {event.id} from {event.source} seen before",
-                    msgs[index].subject, event.signer_kid,
-                )  # fmt: skip
+            return None
+        fresh = [False] * len(msgs)
+        for (index, event), verdict, (_, seq) in zip(events, verdicts, claims, strict=True):
+            fresh[index] = verdict is Claim.NEW
+            if verdict is Claim.REPLAY:
+                detail = f"event {event.id} from {event.source} seen before stream seq {seq}"
+                refusal = Rejection("already-seen", detail, msgs[index].subject, event.signer_kid)
                 self._codec.record(refusal)
                 results[index] = refusal
-        return True
+        return fresh
 
     async def _done(self, count: int) -> None:
         if self._pull is not None:
             await self._pull.done(count)
 
-    async def _deliver(self, msg: Msg, result: Event | Rejection, group: asyncio.TaskGroup) -> None:
+    async def _deliver(
+        self, msg: Msg, result: Event | Rejection, group: asyncio.TaskGroup, *, fresh: bool
+    ) -> None:
+        """Refuse a rejection, or hand the event to :meth:`_handle`; ``fresh`` if its replay
+        claim was new (it cannot have been handled here before)."""
         self.stats.delivered += 1
         if isinstance(result, Rejection):
             self.stats.rejected += 1
-            await msg.term()
+            await term(msg)
             await self._done(1)
-        elif not self._provision and await self._last_delivery(msg):
+            return
+        if not self._provision and await self._last_delivery(msg):
             await self._done(1)
-        elif self._max_in_flight == 1:
+            return
+        if fresh:
+            self._fresh.add(id(msg))  # until _handle returns
+        if self._max_in_flight == 1:
             await self._handle(msg, result)
         else:
             await self._slots.acquire()
@@ -415,6 +454,8 @@ class Subscription(StatefulResource):
             self._slots.release()
 
     async def _handle(self, msg: Msg, event: Event) -> None:
+        """Run the handler and settle the message by its outcome. Never raises (but
+        cancelled): a failure of the consumer's own is :meth:`_broken`."""
         self._in_flight[id(msg)] = (msg, time.monotonic())
         deliveries = 0  # read from the message only when something fails
         settling = False
@@ -431,12 +472,15 @@ class Subscription(StatefulResource):
                     deliveries += 1
                 else:
                     if recorded and self._settler is not None:
+                        await self._settler.record(msg, event_key(event))
                         settling = True  # the settler acks it once the record is stored
-                        await self._settler.record(msg, event.id)
                     else:
-                        await msg.ack()
+                        await ack(msg)
                     return
+        except Exception as exc:
+            await self._broken(msg, exc)
         finally:
+            self._fresh.discard(id(msg))
             if not settling:
                 del self._in_flight[id(msg)]
                 await self._done(1)
@@ -454,26 +498,27 @@ class Subscription(StatefulResource):
     async def _settled(self, msg: Msg, recorded: bool) -> None:
         """The settler's verdict on a handled event: ack once its record is stored, else
         nak it (it will be handled again, which is what the record could not prevent)."""
-        try:
-            with contextlib.suppress(nats.errors.Error):  # unacked: redelivered, then skipped
-                if recorded:
-                    await msg.ack()
-                else:
-                    await msg.nak(delay=self._retry.delay(msg.metadata.num_delivered or 1))
+        try:  # unsent: redelivered, then skipped as handled
+            if recorded:
+                await ack(msg)
+            else:
+                await nak(msg, delay=self._retry.delay(msg.metadata.num_delivered or 1))
         finally:
             self._in_flight.pop(id(msg), None)
             await self._done(1)
 
     async def _handled_before(self, msg: Msg, event: Event) -> bool:
-        """Whether the id was recorded as handled. A first delivery that passed the replay
-        claim cannot have been (its id was new to this consumer), so only redeliveries, or
-        consumers without replay protection, ask the bucket."""
+        """Whether the event was recorded as handled. One whose replay claim was new cannot
+        have been (this consumer never received its id), so only the others (redeliveries,
+        whatever their delivery count says) and consumers without replay protection ask
+        the bucket."""
         assert self._processed is not None
-        if self._seen is not None and msg.metadata.num_delivered == 1:
+        if id(msg) in self._fresh:
             return False
-        if self._settler is not None and await self._settler.outcome(event.id):
+        key = event_key(event)
+        if self._settler is not None and await self._settler.outcome(key):
             return True  # its first run's record was on its way, and is stored now
-        return await self._processed.seen(self.durable, event.id)
+        return await self._processed.seen(self.durable, key)
 
     async def _retry_in_place(self, event: Event, exc: Exception, deliveries: int) -> bool:
         """With key order, a keyed event is retried here, holding back its key's lane,
@@ -487,10 +532,13 @@ class Subscription(StatefulResource):
 
     def reset_pull(self) -> None:
         """After a reconnect: pulls waiting on the server may be gone, so pull again (and
-        a run waiting for the connection goes on)."""
+        a run waiting for the connection goes on), and claims or records sent on the old
+        connection may never be answered: send again."""
         self._reconnected.set()
         if self._pull is not None:
             self._pull.reset()
+        if self._settler is not None:
+            self._settler.reconnected()
 
     async def _failed(self, msg: Msg, event: Event, exc: Exception, deliveries: int) -> None:
         error = f"{type(exc).__name__}: {exc}"
@@ -504,12 +552,14 @@ class Subscription(StatefulResource):
                 "%s: event %s failed (delivery %d), retry in %.2fs: %s",
                 self.durable, event.id, deliveries, delay, error,
             )  # fmt: skip
-            await msg.nak(delay=delay)
+            await nak(msg, delay=delay)
             return
         log.error("%s: event %s dead-lettered (%s): %s", self.durable, event.id, reason, error)
         await self._dead_letter(msg, reason, error, deliveries)
 
     async def _dead_letter(self, msg: Msg, reason: str, error: str, deliveries: int) -> None:
+        """Store the event in the dead-letter queue, then terminate it; if it cannot be
+        stored, ask for it again later (it is never terminated without a dead letter)."""
         try:
             await self._dlq.put(
                 msg.data,
@@ -521,12 +571,14 @@ class Subscription(StatefulResource):
                 error=error,
                 deliveries=deliveries,
             )
-        except DeadLetterError:
-            log.exception("%s: dead-letter queue unavailable; will retry", self.durable)
-            await msg.nak(delay=self._retry.max_delay)
+        except Exception as exc:  # DeadLetterError, or a letter it could not even build
+            if not isinstance(exc, DeadLetterError):
+                self.stats.errors += 1
+            log.error("%s: could not dead-letter (%r); will retry", self.durable, exc)
+            await nak(msg, delay=self._retry.max_delay)
             return
         self.stats.dead_lettered += 1
-        await msg.term()
+        await term(msg)
 
     async def _on_max_deliveries(self, advisory: Msg) -> None:
         """The server gave up on an event whose last delivery had no outcome (a crash)."""

@@ -1,4 +1,15 @@
-"""The CloudEvents 1.0 event as it travels, with eventwire's extension attributes."""
+"""The CloudEvents 1.0 event as it travels, with eventwire's extension attributes.
+
+Whatever a keyring member signs is input: every claim is validated, completely, before
+anything uses it. Strings are non-empty, without control characters (Unicode ``Cc``; lone
+surrogates are refused by the strict parse), and at most: :data:`MAX_ID_CHARS` for ``id``,
+``correlationid``, ``causationid`` and ``partitionkey``; :data:`MAX_TYPE_CHARS` for ``type``;
+:data:`MAX_SUBJECT_CHARS` for ``subject``; :data:`MAX_NAME_CHARS` for ``tenant`` and
+``root`` (``source`` is ``tenant/agent``); :data:`MAX_TRACEPARENT_CHARS` for
+``traceparent``. ``iat`` and ``exp`` are integers from 0 to :data:`MAX_SECONDS`. ``data`` is
+any JSON value, bounded by the body's size. Claims that do not fit are refused as
+``invalid-event``; publishing refuses them the same way (:class:`InvalidEvent`).
+"""
 
 from __future__ import annotations
 
@@ -12,17 +23,18 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Field,
     JsonValue,
     SkipValidation,
     StrictInt,
-    StrictStr,
+    StringConstraints,
 )
 from pydantic import ValidationError as PydanticValidationError
 
 from ._errors import InvalidEvent, SealedForOthers
 from ._ids import uuid7
 from ._kinds import KINDS, EventData
-from ._subjects import DEFAULT_ROOT
+from ._subjects import DEFAULT_ROOT, MAX_TOKENS
 
 if TYPE_CHECKING:
     import builtins
@@ -30,6 +42,29 @@ if TYPE_CHECKING:
     from eventwire_security import Principal
 
 SEALED = "application/jose+json"
+MAX_ID_CHARS = 256
+MAX_TYPE_CHARS = 256
+MAX_NAME_CHARS = 64  # tenant and agent names, subject tokens
+MAX_SUBJECT_CHARS = MAX_TOKENS * (MAX_NAME_CHARS + 1) - 1
+MAX_TRACEPARENT_CHARS = 512
+MAX_SECONDS = 2**53  # iat / exp: JSON's exact integers, far beyond any real time
+_NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f]+$"  # Unicode Cc: C0, DEL, C1
+_NO_CONTROL_RE = re.compile(r"\A[^\x00-\x1f\x7f-\x9f\ud800-\udfff]+\Z")  # and no surrogates
+_CONTROL = "String should have no control characters"
+
+
+def _text(max_chars: int) -> StringConstraints:
+    """A strict, non-empty string of at most ``max_chars`` without control characters."""
+    return StringConstraints(strict=True, min_length=1, max_length=max_chars, pattern=_NO_CONTROL)
+
+
+_Id = Annotated[str, _text(MAX_ID_CHARS)]
+_Name = Annotated[str, _text(MAX_NAME_CHARS)]
+_Source = Annotated[str, _text(2 * MAX_NAME_CHARS + 1)]  # tenant/agent
+_Type = Annotated[str, _text(MAX_TYPE_CHARS)]
+_Subject = Annotated[str, _text(MAX_SUBJECT_CHARS)]
+_TraceParent = Annotated[str, _text(MAX_TRACEPARENT_CHARS)]
+_Seconds = Annotated[StrictInt, Field(ge=0, le=MAX_SECONDS)]
 _RFC3339 = re.compile(r"\A\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})\Z")
 
 
@@ -60,22 +95,22 @@ class Event(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     specversion: Literal["1.0"]
-    id: StrictStr
-    source: StrictStr
-    type: StrictStr
-    subject: StrictStr
+    id: _Id
+    source: _Source
+    type: _Type
+    subject: _Subject
     time: Annotated[datetime, BeforeValidator(_rfc3339)]
     datacontenttype: Literal["application/json", "application/jose+json"]
     # Parsed from strict JSON, so already a JSON value: not walked again.
     data: SkipValidation[JsonValue]
-    tenant: StrictStr
-    root: StrictStr
-    iat: StrictInt
-    exp: StrictInt | None = None
-    correlationid: StrictStr
-    causationid: StrictStr | None = None
-    traceparent: StrictStr | None = None
-    partitionkey: StrictStr | None = None
+    tenant: _Name
+    root: _Name
+    iat: _Seconds
+    exp: _Seconds | None = None
+    correlationid: _Id
+    causationid: _Id | None = None
+    traceparent: _TraceParent | None = None
+    partitionkey: _Id | None = None
 
     # Slots, not pydantic private attributes: those cost ~10 us per event to set up.
     __slots__ = ("_kid", "_opened")
@@ -128,9 +163,19 @@ class Event(BaseModel):
 
 
 def _first_error(exc: PydanticValidationError) -> str:
-    error = exc.errors()[0]
+    error = exc.errors(include_url=False, include_input=False)[0]
     where = ".".join(str(part) for part in error["loc"])
-    return f"{where}: {error['msg']}" if where else str(error["msg"])
+    message = _CONTROL if error["type"] == "string_pattern_mismatch" else error["msg"]
+    return f"{where}: {message}" if where else str(message)
+
+
+def _check_text(name: str, value: object, max_chars: int) -> str:
+    """``value`` if it is a claim string a receiver accepts; :class:`InvalidEvent` if not."""
+    if not isinstance(value, str) or not 0 < len(value) <= max_chars:
+        raise InvalidEvent(f"must be a non-empty string of at most {max_chars} chars", field=name)
+    if not _NO_CONTROL_RE.match(value):
+        raise InvalidEvent("must have no control characters or lone surrogates", field=name)
+    return value
 
 
 def build_claims(
@@ -166,16 +211,14 @@ def build_claims(
         if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl < 1e9:
             raise InvalidEvent(f"must be a number of seconds > 0, got {ttl!r}", field="ttl")
         claims["exp"] = claims["iat"] + math.ceil(ttl)  # whole seconds after iat
-    for name, value in (
-        ("correlationid", correlation_id),
-        ("causationid", causation_id),
-        ("partitionkey", partition_key),
-        ("traceparent", traceparent),
+    for name, value, max_chars in (
+        ("correlationid", correlation_id, MAX_ID_CHARS),
+        ("causationid", causation_id, MAX_ID_CHARS),
+        ("partitionkey", partition_key, MAX_ID_CHARS),
+        ("traceparent", traceparent, MAX_TRACEPARENT_CHARS),
     ):
         if value is not None:
-            if not isinstance(value, str) or not value:
-                raise InvalidEvent("must be a non-empty string", field=name)
-            claims[name] = value
+            claims[name] = _check_text(name, value, max_chars)
     return claims
 
 

@@ -6,6 +6,9 @@ and skips ids it has recorded, applies each event once, as long as a redelivery 
 within the window. What it cannot cover: a crash after the handler's side effect and
 before the record (that event is applied again), so handlers with outside effects should
 still be idempotent themselves, or record their effect and the id together.
+
+Records are keyed ``<consumer>.<event_key(event)>``: a hash of the event's tenant, source and
+id, never the id itself (a signer chooses it; ``"a b"`` or ``"a..b"`` are no valid keys).
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ DEFAULT_WINDOW = 24 * 3600.0
 
 
 class ProcessedIds:
-    """Which (consumer, event id) pairs were processed within the window."""
+    """Which (consumer, event) pairs were processed within the window; events are named by
+    their :func:`~eventwire._seen.event_key`."""
 
     def __init__(self, kv: KeyValue, bucket: str, publisher: AckedPublisher | None = None) -> None:
         self._kv = kv
@@ -55,18 +59,19 @@ class ProcessedIds:
         kv = await open_bucket(js, config, create=create)
         return cls(kv, processed_bucket(root), publisher)
 
-    async def seen(self, consumer: str, event_id: str) -> bool:
+    async def seen(self, consumer: str, key: str) -> bool:
+        """Whether ``consumer`` recorded the event with :func:`event_key` ``key``."""
         try:
-            await self._kv.get(f"{consumer}.{event_id}")
+            await self._kv.get(f"{consumer}.{key}")
         except nats.js.errors.KeyNotFoundError:
             return False
         return True
 
-    async def mark(self, consumer: str, event_id: str) -> None:
-        await self._kv.put(f"{consumer}.{event_id}", b"")
+    async def mark(self, consumer: str, key: str) -> None:
+        await self._kv.put(f"{consumer}.{key}", b"")
 
-    async def mark_later(self, consumer: str, event_id: str) -> asyncio.Future[PubAck]:
+    async def mark_later(self, consumer: str, key: str) -> asyncio.Future[PubAck]:
         """Send the record now; the future resolves once it is stored (pipelined)."""
         if self._publisher is None:
             raise NotRunning("pipelined records need the bus's publisher")
-        return await self._publisher.publish(f"{self._prefix}{consumer}.{event_id}", b"", {})
+        return await self._publisher.publish(f"{self._prefix}{consumer}.{key}", b"", {})

@@ -5,7 +5,10 @@ the rest of the path; here messages arrive on a callback and are handed over in 
 The server is asked for ``batch`` more whenever what is requested plus what is held falls
 to ``batch`` or less, so at most ``2 * batch`` messages are outstanding (back-pressure).
 Idle heartbeats tell a quiet consumer from a lost pull (server restart, leader change):
-after ``3 * heartbeat`` without a word the pull is issued again.
+after ``3 * heartbeat`` without a word the pull is issued again. After a reconnect
+(:meth:`Pull.reset`) it is issued again at once, whether the caller is waiting for a batch
+or busy with the last one, and whoever waits for answers to requests sent on the old
+connection is told (:meth:`Pull.interrupted`): those answers may never come.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ class Pull:
         self._last_word = time.monotonic()
         self._sub: NatsSubscription | None = None
         self._closed = False
+        self._reset = asyncio.Event()  # set (and replaced) by the next reset()
 
     async def open(self) -> None:
         self._sub = await self._nc.subscribe(
@@ -68,6 +72,7 @@ class Pull:
     async def close(self) -> list[Msg]:
         """Stop pulling; return what arrived but was never taken (for the caller to nak)."""
         self._closed = True
+        self._reset.set()  # and for good: whoever waits on interrupted() stops waiting
         if self._sub is not None:
             try:
                 await self._sub.unsubscribe()
@@ -82,9 +87,9 @@ class Pull:
         pull requests may be answered before the caller takes them), or [] once closed."""
         while not self._buffer and not self._closed:
             self._arrived.clear()
+            await self._check_alive()  # first: a reset while the caller was busy pulls now
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), self._heartbeat)
-            await self._check_alive()
         taken, self._buffer = self._buffer[: self._batch], self._buffer[self._batch :]
         self._held += len(taken)
         return taken
@@ -110,10 +115,19 @@ class Pull:
             log.warning("consumer %s: pull request failed: %r", self._consumer, exc)
 
     def reset(self) -> None:
-        """Forget outstanding requests (e.g. after a reconnect); the next wait re-pulls."""
+        """After a reconnect: forget outstanding requests and pull again at once (the next
+        :meth:`next_batch`, or the one waiting now, sends the request)."""
         self._requested = 0
         self._last_word = 0.0
         self._arrived.set()
+        if not self._closed:
+            self._reset.set()
+            self._reset = asyncio.Event()
+
+    def interrupted(self) -> asyncio.Event:
+        """An event that the next :meth:`reset` (a reconnect) sets, already set once
+        :meth:`close` was called."""
+        return self._reset
 
     async def _check_alive(self) -> None:
         if time.monotonic() - self._last_word > 3 * self._heartbeat:

@@ -1,4 +1,9 @@
-"""Settling the handled events of an idempotent consumer: record the id, then ack.
+"""Settling delivered messages: ack, nak or term without letting a lost connection stop
+the consumer, and for an idempotent consumer, record the handled event, then ack.
+
+A message whose ack, nak or term cannot be sent (the connection is closed or reconnecting)
+is logged and left to the server, which delivers it again after its ack wait; the loop
+goes on with the next one.
 
 The record of a handled event id must be stored before the event is acknowledged (else a
 redelivery after a lost ack would run the handler again). Waiting for each record's
@@ -28,8 +33,40 @@ log = logging.getLogger("eventwire.consumer")
 _RECORD_WAIT = 5.0  # seconds for a pipelined record's ack before writing it again
 _ATTEMPTS = 30
 
-# the message, its event id, the record's ack (None: not sent) and until when to wait for it
+# the message, its event key, the record's ack (None: not sent) and until when to wait for it
 _Item = tuple["Msg", str, "asyncio.Future[PubAck] | None", float]
+
+
+async def ack(msg: Msg) -> bool:
+    """Acknowledge ``msg``; False (logged) if that could not be sent."""
+    try:
+        await msg.ack()
+    except nats.errors.Error as exc:
+        return _unsent("ack", msg, exc)
+    return True
+
+
+async def nak(msg: Msg, delay: float | None = None) -> bool:
+    """Ask for ``msg`` again (after ``delay`` seconds); False (logged) if not sent."""
+    try:
+        await msg.nak(delay=delay)
+    except nats.errors.Error as exc:
+        return _unsent("nak", msg, exc)
+    return True
+
+
+async def term(msg: Msg) -> bool:
+    """Never deliver ``msg`` again; False (logged) if that could not be sent."""
+    try:
+        await msg.term()
+    except nats.errors.Error as exc:
+        return _unsent("term", msg, exc)
+    return True
+
+
+def _unsent(what: str, msg: Msg, exc: nats.errors.Error) -> bool:
+    log.warning("%s of the message on %s not sent (%r); the server decides", what, msg.subject, exc)
+    return False
 
 
 class Settler:
@@ -47,26 +84,37 @@ class Settler:
         self._settled = settled
         self._room = asyncio.Semaphore(depth)
         self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
-        # event id -> whether its record was stored, resolved when it is settled
+        # event key -> whether its record was stored, resolved when it is settled
         self._pending: dict[str, asyncio.Future[bool]] = {}
+        self._sent: set[asyncio.Future[PubAck]] = set()  # records not yet settled
 
-    async def record(self, msg: Msg, event_id: str) -> None:
-        """Send the record of ``event_id`` now; :meth:`run` settles ``msg`` once stored."""
+    async def record(self, msg: Msg, key: str) -> None:
+        """Send the record of the event with :func:`event_key` ``key`` now; :meth:`run`
+        settles ``msg`` once it is stored."""
         await self._room.acquire()
         loop = asyncio.get_running_loop()
-        self._pending[event_id] = loop.create_future()
+        self._pending[key] = loop.create_future()
         deadline = loop.time() + _RECORD_WAIT
+        future: asyncio.Future[PubAck] | None = None  # None: written again by run()
         try:
-            future = await self._processed.mark_later(self._consumer, event_id)
+            future = await self._processed.mark_later(self._consumer, key)
         except nats.errors.Error:
-            future = None  # written again by run()
-        self._queue.put_nowait((msg, event_id, future, deadline))
+            pass
+        else:
+            self._sent.add(future)
+        self._queue.put_nowait((msg, key, future, deadline))
 
-    async def outcome(self, event_id: str) -> bool | None:
+    def reconnected(self) -> None:
+        """The connection was replaced: acks of records sent before may never come, so
+        those records are written again now instead of after their wait."""
+        for future in self._sent:
+            future.cancel()
+
+    async def outcome(self, key: str) -> bool | None:
         """For an event whose record is still being settled, wait and say whether it was
         stored; None if none is. A redelivery (its ack was late, say during an election)
         must not run the handler again while the first run's record is on its way."""
-        pending = self._pending.get(event_id)
+        pending = self._pending.get(key)
         return None if pending is None else await asyncio.shield(pending)
 
     def close(self) -> None:
@@ -75,27 +123,29 @@ class Settler:
 
     async def run(self) -> None:
         while (item := await self._queue.get()) is not None:
-            msg, event_id, future, deadline = item
+            msg, key, future, deadline = item
             stored = False
             try:
-                stored = await _stored(future, deadline) or await self._write_again(event_id)
+                stored = await _stored(future, deadline) or await self._write_again(key)
                 await self._settled(msg, stored)
             finally:
+                if future is not None:
+                    self._sent.discard(future)
                 self._room.release()
-                outcome = self._pending.pop(event_id, None)
+                outcome = self._pending.pop(key, None)
                 if outcome is not None and not outcome.done():
                     outcome.set_result(stored)
 
-    async def _write_again(self, event_id: str) -> bool:
+    async def _write_again(self, key: str) -> bool:
         """Keep trying through an outage rather than let the event run twice."""
         for attempt in range(1, _ATTEMPTS + 1):
             try:
-                await self._processed.mark(self._consumer, event_id)
+                await self._processed.mark(self._consumer, key)
                 return True
             except (nats.errors.Error, TimeoutError) as exc:
-                log.warning("%s: recording %s failed (%r), retrying", self._consumer, event_id, exc)
+                log.warning("%s: recording %s failed (%r), retrying", self._consumer, key, exc)
                 await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
-        log.error("%s: could not record %s; it will be redelivered", self._consumer, event_id)
+        log.error("%s: could not record %s; it will be redelivered", self._consumer, key)
         return False
 
 

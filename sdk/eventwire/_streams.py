@@ -163,6 +163,7 @@ def seen_config(root: str, *, horizon: float, replicas: int = 1) -> KeyValueConf
     return KeyValueConfig(
         bucket=seen_bucket(root), history=1, ttl=horizon, storage=StorageType.FILE,
         replicas=replicas,
+        direct=True,  # claims are read back by key: an agent's right covers its consumers' keys
     )  # fmt: skip
 
 

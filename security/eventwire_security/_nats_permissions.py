@@ -137,10 +137,11 @@ def _consumer_names(policy: Policy, actor: Actor, consumers: Sequence[str] | Non
 def _jetstream_rights(actor: Actor, root: str, consumers: Sequence[str]) -> list[str]:
     """The JetStream subjects an agent's SDK needs in bind-only mode: no more (never
     ``$JS.API.>``). Per consumer of its own: bind, pull and ack on the events stream; claim
-    ids in the replay bucket, record and look up handled ids in the idempotency bucket, and
-    dead-letter, all under keys that start with the consumer's name. The registry and the
-    keyring buckets are readable by the whole tenant (an agent lists live agents and
-    follows the keyring); the audit stream can be appended to and its head read.
+    ids in the replay bucket and read claims back, record and look up handled ids in the
+    idempotency bucket, and dead-letter, all under keys that start with the consumer's
+    name. The registry and the keyring buckets are readable by the whole tenant (an agent
+    lists live agents and follows the keyring); the audit stream can be appended to and
+    its head read.
     """
     stream, audit = events_stream_name(root), audit_stream_name(root)
     seen, processed = seen_bucket(root), processed_bucket(root)
@@ -152,6 +153,7 @@ def _jetstream_rights(actor: Actor, root: str, consumers: Sequence[str]) -> list
             f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}",
             f"$JS.ACK.{stream}.{name}.>",
             f"$KV.{seen}.{name}.>",
+            f"$JS.API.DIRECT.GET.KV_{seen}.$KV.{seen}.{name}.>",
             f"$KV.{processed}.{name}.>",
             f"$JS.API.DIRECT.GET.{kv_stream_name(processed)}.$KV.{processed}.{name}.>",
             dlq_subject(root, name),

@@ -1,17 +1,19 @@
 """Replay protection primitives, storage-agnostic: a time window and a seen-set.
 
 An event is accepted only inside its ``iat``/``exp`` window (with a small clock ``skew``) and
-only once per ``(tenant, source, id)``: the SDK keeps the ids it has processed in a KV bucket
-under :func:`seen_key`, with :class:`SeenSet` as a first-level cache in front of it. Both must
+only once per ``(tenant, source, id)``: the SDK keeps the ids it has received in a KV bucket
+under :func:`seen_key` (a hash: an id a signer chose is never used raw as a key or subject
+token), with :class:`SeenSet` available as a first-level cache in front of it. Both must
 remember an id for at least :attr:`ReplayWindow.horizon` seconds, the longest time an event
 can pass :meth:`ReplayWindow.check_time`.
 
-A JetStream redelivery of the same message is not a replay and must still be processed. So
-the SDK records an id only after its handler succeeded (or reserves it with
-:meth:`SeenSet.add_if_new` and releases it with :meth:`SeenSet.discard` if the handler
-fails), and a redelivery (delivery count > 1) of an id it has not recorded is treated as new.
-A redelivery of an id it has recorded (the handler ran but the ack was lost) is acked without
-running the handler again. This module only provides the primitives.
+A replay is the same event id at a *different* position in the stream. A JetStream
+redelivery of the same message is not a replay and must still be processed, whatever its
+delivery count says (after a server crash it may count as a first delivery again). So the
+SDK records, with each id, the stream sequence it was received at, claims the id on every
+delivery, and refuses an id only when its record names another sequence. A redelivery of an
+id whose handler already ran (the ack was lost) is acked without running the handler again
+by an idempotent consumer. This module only provides the primitives.
 """
 
 from __future__ import annotations

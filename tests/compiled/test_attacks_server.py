@@ -153,7 +153,7 @@ def _parsing_attacks(mallory: Identity) -> list[tuple[str, bytes, str]]:
         ("NaN", json.dumps(_claims(mallory, "x", "n", data={"v": float("nan")})).encode(),
          "malformed-claims"),
         ("wrong type", json.dumps(_claims(mallory, "x", "t", iat="now")).encode(),
-         "bad-times"),
+         "invalid-event"),  # claims are validated before their times are checked
         ("unknown field", json.dumps(_claims(mallory, "x", "u", admin=True)).encode(),
          "invalid-event"),
         ("deep nesting", json.dumps(_claims(mallory, "x", "d", data={"v": nested})).encode(),
@@ -307,6 +307,7 @@ async def test_an_agent_cannot_read_beyond_its_own_consumers(world: World, mallo
         f"$JS.API.STREAM.MSG.GET.{STREAM}",  # the stream itself
         f"$JS.API.DIRECT.GET.{STREAM}",
         f"$JS.API.DIRECT.GET.KV_{processed}.$KV.{processed}.{theirs}.x",  # its handled ids
+        f"$JS.API.DIRECT.GET.KV_{ROOT}-seen.$KV.{ROOT}-seen.{theirs}.x",  # its replay claims
         f"$JS.API.STREAM.PURGE.{ROOT}-audit",  # erase its tracks
         f"$JS.API.STREAM.DELETE.{ROOT}-audit",
     ):

@@ -13,8 +13,8 @@ import nats.errors
 
 from eventwire import CustomEvent, Event
 from eventwire import _settle as settle
-from eventwire_security import consumer_name
-from tests.conftest import make_identity, wait_until
+from eventwire_security import consumer_name, seen_key
+from tests.conftest import TENANT, make_identity, wait_until
 
 if TYPE_CHECKING:
     import pytest
@@ -48,8 +48,8 @@ async def test_every_handled_event_is_recorded_and_acked_before_stop_returns(
     assert (info.num_ack_pending, info.num_pending, info.num_redelivered) == (0, 0, 0)
     processed = bus._link.processed if bus._link else None
     assert processed is not None
-    for ack in acks:
-        assert await processed.seen(name, ack.event_id)
+    for ack in acks:  # recorded under a hash of tenant, source and id, never the raw id
+        assert await processed.seen(name, seen_key(TENANT, alice.principal.source, ack.event_id))
 
 
 async def test_an_event_whose_record_cannot_be_stored_is_not_acked(

@@ -501,6 +501,7 @@ def _consumer_rights(stream: str, root: str, name: str) -> list[str]:
         f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}",
         f"$JS.ACK.{stream}.{name}.>",
         f"$KV.{root}-seen.{name}.>",
+        f"$JS.API.DIRECT.GET.KV_{root}-seen.$KV.{root}-seen.{name}.>",
         f"$KV.{root}-processed.{name}.>",
         f"$JS.API.DIRECT.GET.KV_{root}-processed.$KV.{root}-processed.{name}.>",
         f"{root}.dlq.{name}",
