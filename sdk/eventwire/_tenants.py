@@ -112,11 +112,11 @@ class InsideRepository(DeploymentError):
     """The directory is inside a git work tree and git does not ignore it: secrets written
     there would be one ``git add`` away from a commit. ``path``, ``repository``."""
 
-    def __init__(self, path: Path, repository: str, detail: str = "git does not ignore it") -> None:
+    def __init__(self, path: Path, repository: str, why: str = "git does not ignore it") -> None:
         super().__init__(
             f"refusing to write secrets to {path}: it is inside the git work tree {repository} "
-            f"and {detail}; add it to .gitignore, or use a directory outside the repository "
-            f"(the default is {Deployment.default_dir()})"
+            f"and {why}; use a directory outside the repository (the default is "
+            f"{Deployment.default_dir()}), or one that .gitignore lists"
         )
         self.path = path
         self.repository = repository
@@ -450,7 +450,7 @@ def check_not_in_repository(path: Path) -> None:
         raise InsideRepository(absolute, str(existing), detail)
     repository = top.stdout.strip()
     if absolute == Path(repository):
-        raise InsideRepository(absolute, repository, "is the work tree itself")
+        raise InsideRepository(absolute, repository, "is its top directory")
     ignored = _git(Path(repository), "check-ignore", "-q", "--", f"{absolute}/")
     if ignored.returncode == 1:
         raise InsideRepository(absolute, repository)

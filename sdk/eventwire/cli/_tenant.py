@@ -141,7 +141,7 @@ def policy(
     root, actors = deployment.settings().root, _actors(deployment, tenant)
     # principals are checked once the tenant has agents (a policy may come first)
     for finding in lint_policy(new, root=root, actors=actors or None):
-        stderr.print(f"[yellow]warning:[/yellow] {escape(f'{file}: {finding}')}")
+        stderr.print(f"[yellow]warning:[/yellow] {escape(f'{file}:{finding}')}")
     _apply(deployment, pid)
 
 
