@@ -184,7 +184,14 @@ class Deployment:
         explicit = os.environ.get(DEPLOYMENT_ENV)
         if explicit:
             return Path(explicit)
-        data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        data = os.environ.get("XDG_DATA_HOME")
+        if not data:
+            try:
+                data = str(Path.home() / ".local" / "share")
+            except RuntimeError as exc:  # no HOME and no password-database entry
+                raise DeploymentError(
+                    f"no home directory ({exc}): give the directory (--dir, {DEPLOYMENT_ENV})"
+                ) from exc
         return Path(data) / "eventwire" / "deployment"
 
     @property

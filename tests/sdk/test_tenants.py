@@ -16,6 +16,7 @@ import stat
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import bcrypt
@@ -40,7 +41,6 @@ from tests.conftest import wait_until
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
-    from pathlib import Path
 
     from nats.aio.msg import Msg
 
@@ -552,6 +552,9 @@ def test_a_deployment_inside_a_work_tree_is_refused_unless_ignored(repository: P
         Deployment(repository).configure(port=4333)
     (repository / ".gitignore").write_text("/deploy/\n")
     assert inside.create_tenant("acme").hashed
+    project_ignores = (Path(__file__).parents[2] / ".gitignore").read_text()
+    (repository / ".gitignore").write_text(project_ignores)  # this project's own
+    assert Deployment(repository / ".eventwire").create_tenant("acme").hashed
     outside = Deployment(repository.parent / "elsewhere")
     outside.create_tenant("globex")
     with pytest.raises(DeploymentError, match="refusing to write secrets"):
