@@ -10,6 +10,7 @@ the agent's SDK looks for it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import nats.js.errors
@@ -30,6 +31,17 @@ if TYPE_CHECKING:
     from ._options import DeliveryKeywords, SubscribeOptions
 
 
+@dataclass(frozen=True, slots=True)
+class ProvisionedConsumer:
+    """One durable consumer made for an agent: its ``name`` (what ``compile_permissions``
+    grants) and the policy ``pattern`` it delivers, which is the pattern a handler of the
+    agent subscribes with to bind to it."""
+
+    agent: str
+    name: str
+    pattern: str
+
+
 async def provision_agent(
     bus: Bus,
     actor: Actor,
@@ -37,7 +49,7 @@ async def provision_agent(
     *,
     options: SubscribeOptions | None = None,
     **keywords: Unpack[DeliveryKeywords],
-) -> list[str]:
+) -> list[ProvisionedConsumer]:
     """Create (or keep, if identical) ``actor``'s consumers on ``bus``'s events stream,
     and the registry and keyring buckets if absent.
 
@@ -45,7 +57,7 @@ async def provision_agent(
     ``keywords`` applied, e.g. ``retry=...``, ``ack_wait=...``, ``start=...``): the agent
     must subscribe with the same ``retry`` and ``ack_wait``, and under its agent name as
     ``durable`` (what :class:`Agent` does): a bind-only subscription checks them. Returns
-    the consumer names, which are the ones ``compile_permissions`` grants.
+    each consumer's name (the ones ``compile_permissions`` grants) with its pattern.
     """
     chosen = options_of(options, keywords)
     policy = policy if policy is not None else bus.policy
@@ -53,7 +65,7 @@ async def provision_agent(
         raise ConfigError("provision_agent needs a policy (or a bus with one)")
     if not bus.provisions:
         raise ConfigError("provision consumers from a bus connected with provision=True")
-    js, names = bus.jetstream, []
+    js, made = bus.jetstream, []
     await bus.registry()
     await open_keyring_bucket(js, bus.root, replicas=bus.replicas)
     for pattern in consumer_filters(policy, actor):
@@ -67,5 +79,5 @@ async def provision_agent(
             raise StreamConfigError(
                 f"consumer {plan.name!r} exists with other settings: {exc.description}"
             ) from None
-        names.append(plan.name)
-    return names
+        made.append(ProvisionedConsumer(actor.agent, plan.name, pattern))
+    return made

@@ -24,8 +24,14 @@ to it: the choice for very many tenants or tenants that manage their own users, 
 A reload cannot change the port or the store directory: the server then rejects the WHOLE
 reload (it logs ``config reload not supported for ...``) and keeps the old config until a
 restart. SIGHUP gets no answer; the server's log, or a login as the new user, tells whether
-it worked. Passwords are stored as bcrypt hashes when ``bcrypt`` is importable, otherwise in
-plaintext, in files of mode 0600.
+it worked.
+
+**Secrets.** A new user's password (256 random bits) is returned once in
+:class:`Credentials` and stored only as a bcrypt hash (users.json and the rendered config,
+mode 0600); entries of older deployments with a plaintext ``password`` still work. The
+directory defaults to a per-user one (:meth:`Deployment.default_dir`), and a deployment
+refuses to write inside a git work tree unless git ignores the directory
+(:class:`InsideRepository`), so secrets do not end up in a commit.
 """
 
 from __future__ import annotations
@@ -33,12 +39,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import importlib
 import json
 import os
 import secrets
 import shutil
 import signal
+import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,7 +84,11 @@ consume = ["agent.lifecycle.*"]
 _SETTINGS, _POLICY, _USERS = "deployment.json", "policy.toml", "users.json"
 _ADMIN_RIGHTS: dict[str, Any] = {"publish": {"allow": [">"]}, "subscribe": {"allow": [">"]}}
 _ENTRY_KEYS = frozenset({"capabilities", "roles", "password", "password_bcrypt"})
-_BCRYPT_ROUNDS = 12
+# nats-server checks the hash on every connect, and each CONNECT with a wrong password costs
+# the server one hash: a slow hash buys nothing for 256-bit random passwords (no guessing),
+# and costs every agent's (re)connect. 2^8 rounds: ~15 ms.
+_BCRYPT_ROUNDS = 8
+DEPLOYMENT_ENV = "EVENTWIRE_DEPLOYMENT"
 StrPath = str | os.PathLike[str]
 
 
@@ -96,6 +106,20 @@ class UnknownTenant(DeploymentError):
 
 class AgentExists(DeploymentError):
     """``add_agent`` of a user the tenant has already (``admin`` included)."""
+
+
+class InsideRepository(DeploymentError):
+    """The directory is inside a git work tree and git does not ignore it: secrets written
+    there would be one ``git add`` away from a commit. ``path``, ``repository``."""
+
+    def __init__(self, path: Path, repository: str, why: str = "git does not ignore it") -> None:
+        super().__init__(
+            f"refusing to write secrets to {path}: it is inside the git work tree {repository} "
+            f"and {why}; use a directory outside the repository (the default is "
+            f"{Deployment.default_dir()}), or one that .gitignore lists"
+        )
+        self.path = path
+        self.repository = repository
 
 
 class ServerGone(DeploymentError):
@@ -152,6 +176,23 @@ class Deployment:
 
     def __init__(self, path: StrPath) -> None:
         self.path = Path(path)
+
+    @staticmethod
+    def default_dir() -> Path:
+        """``$EVENTWIRE_DEPLOYMENT``, else ``$XDG_DATA_HOME/eventwire/deployment`` (by default
+        ``~/.local/share/eventwire/deployment``): per user, outside any repository."""
+        explicit = os.environ.get(DEPLOYMENT_ENV)
+        if explicit:
+            return Path(explicit)
+        data = os.environ.get("XDG_DATA_HOME")
+        if not data:
+            try:
+                data = str(Path.home() / ".local" / "share")
+            except RuntimeError as exc:  # no HOME and no password-database entry
+                raise DeploymentError(
+                    f"no home directory ({exc}): give the directory (--dir, {DEPLOYMENT_ENV})"
+                ) from exc
+        return Path(data) / "eventwire" / "deployment"
 
     @property
     def config_path(self) -> Path:
@@ -271,6 +312,8 @@ class Deployment:
         """Render and write the config atomically (temporary file, then rename), mode 0600."""
         target = Path(path) if path is not None else self.config_path
         with self._locked():
+            if path is not None:
+                check_not_in_repository(target.parent)
             _write_atomic(target, self.render(store_dir))
         return target
 
@@ -296,6 +339,7 @@ class Deployment:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """One writer at a time (an exclusive flock on ``<dir>/.lock``). Not re-entrant."""
+        check_not_in_repository(self.path)
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         descriptor = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -392,15 +436,48 @@ def _dumps(users: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def _new_password() -> tuple[str, dict[str, str]]:
-    """A random password (256 bits, URL-safe) and how to store it: bcrypt hash if available."""
+    """A random password (256 bits, URL-safe) and its bcrypt hash, the only thing stored."""
+    import bcrypt  # the CLI's and admin's dependency; `import eventwire` stays light
+
     password = secrets.token_urlsafe(32)
+    salt = bcrypt.gensalt(rounds=_BCRYPT_ROUNDS, prefix=b"2a")  # nats-server reads $2a$
+    return password, {"password_bcrypt": bcrypt.hashpw(password.encode(), salt).decode("ascii")}
+
+
+def check_not_in_repository(path: Path) -> None:
+    """Raise :class:`InsideRepository` if ``path`` (a directory, existing or not) is inside a
+    git work tree and git does not ignore it. Outside any work tree: no git call at all."""
+    absolute = Path(os.path.realpath(path))
+    existing = next(p for p in (absolute, *absolute.parents) if p.is_dir())
+    if not any((p / ".git").exists() for p in (existing, *existing.parents)):
+        return
+    top = _git(existing, "rev-parse", "--show-toplevel")
+    if top.returncode != 0:
+        detail = f"git cannot tell whether it is ignored ({_first_line(top.stderr)})"
+        raise InsideRepository(absolute, str(existing), detail)
+    repository = top.stdout.strip()
+    if absolute == Path(repository):
+        raise InsideRepository(absolute, repository, "is its top directory")
+    ignored = _git(Path(repository), "check-ignore", "-q", "--", f"{absolute}/")
+    if ignored.returncode == 1:
+        raise InsideRepository(absolute, repository)
+    if ignored.returncode != 0:
+        detail = f"git cannot tell whether it is ignored ({_first_line(ignored.stderr)})"
+        raise InsideRepository(absolute, repository, detail)
+
+
+def _git(where: Path, *args: str) -> subprocess.CompletedProcess[str]:
     try:
-        bcrypt = importlib.import_module("bcrypt")
-    except ImportError:
-        return password, {"password": password}
-    salt = bcrypt.gensalt(rounds=_BCRYPT_ROUNDS, prefix=b"2a")
-    hashed = bytes(bcrypt.hashpw(password.encode(), salt)).decode("ascii")
-    return password, {"password_bcrypt": hashed}
+        return subprocess.run(
+            ["git", "-C", str(where), *args], capture_output=True, text=True, check=False,
+            stdin=subprocess.DEVNULL, timeout=30,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return subprocess.CompletedProcess(args, 128, "", f"git: {exc}")
+
+
+def _first_line(text: str) -> str:
+    return (text.strip().splitlines() or ["no message"])[0]
 
 
 def _write_atomic(path: Path, text: str) -> None:

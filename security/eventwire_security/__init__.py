@@ -41,6 +41,7 @@ from ._errors import (
     UnknownKey,
 )
 from ._keyfile import (
+    MIN_PASSPHRASE_BYTES,
     KeyFileError,
     KeyFileExists,
     KeyFileInvalid,
@@ -48,6 +49,7 @@ from ._keyfile import (
     KeyFileMissing,
     KeyFileUnsafe,
     PassphraseRequired,
+    PassphraseTooShort,
     passphrase_from_env,
     read_identity,
     write_identity,
@@ -94,6 +96,7 @@ from ._policy import (
     PolicyError,
     Rule,
 )
+from ._policy_lint import FINDING_KINDS, PolicyFinding, PolicyFindingKind, lint_policy
 from ._replay import (
     ReplayRefused,
     ReplayWindow,
@@ -118,6 +121,8 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_ROOT",
     "FAMILIES",
+    "FINDING_KINDS",
+    "MIN_PASSPHRASE_BYTES",
     "Actor",
     "AuditBroken",
     "AuditChain",
@@ -154,10 +159,13 @@ __all__ = [
     "OversizedEnvelope",
     "OwnerMismatch",
     "PassphraseRequired",
+    "PassphraseTooShort",
     "Permissions",
     "Policy",
     "PolicyDenied",
     "PolicyError",
+    "PolicyFinding",
+    "PolicyFindingKind",
     "Principal",
     "PublicKey",
     "RecipientKey",
@@ -186,6 +194,7 @@ __all__ = [
     "events_stream_name",
     "from_wire",
     "keyring_bucket",
+    "lint_policy",
     "message_id",
     "open_seal",
     "passphrase_from_env",

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 FORMAT = "eventwire-key/1"
 PASSPHRASE_ENV = "EVENTWIRE_KEY_PASSPHRASE"
 MAX_PASSPHRASE_BYTES = 1023  # the limit of cryptography's PKCS#8 encryption
+MIN_PASSPHRASE_BYTES = 8  # for new key files; existing ones open with any passphrase
 MAX_FILE_BYTES = 64 * 1024
 _FIELDS = frozenset({"format", "tenant", "agent", "kid", "pkcs8_pem"})
 _PEM_BEGIN = "-----BEGIN ENCRYPTED PRIVATE KEY-----\n"
@@ -102,6 +103,22 @@ class PassphraseRequired(KeyFileError):
     reason = "passphrase-required"
 
 
+class PassphraseTooShort(PassphraseRequired):
+    """A new key file's passphrase is shorter than ``minimum`` bytes (existing files still
+    open with theirs)."""
+
+    reason = "passphrase-too-short"
+
+    def __init__(self, length: int, *, path: str | None = None) -> None:
+        super().__init__(
+            f"a new key file needs a passphrase of at least {MIN_PASSPHRASE_BYTES} bytes, "
+            f"got {length}",
+            path=path,
+        )
+        self.minimum = MIN_PASSPHRASE_BYTES
+        self.length = length
+
+
 def passphrase_from_env(var: str = PASSPHRASE_ENV) -> bytes:
     """The passphrase in environment variable ``var``, as bytes; typed error if unset/empty."""
     value = os.environ.get(var)
@@ -121,11 +138,17 @@ def _check_passphrase(passphrase: bytes) -> bytes:
 
 
 def write_identity(path: str | os.PathLike[str], identity: Identity, passphrase: bytes) -> None:
-    """Write ``identity`` to a new file at ``path`` (mode 0600); never overwrite one."""
+    """Write ``identity`` to a new file at ``path`` (mode 0600); never overwrite one.
+
+    The passphrase needs at least :data:`MIN_PASSPHRASE_BYTES` bytes
+    (:class:`PassphraseTooShort`); :func:`read_identity` opens older files with shorter ones.
+    """
     if not isinstance(identity, Identity):
         raise TypeError(f"expected Identity, got {type(identity).__name__}")
-    data = _encode(identity, _check_passphrase(passphrase))
     path = os.fspath(path)
+    if len(_check_passphrase(passphrase)) < MIN_PASSPHRASE_BYTES:
+        raise PassphraseTooShort(len(passphrase), path=path)
+    data = _encode(identity, passphrase)
     with _parent_dir(path) as (dir_fd, name):
         try:
             write_atomic(name, data, mode=0o600, exclusive=True, dir_fd=dir_fd)

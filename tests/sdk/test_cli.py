@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import signal
 import sys
 from typing import TYPE_CHECKING
 
@@ -15,14 +17,16 @@ from eventwire import CustomEvent, Event, RetryPolicy, Unprocessable
 from tests.conftest import TENANT, make_identity, wait_until
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from eventwire import EmbeddedServer
 
 
-async def cli(*args: str) -> tuple[int, str]:
+async def cli(*args: str, **env: str) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", "from eventwire.cli import main; main()", *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", **env},
     )  # fmt: skip
     out, _ = await proc.communicate()
     return proc.returncode or 0, out.decode()
@@ -55,6 +59,14 @@ async def test_dlq_list_show_redrive_purge(
     assert code == 0, out
     assert out.count("unprocessable") == 2
     assert "schema v1 is gone" in out
+    code, out = await cli("dlq", "list", *where, "--json")
+    assert code == 0, out
+    listed = json.loads(out)
+    assert [(d["id"], d["reason"], d["error"]) for d in listed] == [
+        (1, "unprocessable", "Unprocessable: schema v1 is gone"),
+        (2, "unprocessable", "Unprocessable: schema v1 is gone"),
+    ]
+    assert {d["subject"] for d in listed} == {f"{root}.custom.x"}
     code, out = await cli("dlq", "show", "1", *where)
     assert code == 0, out
     assert "Nats-Msg-Id" in out
@@ -153,3 +165,93 @@ async def test_secure_demo_shows_sealing_policy_and_tenancy_in_the_audit_log() -
     assert "policy-denied" in out
     assert "wrong-tenant" in out
     assert out.count("audit chain intact, 1 records") == 2
+
+
+# -- eventwire policy check ----------------------------------------------------------------------
+
+BAD_POLICY = """\
+version = 1
+[[rule]]
+principal = "agent:summarizr"
+publish = ["ew.knowledge.x", "foo.bar", "keyed.x"]
+consume = ["capability.summarize.*"]
+"""
+
+
+async def test_policy_check_prints_one_line_per_finding(tmp_path: Path) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text(BAD_POLICY)
+    code, out = await cli("policy", "check", str(path), "--agents", "summarizer,writer")
+    assert code == 1, out
+    assert out.splitlines() == [
+        f"{path}:rule[0].principal: unknown-agent: 'agent:summarizr' is not a known agent "
+        "(known: summarizer, writer); did you mean 'agent:summarizer'?",
+        f"{path}:rule[0].publish[0]: never-matches: 'ew.knowledge.x' starts with the subject "
+        "root 'ew': patterns are logical subjects, write 'knowledge.x'",
+        f"{path}:rule[0].publish[1]: never-matches: 'foo.bar' can never match: 'foo' is not a "
+        "family (knowledge, capability, task, error, status, agent, system, custom)",
+        f"{path}:rule[0].publish[2]: reserved: 'keyed.x': 'keyed' is reserved for "
+        "partitioning; write the event's own subject (keyed events are matched by it)",
+    ]
+    code, out = await cli("policy", "check", str(path), "--json")
+    assert code == 1, out
+    report = json.loads(out)
+    assert (report["rules"], [f["kind"] for f in report["findings"]]) == (
+        1, ["never-matches", "never-matches", "reserved"],
+    )  # fmt: skip
+    path.write_text(BAD_POLICY.replace("summarizr", "summarizer").split("publish")[0])
+    code, out = await cli("policy", "check", str(path), "--agents", "summarizer")
+    assert (code, out) == (0, f"{path}: 1 rules, no findings\n")
+
+
+async def test_policy_check_against_a_tenant_and_bad_input(tmp_path: Path) -> None:
+    deployment = eventwire.Deployment(tmp_path / "d")
+    deployment.create_tenant("acme")
+    deployment.add_agent("acme", "summarizer", capabilities=["summarize"])
+    path = tmp_path / "policy.toml"
+    path.write_text(BAD_POLICY.replace("agent:summarizr", "capability:summarise"))
+    where = ("--tenant", "acme", "--dir", str(tmp_path / "d"))
+    code, out = await cli("policy", "check", str(path), *where)
+    assert code == 1, out
+    assert "unknown-capability: 'capability:summarise': no known agent holds this" in out
+    assert "did you mean 'capability:summarize'?" in out
+    for args, expected, want in (
+        ((str(tmp_path / "none.toml"),), "No such file or directory", 1),
+        ((str(path), "--dir", str(tmp_path / "d")), "--dir needs --tenant", 2),
+        ((str(path), "--tenant", "nobody", "--dir", str(tmp_path / "d")), "no tenant 'nobody'", 1),
+    ):
+        code, out = await cli("policy", "check", *args)
+        assert (code, out.startswith("error: "), expected in out) == (want, True, True), out
+        assert len(out.splitlines()) == 1
+    path.write_text("version = 1\n[[rule]]\nprincipal = 7\n")
+    code, out = await cli("policy", "check", str(path))
+    assert (code, out) == (1, "error: policy rule[0].principal: expected a string, got int\n")
+
+
+# -- eventwire server ----------------------------------------------------------------------------
+
+
+async def test_server_is_the_bundled_nats_server_with_its_exit_codes(tmp_path: Path) -> None:
+    code, out = await cli("server", "--version")
+    assert (code, out.startswith("nats-server: v")) == (0, True), out
+    code, out = await cli("server", "-c", str(tmp_path / "missing.conf"))
+    assert (code, "nats-server: open " in out) == (1, True), out  # nats-server's own words
+    code, out = await cli("server", "-c", "x", EVENTWIRE_NATS_SERVER=str(tmp_path / "no"))
+    assert (code, out) == (1, f"error: EVENTWIRE_NATS_SERVER={tmp_path / 'no'} is not a file\n")
+
+
+async def test_server_becomes_nats_server_and_gets_the_signals(tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "from eventwire.cli import main; main()",
+        "server", "-a", "127.0.0.1", "-p", "-1", "--ports_file_dir", str(tmp_path),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    ports = tmp_path / f"nats-server_{proc.pid}.ports"  # named after the pid of the exec'd binary
+    try:
+        await wait_until(lambda: ports.exists() and bool(ports.read_text()), timeout=15)
+        url = json.loads(ports.read_text())["nats"][0]
+        await (await nats.connect(url)).close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, log = await asyncio.wait_for(proc.communicate(), 15)
+    assert (proc.returncode, b"Server Exiting" in log) == (0, True), log

@@ -246,9 +246,9 @@ cli(prog_name="eventwire")
 
 
 async def cli(
-    *args: str, passphrase: str | None = PASSPHRASE, stdin: bytes = b""
+    *args: str, passphrase: str | None = PASSPHRASE, stdin: bytes = b"", columns: int = 200
 ) -> tuple[int, str]:
-    env = {"COLUMNS": "200", "PATH": "/usr/bin:/bin"}
+    env = {"COLUMNS": str(columns), "PATH": "/usr/bin:/bin"}
     if passphrase is not None:
         env["EVENTWIRE_KEY_PASSPHRASE"] = passphrase
     proc = await asyncio.create_subprocess_exec(
@@ -299,10 +299,32 @@ async def test_keys_generate_prompts_for_a_confirmed_passphrase(tmp_path: Path) 
     code, out = await cli(*args, passphrase=None, stdin=b"typed secret\ntyped secret\n")
     assert code == 0, out
     assert read_identity(key, b"typed secret").principal.agent == "bob"
-    code, out = await cli(*args[:-1], key + "2", passphrase=None, stdin=b"one\ntwo\n")
-    assert code != 0
-    assert "do not match" in out
+    code, out = await cli(*args[:-1], key + "2", passphrase=None, stdin=b"one two 1\ntwo\n")
+    assert (code, out.splitlines()[-1]) == (1, "error: the two passphrases differ: nothing written")
     assert not (tmp_path / "bob.key2").exists()
+
+
+async def test_a_new_key_file_needs_a_passphrase_of_8_bytes(tmp_path: Path) -> None:
+    key = str(tmp_path / "carol.key")
+    args = ("keys", "generate", "--tenant", TENANT, "--agent", "carol", "--out", key)
+    expected = "a new key file needs a passphrase of at least 8 bytes, got 7"
+    from_env = await fails(*args, passphrase="1234567")
+    assert from_env == f"error: passphrase-too-short: {expected}\n"
+    code, typed = await cli(*args, passphrase=None, stdin=b"1234567\n")
+    assert (code, typed.splitlines()[-1]) == (1, f"error: passphrase-too-short: {expected}")
+    assert "Repeat" not in typed  # refused before it is asked for again
+    assert not (tmp_path / "carol.key").exists()
+    await ok(*args[:-1], key)  # 28 bytes: fine
+    assert read_identity(key, PASSPHRASE.encode()).principal.agent == "carol"
+
+
+async def test_help_names_the_environment_and_what_is_required() -> None:
+    for command in (("generate",), ("show",), ("export-public",)):
+        assert "EVENTWIRE_KEY_PASSPHRASE" in await ok("keys", *command, "--help")
+    assert "EVENTWIRE_URL" in await ok("keys", "keyring", "push", "--help")
+    listing = await ok("keys", "keyring", "list", "--help")
+    assert "--admins" in listing
+    assert "[required]" in listing
 
 
 async def make_key(tmp_path: Path, agent: str, name: str | None = None) -> tuple[str, str]:
@@ -359,10 +381,23 @@ async def test_keyring_init_add_rotate_revoke_list(tmp_path: Path) -> None:
     assert timedelta(minutes=55) < grace <= timedelta(hours=1)
     assert rows[bob2][4] == ""
     assert "unknown-key" in foreign
+    await _list_as_json_and_piped(v3, admin_pub, {alice: "revoked", bob: "active", bob2: "active"})
     token = (tmp_path / "v3.jws").read_bytes()
     flipped = token[:-3] + (b"A" if token[-3:-2] != b"A" else b"B") + token[-2:]
     (tmp_path / "v3.jws").write_bytes(flipped)  # one signature bit flipped
     assert "bad-signature" in await fails("keys", "keyring", "list", v3, "--admins", admin_pub)
+
+
+async def _list_as_json_and_piped(doc: str, admin_pub: str, statuses: dict[str, str]) -> None:
+    code, missing = await cli("keys", "keyring", "list", doc)
+    assert (code, "Missing option '--admins'" in missing) == (2, True), missing
+    listed = json.loads(await ok("keys", "keyring", "list", doc, "--admins", admin_pub, "--json"))
+    assert listed["version"] == 4
+    assert {key["kid"]: key["status"] for key in listed["keys"]} == statuses
+    code, narrow = await cli("keys", "keyring", "list", doc, "--admins", admin_pub, columns=40)
+    assert code == 0, narrow
+    for kid in statuses:  # whole kids on one line, whatever COLUMNS says when piped
+        assert any(kid in line for line in narrow.splitlines()), narrow
 
 
 async def test_keyring_push_to_the_bucket(

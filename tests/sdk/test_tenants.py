@@ -13,10 +13,13 @@ import os
 import re
 import signal
 import stat
+import subprocess
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import bcrypt
 import nats
 import nats.errors
 import nats.js.errors
@@ -38,7 +41,6 @@ from tests.conftest import wait_until
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
-    from pathlib import Path
 
     from nats.aio.msg import Msg
 
@@ -348,6 +350,7 @@ def test_create_tenant_writes_private_files_and_a_deny_by_default_policy(
     assert (acme.tenant, acme.agent, acme.user) == ("acme", ADMIN, "acme-admin")
     assert len(acme.password) >= 43
     assert acme.password not in repr(acme)
+    assert acme.hashed
     tenant = deployment.path / "tenants" / "acme"
     for path in (tenant / "policy.toml", tenant / "users.json", deployment.write_config()):
         assert _mode(path) == 0o600, path
@@ -406,7 +409,8 @@ def test_render_gives_one_account_per_tenant_with_admin_and_agent_rights(
     assert sorted(accounts) == ["acme", "globex"]
     users = {user["user"]: user for user in accounts["acme"]["users"]}
     assert users["acme-admin"]["permissions"]["publish"]["allow"] == [">"]
-    assert users["acme-bot"]["password"] == bot.password
+    assert bcrypt.checkpw(bot.password.encode(), users["acme-bot"]["password"].encode())
+    assert bot.password not in config  # only the hash is rendered
     allowed = users["acme-bot"]["permissions"]["publish"]["allow"]
     assert "ew.task.*.completed" in allowed
     assert not any(right.startswith("$JS.API.>") for right in allowed)
@@ -441,8 +445,9 @@ async def test_cli_create_prints_the_password_once_and_refuses_a_second_create(
     assert out.count(password) == 1
     assert "shown once" in out
     users = json.loads((tmp_path / "d" / "tenants" / "acme" / "users.json").read_text())
-    stored = users[ADMIN]
-    assert stored.get("password") == password or stored["password_bcrypt"].startswith("$2a$")
+    assert list(users[ADMIN]) == ["password_bcrypt"]  # the hash only, never the password
+    assert bcrypt.checkpw(password.encode(), users[ADMIN]["password_bcrypt"].encode())
+    assert password not in (tmp_path / "d" / "nats-server.conf").read_text()
     assert _mode(tmp_path / "d" / "nats-server.conf") == 0o600
     code, again = await _cli("create", "acme", *where)
     assert (code, "tenant 'acme' already exists" in again) == (1, True), again
@@ -485,3 +490,111 @@ async def test_cli_prints_the_credentials_even_when_the_reload_fails(tmp_path: P
     assert (code, f"no running process {gone.pid}" in out) == (1, True), out
     assert re.search(r"^password\s+\S{43}$", out, re.MULTILINE), out
     assert (tmp_path / "d" / "nats-server.conf").exists()  # written: a restart picks it up
+
+
+async def test_cli_list_and_provision_json(tmp_path: Path) -> None:
+    where = ("--dir", str(tmp_path / "d"))
+    for args in (
+        ("create", "acme", *where),
+        ("add-agent", "acme", "bot", "--capability", "summarize", "--role", "r", *where),
+    ):
+        code, out = await _cli(*args)
+        assert code == 0, out
+    code, out = await _cli("list", *where, "--json")
+    assert code == 0, out
+    assert json.loads(out) == [
+        {"tenant": "acme", "rules": 1, "users": [
+            {"name": ADMIN, "user": "acme-admin", "capabilities": [], "roles": [], "hashed": True},
+            {"name": "bot", "user": "acme-bot", "capabilities": ["summarize"], "roles": ["r"],
+             "hashed": True},
+        ]},
+    ]  # fmt: skip
+    assert "$2a$" not in out
+
+
+# -- secrets stay out of repositories ------------------------------------------------------------
+
+
+def _git(where: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(where), *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def repository(tmp_path: Path) -> Path:
+    """A git work tree, as a clone of an application's repository would be."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    return repo
+
+
+def test_the_default_directory_is_per_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EVENTWIRE_DEPLOYMENT", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert Deployment.default_dir() == tmp_path / "xdg" / "eventwire" / "deployment"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    expected = tmp_path / "home" / ".local" / "share" / "eventwire" / "deployment"
+    assert Deployment.default_dir() == expected
+    monkeypatch.setenv("EVENTWIRE_DEPLOYMENT", str(tmp_path / "explicit"))
+    assert Deployment.default_dir() == tmp_path / "explicit"
+
+
+def test_a_deployment_inside_a_work_tree_is_refused_unless_ignored(repository: Path) -> None:
+    inside = Deployment(repository / "deploy")
+    with pytest.raises(
+        DeploymentError,
+        match=r"inside the git work tree .* git does not ignore it; use a directory outside",
+    ):
+        inside.create_tenant("acme")
+    assert not (repository / "deploy").exists()  # nothing written, not even the directory
+    with pytest.raises(DeploymentError, match="is its top directory"):
+        Deployment(repository).configure(port=4333)
+    (repository / ".gitignore").write_text("/deploy/\n")
+    assert inside.create_tenant("acme").hashed
+    project_ignores = (Path(__file__).parents[2] / ".gitignore").read_text()
+    (repository / ".gitignore").write_text(project_ignores)  # this project's own
+    assert Deployment(repository / ".eventwire").create_tenant("acme").hashed
+    outside = Deployment(repository.parent / "elsewhere")
+    outside.create_tenant("globex")
+    with pytest.raises(DeploymentError, match="refusing to write secrets"):
+        outside.write_config(repository / "nats-server.conf")  # a copy into the repository
+    assert not (repository / "nats-server.conf").exists()
+
+
+async def test_cli_refuses_a_deployment_in_the_repository_in_one_line(repository: Path) -> None:
+    code, out = await _cli("create", "acme", "--dir", str(repository / "deploy"))
+    assert code == 1, out
+    assert out.startswith("error: refusing to write secrets to ")
+    assert "git work tree" in out
+    assert len(out.strip().splitlines()) == 1
+    assert "password" not in out
+
+
+async def test_cli_policy_warns_of_what_the_lint_finds_and_applies_it(tmp_path: Path) -> None:
+    where = ("--dir", str(tmp_path / "d"))
+    for args in (("create", "acme", *where), ("add-agent", "acme", "bot", *where)):
+        code, out = await _cli(*args)
+        assert code == 0, out
+    policy = tmp_path / "policy.toml"
+    policy.write_text(BOT_POLICY.replace('"task.*.completed"', '"ew.task.*.completed"'))
+    code, out = await _cli("policy", "acme", str(policy), *where)
+    assert code == 0, out
+    assert "policy of acme: 2 rules" in out
+    assert (
+        f"warning: {policy}:rule[1].publish[0]: never-matches: 'ew.task.*.completed' starts "
+        "with the subject root 'ew': patterns are logical subjects, write 'task.*.completed'"
+    ) in out
+    assert out.count("warning:") == 1
+    assert Deployment(tmp_path / "d").policy("acme").rules[1].publish == ("ew.task.*.completed",)
+
+
+async def test_cli_provision_errors_are_one_line_without_the_password(tmp_path: Path) -> None:
+    where = ("--dir", str(tmp_path / "d"))
+    code, out = await _cli("create", "acme", *where)
+    assert code == 0, out
+    url = "nats://acme-admin:s3cret-pw@127.0.0.1:1"
+    code, out = await _cli("provision", "acme", *where, "--url", url)
+    assert (code, out.startswith("error: "), len(out.splitlines())) == (1, True, 1), out
+    assert "s3cret" not in out
+    assert "nats://***@127.0.0.1:1" in out

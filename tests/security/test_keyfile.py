@@ -354,10 +354,10 @@ def test_passphrase_from_env(
     assert PASSPHRASE_ENV in str(exc)
     monkeypatch.setenv(PASSPHRASE_ENV, "")
     refused(PassphraseRequired, passphrase_from_env)
-    monkeypatch.setenv(PASSPHRASE_ENV, "sécret")
-    assert passphrase_from_env() == "sécret".encode()
+    monkeypatch.setenv(PASSPHRASE_ENV, "sécret-phrase")
+    assert passphrase_from_env() == "sécret-phrase".encode()
     write_identity(key_dir / "env.key", alice, passphrase_from_env())
-    assert read_identity(key_dir / "env.key", "sécret".encode()).kid == alice.kid
+    assert read_identity(key_dir / "env.key", "sécret-phrase".encode()).kid == alice.kid
     monkeypatch.setenv("OTHER_PASSPHRASE", "other")
     assert passphrase_from_env("OTHER_PASSPHRASE") == b"other"
     monkeypatch.delenv("OTHER_PASSPHRASE")

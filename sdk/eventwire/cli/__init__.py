@@ -14,6 +14,9 @@ from ._boundary import Boundary
 from ._demo import demo
 from ._dlq import app as dlq_app
 from ._keys import app as keys_app
+from ._policy import app as policy_app
+from ._server import SETTINGS as SERVER_SETTINGS
+from ._server import server
 from ._streams import app as streams_app
 from ._tenant import app as tenant_app
 
@@ -31,6 +34,8 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.add_typer(streams_app, name="streams")
 app.add_typer(tenant_app, name="tenant")
+app.add_typer(policy_app, name="policy")
+app.command(context_settings=SERVER_SETTINGS, options_metavar="[NATS-SERVER OPTIONS]")(server)
 
 
 @app.command()

@@ -6,7 +6,6 @@ import asyncio
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -14,17 +13,23 @@ from eventwire import DeadLetterError
 
 from ._boundary import command_group, fail, one_line
 from ._connect import open_bus
+from ._output import Json, print_json, stdout
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from eventwire import Bus
+    from eventwire import Bus, DeadLetter
 
 app = command_group("Inspect, redrive and purge dead letters.")
-Url = Annotated[str, typer.Option(envvar="EVENTWIRE_URL", help="NATS server URL.")]
+Url = Annotated[
+    str,
+    typer.Option(
+        envvar="EVENTWIRE_URL",
+        help="NATS server URL, with the user and password if the server needs them.",
+    ),
+]
 Root = Annotated[str, typer.Option(help="Subject root of the deployment.")]
 Tenant = Annotated[str, typer.Option(help="Tenant of the deployment.")]
-console = Console(highlight=False)
 
 
 def _run(url: str, root: str, tenant: str, action: Callable[[Bus], Awaitable[None]]) -> None:
@@ -38,23 +43,42 @@ def _run(url: str, root: str, tenant: str, action: Callable[[Bus], Awaitable[Non
 
 
 @app.command("list")
-def list_(url: Url, root: Root = "ew", tenant: Tenant = "default", limit: int = 100) -> None:
-    """List the oldest dead letters."""
+def list_(
+    url: Url, root: Root = "ew", tenant: Tenant = "default", limit: int = 100, json_: Json = False
+) -> None:
+    """List the oldest dead letters (up to --limit)."""
 
     async def action(bus: Bus) -> None:
+        letters = await bus.dead_letters.list(limit)
+        if json_:
+            print_json([_letter_json(d) for d in letters])
+            return
         table = Table(title=f"dead letters in {bus.dead_letters.stream}")
         for column in ("id", "time", "subject", "consumer", "reason", "deliveries", "error"):
             table.add_column(column)
-        letters = await bus.dead_letters.list(limit)
         for d in letters:
             fields = (d.time.isoformat(timespec="seconds"), d.subject, d.consumer, d.reason)
             table.add_row(
                 str(d.seq), *(escape(printable(f)) for f in fields), str(d.deliveries),
-                escape(printable(d.error[:60])),
+                escape(printable(d.error)),
             )  # fmt: skip
-        console.print(table if letters else f"no dead letters in {bus.dead_letters.stream}")
+        stdout().print(table if letters else f"no dead letters in {bus.dead_letters.stream}")
 
     _run(url, root, tenant, action)
+
+
+def _letter_json(d: DeadLetter) -> dict[str, object]:
+    """The entry without its data and headers (``dlq show`` prints those)."""
+    return {
+        "id": d.seq,
+        "time": d.time.isoformat(),
+        "subject": d.subject,
+        "consumer": d.consumer,
+        "stream_seq": d.stream_seq,
+        "reason": d.reason,
+        "deliveries": d.deliveries,
+        "error": d.error,
+    }
 
 
 @app.command()
@@ -63,6 +87,7 @@ def show(entry: int, url: Url, root: Root = "ew", tenant: Tenant = "default") ->
 
     async def action(bus: Bus) -> None:
         d = await bus.dead_letters.get(entry)
+        console = stdout()
         for name, value in (
             ("id", d.seq), ("time", d.time.isoformat()), ("subject", d.subject),
             ("consumer", d.consumer), ("stream seq", d.stream_seq), ("reason", d.reason),
@@ -97,7 +122,7 @@ def redrive(  # noqa: PLR0917 - typer reads options from the signature
                 new_seq = await bus.dead_letters.redrive(seq, verify=verify)
             except DeadLetterError as exc:
                 fail(f"{seq}: {one_line(exc)}")
-            console.print(f"redriven {seq} -> stream seq {new_seq}")
+            stdout().print(f"redriven {seq} -> stream seq {new_seq}")
 
     _run(url, root, tenant, action)
 
@@ -107,7 +132,7 @@ def purge(url: Url, root: Root = "ew", tenant: Tenant = "default") -> None:
     """Delete every dead letter."""
 
     async def action(bus: Bus) -> None:
-        console.print(f"purged {await bus.dead_letters.purge()} dead letters")
+        stdout().print(f"purged {await bus.dead_letters.purge()} dead letters")
 
     _run(url, root, tenant, action)
 

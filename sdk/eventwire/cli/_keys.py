@@ -1,7 +1,8 @@
 """``eventwire keys``: signing key files, and the signed keyring document.
 
 Key files are encrypted PKCS#8 (mode 0600, never overwritten); the passphrase comes from
-``EVENTWIRE_KEY_PASSPHRASE`` or a prompt. Keyring documents are files holding the signed
+``EVENTWIRE_KEY_PASSPHRASE`` or a prompt, and a new file's has at least
+``MIN_PASSPHRASE_BYTES`` (8) bytes. Keyring documents are files holding the signed
 JWS. Every change signs a new version, written either to a new file (``--out``, which must
 not exist) or atomically over the file it was read from (``--in-place``): one of the two
 is required, so a document is never replaced by accident.
@@ -18,7 +19,6 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -32,10 +32,12 @@ from eventwire import (
     write_keyring_file,
 )
 from eventwire_security import (
+    MIN_PASSPHRASE_BYTES,
     Identity,
     KeyEntry,
     KeyFileExists,
     KeyringDocument,
+    PassphraseTooShort,
     passphrase_from_env,
     read_identity,
     write_identity,
@@ -43,22 +45,39 @@ from eventwire_security import (
 
 from ._boundary import command_group, fail
 from ._connect import jetstream
+from ._output import Json, print_json, stdout
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-app = command_group("Signing key files and the signed keyring.")
+PASSPHRASE_ENV = "EVENTWIRE_KEY_PASSPHRASE"
+PASSPHRASE_HELP = (
+    f"The key file's passphrase is read from {PASSPHRASE_ENV}, or asked for when it is unset."
+)
+app = command_group(f"Signing key files and the signed keyring. {PASSPHRASE_HELP}")
 keyring_app = command_group("Edit, list and publish the signed keyring.")
 app.add_typer(keyring_app, name="keyring")
-console = Console(highlight=False)
-PASSPHRASE_ENV = "EVENTWIRE_KEY_PASSPHRASE"
 
 KeyPath = Annotated[str, typer.Argument(help="Key file.")]
 Doc = Annotated[str, typer.Argument(help="Signed keyring document file.")]
-Admin = Annotated[str, typer.Option(help="The admin's key file: signs the new version.")]
+Admin = Annotated[
+    str,
+    typer.Option(
+        help=f"The admin's key file: signs the new version (passphrase: {PASSPHRASE_ENV} "
+        "or a prompt)."
+    ),
+]
 Admins = Annotated[
     list[str] | None,
     typer.Option(help="Public key entry (JSON file) of an admin trusted to sign DOC; repeat."),
+]
+RequiredAdmins = Annotated[
+    list[str],
+    typer.Option(
+        "--admins",
+        help="Public key entry (JSON file) of an admin trusted to sign DOC; repeat. Required: "
+        "DOC is listed only if one of them signed it.",
+    ),
 ]
 Out = Annotated[str | None, typer.Option(help="Write the new version to this new file.")]
 InPlace = Annotated[bool, typer.Option("--in-place", help="Replace DOC atomically.")]
@@ -74,11 +93,24 @@ def _errors() -> Iterator[None]:
         fail(exc)
 
 
-def _passphrase(*, confirm: bool) -> bytes:
+def _passphrase() -> bytes:
+    """From ``EVENTWIRE_KEY_PASSPHRASE``, or asked for (not echoed)."""
     if os.environ.get(PASSPHRASE_ENV):
         return passphrase_from_env(PASSPHRASE_ENV)
-    value: str = typer.prompt("Passphrase", hide_input=True, confirmation_prompt=confirm)
+    value: str = typer.prompt("Passphrase", hide_input=True)
     return os.fsencode(value)
+
+
+def _new_passphrase() -> bytes:
+    """A new key file's passphrase: too short is refused before it is asked for again."""
+    passphrase = _passphrase()
+    if len(passphrase) < MIN_PASSPHRASE_BYTES:
+        raise PassphraseTooShort(len(passphrase))
+    if not os.environ.get(PASSPHRASE_ENV):
+        again: str = typer.prompt("Repeat for confirmation", hide_input=True)
+        if os.fsencode(again) != passphrase:
+            fail("the two passphrases differ: nothing written")
+    return passphrase
 
 
 def _public(identity: Identity) -> KeyEntry:
@@ -91,33 +123,38 @@ def generate(
     agent: Annotated[str, typer.Option(help="Agent that owns the key.")],
     out: Annotated[str, typer.Option(help="New key file (mode 0600; never overwritten).")],
 ) -> None:
-    """Generate an Ed25519 signing key and write it encrypted to a new file."""
+    """Generate an Ed25519 signing key and write it encrypted to a new file.
+
+    The passphrase (at least 8 bytes) is read from EVENTWIRE_KEY_PASSPHRASE, or asked for twice.
+    Keep the file: receivers trust this key, not the one a restarted agent would generate."""
     with _errors():
         identity = Identity.generate(tenant, agent)
         if os.path.lexists(out):
             raise KeyFileExists("refusing to overwrite an existing key file", path=out)
-        write_identity(out, identity, _passphrase(confirm=True))
-    console.print(f"wrote key {identity.kid} of {identity.principal.source} to {escape(out)}")
+        write_identity(out, identity, _new_passphrase())
+    stdout().print(f"wrote key {identity.kid} of {identity.principal.source} to {escape(out)}")
 
 
 @app.command()
 def show(path: KeyPath) -> None:
-    """Show a key file's kid, owner and public key."""
+    """Show a key file's kid, owner and public key (passphrase: EVENTWIRE_KEY_PASSPHRASE or
+    a prompt)."""
     with _errors():
-        identity = read_identity(path, _passphrase(confirm=False))
+        identity = read_identity(path, _passphrase())
     for name, value in (
         ("kid", identity.kid), ("tenant", identity.principal.tenant),
         ("agent", identity.principal.agent),
         ("public key", base64.urlsafe_b64encode(identity.public_key.raw).rstrip(b"=").decode()),
     ):  # fmt: skip
-        console.print(f"[bold]{name:>10}[/bold]  {value}")
+        stdout().print(f"[bold]{name:>10}[/bold]  {value}")
 
 
 @app.command("export-public")
 def export_public(path: KeyPath) -> None:
-    """Print the key's public keyring entry (JSON), to add to a keyring document."""
+    """Print the key's public keyring entry (JSON), to add to a keyring document
+    (passphrase: EVENTWIRE_KEY_PASSPHRASE or a prompt)."""
     with _errors():
-        identity = read_identity(path, _passphrase(confirm=False))
+        identity = read_identity(path, _passphrase())
     typer.echo(json.dumps(_public(identity).to_json(), indent=2))
 
 
@@ -137,12 +174,12 @@ def keyring_init(
 
 
 def _read_admin(path: str) -> Identity:
-    return read_identity(path, _passphrase(confirm=False))
+    return read_identity(path, _passphrase())
 
 
 def _written(document: KeyringDocument, path: str) -> None:
     count = len(document.keys)
-    console.print(f"keyring version {document.version} ({count} keys) written to {escape(path)}")
+    stdout().print(f"keyring version {document.version} ({count} keys) written to {escape(path)}")
 
 
 def _edit(
@@ -228,22 +265,33 @@ def keyring_revoke(
 
 
 @keyring_app.command("list")
-def keyring_list(doc: Doc, admins: Admins = None) -> None:
+def keyring_list(doc: Doc, admins: RequiredAdmins, json_: Json = False) -> None:
     """Verify DOC against the admins' public keys and list its keys."""
-    if not admins:
-        fail("give the admins' public keys with --admins", code=2)
     document, _ = read_keyring_file(doc, keyring_of_entries(admins))
     issued = document.issued_at.isoformat(timespec="seconds")
+    now = datetime.now(UTC)
+    keys = [_key_json(entry, now) for entry in document.keys]
+    if json_:
+        print_json({"version": document.version, "issued_at": issued, "keys": keys})
+        return
     table = Table(title=f"keyring version {document.version}, issued {issued}")
     for column in ("kid", "tenant", "agent", "status", "not_after"):
-        table.add_column(column, no_wrap=True)
-    now = datetime.now(UTC)
-    for entry in document.keys:
-        expired = entry.not_after is not None and entry.not_after < now
-        status = "expired" if expired and entry.status == "active" else entry.status
-        until = "" if entry.not_after is None else entry.not_after.isoformat(timespec="seconds")
-        table.add_row(entry.kid, entry.tenant, entry.agent, status, until)
-    console.print(table)
+        table.add_column(column)
+    for key in keys:
+        table.add_row(*(escape(str(key[column] or "")) for column in key))
+    stdout().print(table)
+
+
+def _key_json(entry: KeyEntry, now: datetime) -> dict[str, str | None]:
+    expired = entry.not_after is not None and entry.not_after < now
+    until = entry.not_after
+    return {
+        "kid": entry.kid,
+        "tenant": entry.tenant,
+        "agent": entry.agent,
+        "status": "expired" if expired and entry.status == "active" else entry.status,
+        "not_after": None if until is None else until.isoformat(timespec="seconds"),
+    }
 
 
 @keyring_app.command("push")
@@ -265,6 +313,6 @@ def keyring_push(
     async def main() -> None:
         async with jetstream(url) as js:
             revision = await publish_keyring(js, root, token, admins=trusted)
-        console.print(f"pushed {escape(doc)} to {keyring_bucket(root)} (revision {revision})")
+        stdout().print(f"pushed {escape(doc)} to {keyring_bucket(root)} (revision {revision})")
 
     asyncio.run(main())
