@@ -48,6 +48,7 @@ from ._streams import declared, ensure_declared, events_stream_name
 from ._subjects import DEFAULT_ROOT, check_partitions, check_token
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Awaitable, Callable, Iterable, Sequence
 
     from nats.aio.client import Client as NatsClient
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
     from ._event import Event, Publishable
     from ._partitions import Partition, PartitionedSubscription
     from ._registry import AgentInfo
+    from ._tls import TLS
 
 log = logging.getLogger("eventwire.bus")
 DEFAULT_REGISTRY_TTL = 15.0
@@ -123,6 +125,7 @@ class Bus(AsyncResource):
         provision: bool = True,
         inbox_prefix: str | None = None,
         partitions: int = 0,
+        tls: TLS | ssl.SSLContext | None = None,
     ) -> None:
         self.tenant = checked_name("tenant", tenant)
         self.partitions = check_partitions(partitions)
@@ -144,6 +147,7 @@ class Bus(AsyncResource):
         self._leader_wait = leader_wait
         self._provision = provision
         self._inbox_prefix = inbox_prefix
+        self._tls = tls
         self._recipients = Recipients(self.agents)
         self._auditor: Auditor | None = None
         self._compiled: dict[Actor, CompiledPolicy] = {}
@@ -227,8 +231,9 @@ class Bus(AsyncResource):
             self._server = EmbeddedServer(store_dir=self._store_dir)
             await self._server.start()
         self._nc = await connect_nats(
-            self.url, self._name, self._connect_timeout, self._on_reconnected, self._inbox_prefix
-        )
+            self.url, self._name, self._connect_timeout, self._on_reconnected, self._inbox_prefix,
+            tls=self._tls,
+        )  # fmt: skip
         self._js = self._nc.jetstream()
         self._codec = Codec(
             tenant=self.tenant,

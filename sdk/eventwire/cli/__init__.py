@@ -16,6 +16,7 @@ from ._dlq import app as dlq_app
 from ._keys import app as keys_app
 from ._streams import app as streams_app
 from ._tenant import app as tenant_app
+from ._tls import app as tls_app
 
 app = typer.Typer(
     name="eventwire",
@@ -31,6 +32,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.add_typer(streams_app, name="streams")
 app.add_typer(tenant_app, name="tenant")
+app.add_typer(tls_app, name="tls")
 
 
 @app.command()
