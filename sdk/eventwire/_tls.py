@@ -13,6 +13,7 @@ says which side to fix.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import ssl
@@ -152,6 +153,7 @@ class SecureClient(NatsClient):
     async def _process_connect_init(self) -> None:
         try:
             await super()._process_connect_init()
+            _mark_over_ssl(self)
         except (OSError, nats.errors.UnexpectedEOF) as exc:
             if isinstance(exc, ssl.SSLError):
                 raise
@@ -162,6 +164,16 @@ class SecureClient(NatsClient):
             if isinstance(alert, ssl.SSLError):
                 raise alert from exc
             raise ClientCertificateRefused from exc
+
+
+def _mark_over_ssl(client: NatsClient) -> None:
+    """nats-py upgrades its stream to TLS without telling the stream's protocol, which then
+    makes asyncio log "returning true from eof_received() has no effect when using ssl"
+    whenever the server closes the connection; the protocol's own flag silences it."""
+    _, writer = _streams(client)
+    protocol = getattr(writer, "_protocol", None)
+    if isinstance(protocol, asyncio.StreamReaderProtocol) and hasattr(protocol, "_over_ssl"):
+        protocol._over_ssl = True
 
 
 def _streams(client: NatsClient) -> tuple[Any, Any]:
