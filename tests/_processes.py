@@ -50,6 +50,23 @@ async def start(config: Path, log: Path, port: int) -> asyncio.subprocess.Proces
         raise
 
 
+async def healthy(monitor_port: int, timeout: float = 30.0) -> None:
+    """Wait until the server's ``/healthz`` answers 200 (in a cluster: JetStream has a meta
+    leader and is current), polling its monitoring port on 127.0.0.1."""
+    status = b"not asked yet"
+    async with asyncio.timeout(timeout):
+        while True:
+            with contextlib.suppress(OSError):
+                reader, writer = await asyncio.open_connection(LOOPBACK, monitor_port)
+                writer.write(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+                status = (await reader.read()).split(b"\r\n", 1)[0]
+                writer.close()
+                await writer.wait_closed()
+                if status.split(b" ")[1:2] == [b"200"]:
+                    return
+            await asyncio.sleep(0.1)
+
+
 async def stop(proc: asyncio.subprocess.Process) -> None:
     """SIGTERM, and SIGKILL if it has not exited within 10 s."""
     if proc.returncode is None:
