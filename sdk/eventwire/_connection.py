@@ -170,9 +170,9 @@ async def connect_nats(
 
 
 async def _close_unconnected(nc: NatsClient) -> None:
-    """Close a client whose first connect failed. After a failed TLS handshake its stream
-    never learns that the socket is closed (asyncio's start_tls swapped the protocol), so
-    nats-py's close would wait forever: the socket is closed already, so do not wait long."""
+    """Close a client whose first connect failed, without waiting long: after a TLS upgrade
+    that failed midway nats-py's close may wait for a stream that never reports its end
+    (``_tls`` mends the cases it knows), and the socket is closed already."""
     with contextlib.suppress(nats.errors.Error, AssertionError, TimeoutError):
         async with asyncio.timeout(_CLOSE_TIMEOUT):
             await nc.close()

@@ -125,7 +125,7 @@ def client_tls(tls: TLS | ssl.SSLContext | None) -> tuple[ssl.SSLContext | None,
 
 def new_client(secure: bool) -> NatsClient:
     """A nats-py client; with ``secure``, one that refuses a server not requiring TLS."""
-    return SecureClient() if secure else NatsClient()
+    return SecureClient(require_tls=secure)
 
 
 class ClientCertificateRefused(ssl.SSLError):
@@ -136,8 +136,9 @@ class ClientCertificateRefused(ssl.SSLError):
 
 
 class SecureClient(NatsClient):
-    """A client that never talks plaintext: a server's INFO without ``tls_required`` (at
-    connect and at every reconnect) ends the attempt before CONNECT carries credentials.
+    """nats-py's client, with TLS mended. With ``require_tls`` it never talks plaintext: a
+    server's INFO without ``tls_required`` (at connect and at every reconnect) ends the
+    attempt before CONNECT carries credentials.
 
     In TLS 1.3 the server checks the client's certificate after the client has finished
     its handshake, and a server that requires one usually resets the connection before the
@@ -145,8 +146,12 @@ class SecureClient(NatsClient):
     CONNECT, is reported as :class:`ClientCertificateRefused` (or the alert, if it arrived).
     """
 
+    def __init__(self, *, require_tls: bool) -> None:
+        super().__init__()
+        self.require_tls = require_tls
+
     async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
-        if initial_connection and not info.get("tls_required"):
+        if initial_connection and self.require_tls and not info.get("tls_required"):
             raise PlaintextRefused
         await super()._process_info(info, initial_connection)
 
@@ -155,15 +160,25 @@ class SecureClient(NatsClient):
             await super()._process_connect_init()
             _mark_over_ssl(self)
         except (OSError, nats.errors.UnexpectedEOF) as exc:
-            if isinstance(exc, ssl.SSLError):
-                raise
             reader, writer = _streams(self)
             if writer is None or writer.get_extra_info("ssl_object") is None:
-                raise  # lost before TLS was up: not about certificates
+                _release_plain_stream(writer)
+                raise  # before TLS was up: the handshake failed, or the connection was lost
+            if isinstance(exc, ssl.SSLError):
+                raise
             alert = reader.exception() if reader is not None else None
             if isinstance(alert, ssl.SSLError):
                 raise alert from exc
             raise ClientCertificateRefused from exc
+
+
+def _release_plain_stream(writer: Any) -> None:
+    """After a failed handshake asyncio has closed the socket, but the plain stream's
+    protocol, detached by ``start_tls``, never hears of it, and nats-py's close waits for
+    it: forever. Tell it."""
+    protocol = getattr(writer, "_protocol", None)
+    if isinstance(protocol, asyncio.StreamReaderProtocol) and writer.transport.is_closing():
+        protocol.connection_lost(None)
 
 
 def _mark_over_ssl(client: NatsClient) -> None:

@@ -159,6 +159,46 @@ async def test_a_tls_client_never_talks_plaintext(
     assert "use its TLS port, or connect without tls=" in str(error)
 
 
+async def test_a_bus_rides_out_a_server_with_a_bad_certificate(
+    certs: CertificateFiles, tmp_path: Path, root: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # It reconnects once the server is mended, and it closes while the server is not:
+    # nats-py's close waited forever for a stream whose TLS handshake had failed.
+    foreign = init_certificates(tmp_path / "foreign")
+    deployment, port = Deployment(tmp_path / "deployment"), free_ports(1)[0]
+    deployment.configure(port=port, store_dir=str(tmp_path / "jetstream"))
+    admin = deployment.create_tenant("acme")
+    for name, made in (("good", certs), ("bad", foreign)):
+        deployment.write_config(
+            tmp_path / f"{name}.conf", tls_cert=str(made.server_cert), tls_key=str(made.server_key)
+        )
+    log, keyring = tmp_path / "nats-server.log", Keyring()
+    writer = make_identity("writer", keyring)
+    proc = await start(tmp_path / "good.conf", log, port)
+
+    async def restart(name: str) -> None:
+        nonlocal proc
+        await stop(proc)
+        caplog.clear()
+        proc = await start(tmp_path / f"{name}.conf", log, port)
+
+    try:
+        bus = eventwire.connect(
+            admin.url(f"nats://127.0.0.1:{port}"), tenant="acme", keyring=keyring, root=root,
+            tls=TLS(ca=certs.ca),
+        )  # fmt: skip
+        async with asyncio.timeout(30), bus:  # the timeout: a close that hangs fails the test
+            await restart("bad")
+            await wait_until(lambda: "certificate verify failed" in caplog.text)
+            await restart("good")
+            ack = await bus.publish(KnowledgeShared(topic="back", content="x"), identity=writer)
+            assert ack.seq == 1
+            await restart("bad")
+            await wait_until(lambda: "certificate verify failed" in caplog.text)
+    finally:
+        await stop(proc)
+
+
 @pytest.mark.parametrize(
     ("make", "match"),
     [
