@@ -5,7 +5,7 @@ certificate and key (for a server that verifies clients), and the host name the 
 certificate must carry (default: the URL's host). An :class:`ssl.SSLContext` is taken as is.
 
 A connection asked to use TLS never falls back to plaintext: nats-py upgrades to TLS only
-when the server's INFO says ``tls_required``, so :class:`SecureClient` refuses a server that
+when the server's INFO says ``tls_required``, so :class:`TLSAwareClient` refuses a server that
 does not say it *before* sending the credentials (what nats.go's ``Secure()`` option does).
 Every TLS failure is a :class:`TLSFailed`, which names the server (without credentials) and
 says which side to fix.
@@ -124,8 +124,9 @@ def client_tls(tls: TLS | ssl.SSLContext | None) -> tuple[ssl.SSLContext | None,
 
 
 def new_client(secure: bool) -> NatsClient:
-    """A nats-py client; with ``secure``, one that refuses a server not requiring TLS."""
-    return SecureClient(require_tls=secure)
+    """A nats-py client (:class:`TLSAwareClient`); with ``secure``, one that refuses a server
+    not requiring TLS."""
+    return TLSAwareClient(require_tls=secure)
 
 
 class ClientCertificateRefused(ssl.SSLError):
@@ -135,7 +136,7 @@ class ClientCertificateRefused(ssl.SSLError):
         return "the server closed the connection after the TLS handshake"
 
 
-class SecureClient(NatsClient):
+class TLSAwareClient(NatsClient):
     """nats-py's client, with TLS mended. With ``require_tls`` it never talks plaintext: a
     server's INFO without ``tls_required`` (at connect and at every reconnect) ends the
     attempt before CONNECT carries credentials.
@@ -187,6 +188,8 @@ def _mark_over_ssl(client: NatsClient) -> None:
     whenever the server closes the connection; the protocol's own flag silences it."""
     _, writer = _streams(client)
     protocol = getattr(writer, "_protocol", None)
+    if writer is None or writer.get_extra_info("ssl_object") is None:
+        return
     if isinstance(protocol, asyncio.StreamReaderProtocol) and hasattr(protocol, "_over_ssl"):
         protocol._over_ssl = True
 
