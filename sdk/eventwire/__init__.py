@@ -81,10 +81,12 @@ from ._tenants import (
     TenantUser,
     UnknownTenant,
 )
+from ._tls import TLS, TLSFailed
 
 if TYPE_CHECKING:
     from ._audit_log import AuditCorrupted, AuditLog, AuditLogError, AuditWriteFailed
     from ._audit_report import AuditFinding, AuditReport, FindingKind
+    from ._certs import CertificateError, CertificateFiles, ClientCertificate, init_certificates
     from ._cluster import EmbeddedCluster
     from ._keyring_store import (
         KeyringError,
@@ -110,6 +112,10 @@ else:
         "AuditFinding": "_audit_report",
         "AuditReport": "_audit_report",
         "FindingKind": "_audit_report",
+        "CertificateError": "_certs",
+        "CertificateFiles": "_certs",
+        "ClientCertificate": "_certs",
+        "init_certificates": "_certs",
         "EmbeddedCluster": "_cluster",
         "KeyringError": "_keyring_store",
         "KeyringRefusal": "_keyring_store",
@@ -147,6 +153,7 @@ __all__ = [
     "DEFAULT_REPLAY_WINDOW",
     "DEFAULT_RETRY",
     "SIGNATURE_HEADER",
+    "TLS",
     "Actor",
     "Agent",
     "AgentExists",
@@ -162,6 +169,9 @@ __all__ = [
     "Batch",
     "Bus",
     "BusyResource",
+    "CertificateError",
+    "CertificateFiles",
+    "ClientCertificate",
     "ClosedResource",
     "ConfigError",
     "ConnectionFailed",
@@ -226,6 +236,7 @@ __all__ = [
     "SubscribeOptions",
     "Subscription",
     "SubscriptionStats",
+    "TLSFailed",
     "TaskCompleted",
     "TenantExists",
     "TenantUser",
@@ -237,6 +248,7 @@ __all__ = [
     "__version__",
     "connect",
     "find_nats_server",
+    "init_certificates",
     "keyring_bucket",
     "keyring_of_entries",
     "provision_agent",

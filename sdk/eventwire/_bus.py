@@ -50,6 +50,7 @@ from ._streams import declared, ensure_declared, events_stream_name
 from ._subjects import DEFAULT_ROOT, check_partitions, check_token
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Awaitable, Callable, Iterable, Sequence
     from typing import Unpack
 
@@ -70,6 +71,7 @@ if TYPE_CHECKING:
     from ._partitions import PartitionedSubscription
     from ._registry import AgentInfo
     from ._resource import Steps
+    from ._tls import TLS
 
 log = logging.getLogger("eventwire.bus")
 DEFAULT_REGISTRY_TTL = 15.0
@@ -134,6 +136,7 @@ class Bus(StatefulResource):
         provision: bool = True,
         inbox_prefix: str | None = None,
         partitions: int = 0,
+        tls: TLS | ssl.SSLContext | None = None,
     ) -> None:
         self.tenant = checked_name("tenant", tenant)
         self.partitions = check_partitions(partitions)
@@ -156,6 +159,7 @@ class Bus(StatefulResource):
         self._leader_wait = leader_wait
         self._provision = provision
         self._inbox_prefix = inbox_prefix
+        self._tls = tls
         self._recipients = Recipients(self.agents)
         self._compiled: dict[Actor, CompiledPolicy] = {}
         self._server: EmbeddedServer | None = None
@@ -233,8 +237,9 @@ class Bus(StatefulResource):
             self._server = server
             self._undo.append(("stopping the embedded server", server.close))
         nc = await connect_nats(
-            self.url, self._name, self._connect_timeout, self._on_reconnected, self._inbox_prefix
-        )
+            self.url, self._name, self._connect_timeout, self._on_reconnected, self._inbox_prefix,
+            tls=self._tls,
+        )  # fmt: skip
         self._undo.append(("draining and closing the connection", lambda: close_connection(nc)))
         return nc
 

@@ -4,7 +4,8 @@ The first connect gives up at once when the server refuses the credentials, or w
 server of the URL refused the connection (nothing listens there), and otherwise after
 ``timeout`` seconds; each way is a typed :class:`ConnectionFailed`. Credentials in a URL
 (``nats://user:password@host``, or a token) never appear in a message or a log line:
-:func:`redact_url` shows them as ``***``.
+:func:`redact_url` shows them as ``***``. With ``tls``, a failed handshake (or a server
+without TLS) is a :class:`~eventwire._tls.TLSFailed` at once, and plaintext never happens.
 """
 
 from __future__ import annotations
@@ -26,11 +27,14 @@ from ._errors import (
     describe,
     is_authentication_failure,
 )
+from ._tls import TLS, client_tls, is_tls_failure, new_client, tls_failed
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Awaitable, Callable
 
 log = logging.getLogger("eventwire.bus")
+_CLOSE_TIMEOUT = 0.25
 _CONNECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
@@ -90,7 +94,9 @@ class _FirstConnect:
 
     def failed(self, exc: BaseException) -> None:
         self.last = exc
-        if is_authentication_failure(exc):
+        # Refused credentials; a failed TLS handshake, which is the same CA and certificate
+        # everywhere (and nats-py would hang closing it before trying the next server).
+        if is_authentication_failure(exc) or is_tls_failure(exc):
             self._give_up(exc)
         if isinstance(exc, OSError) and not isinstance(exc, TimeoutError):
             self.refused += 1  # refused, or no such host: asking again will not help
@@ -110,10 +116,13 @@ async def connect_nats(
     inbox_prefix: str | None = None,
     *,
     reconnect: bool = True,
+    tls: TLS | ssl.SSLContext | None = None,
 ) -> NatsClient:
     """Connect within ``timeout``; once connected, reconnect forever (servers restart),
-    or with ``reconnect=False`` (a short-lived command) close on the first disconnect."""
+    or with ``reconnect=False`` (a short-lived command) close on the first disconnect.
+    With ``tls`` (:class:`TLS` or an ``ssl.SSLContext``) only over TLS."""
     servers, shown = server_urls(url), redact_url(url)
+    context, hostname = client_tls(tls)
     first = _FirstConnect(len(servers))
 
     async def on_error(exc: Exception) -> None:
@@ -131,7 +140,7 @@ async def connect_nats(
         if reconnected is not None:
             await reconnected()
 
-    nc = NatsClient()
+    nc = new_client(secure=context is not None)
     try:
         async with asyncio.timeout(timeout):
             await nc.connect(
@@ -146,11 +155,12 @@ async def connect_nats(
                 disconnected_cb=on_disconnected,
                 reconnected_cb=on_reconnected,
                 inbox_prefix=inbox_prefix or DEFAULT_INBOX_PREFIX,
+                tls=context,
+                tls_hostname=hostname,
             )
     except BaseException as exc:  # also cancelled (Ctrl-C): nothing may stay half-open
         first.over = True
-        with contextlib.suppress(nats.errors.Error, AssertionError):  # never connected
-            await nc.close()
+        await _close_unconnected(nc)
         if not isinstance(exc, _GiveUp | nats.errors.Error | OSError):  # OSError: timeouts too
             raise
         cause = exc.cause if isinstance(exc, _GiveUp) else first.last or exc
@@ -159,11 +169,22 @@ async def connect_nats(
     return nc
 
 
+async def _close_unconnected(nc: NatsClient) -> None:
+    """Close a client whose first connect failed, without waiting long: after a TLS upgrade
+    that failed midway nats-py's close may wait for a stream that never reports its end
+    (``_tls`` mends the cases it knows), and the socket is closed already."""
+    with contextlib.suppress(nats.errors.Error, AssertionError, TimeoutError):
+        async with asyncio.timeout(_CLOSE_TIMEOUT):
+            await nc.close()
+
+
 def _connect_error(
     shown: str, timeout: float, exc: BaseException, cause: BaseException
 ) -> ConnectionFailed | InvalidArgument:
     if "invalid connect url" in str(cause):  # nats-py's words for a URL it cannot parse
         return InvalidArgument(f"{shown} is not a NATS URL ({describe(cause)})", field="url")
+    if is_tls_failure(cause):
+        return tls_failed(shown, cause)
     if is_authentication_failure(cause):
         return AuthenticationFailed(
             f"cannot connect to {shown}: the server refused the credentials ({describe(cause)})",

@@ -48,7 +48,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Unpack
 
 from eventwire_security import (
     Actor,
@@ -66,6 +66,8 @@ from ._subjects import DEFAULT_ROOT
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping
+
+    from eventwire_security._nats_permissions import ServerOptions
 
 ADMIN = "admin"
 DEFAULT_PORT = 4222
@@ -292,29 +294,45 @@ class Deployment:
             _write_atomic(self._tenant_dir(tenant) / _POLICY, toml_text)
         return policy
 
-    def render(self, store_dir: str | None = None, *, port: int | None = None) -> str:
-        """The nats-server config: one JetStream account per tenant, listening on loopback."""
+    def render(
+        self,
+        store_dir: str | None = None,
+        *,
+        port: int | None = None,
+        **server: Unpack[ServerOptions],
+    ) -> str:
+        """The nats-server config: one JetStream account per tenant, listening on loopback
+        unless ``host`` says otherwise; ``server``: TLS and cluster options of
+        :func:`eventwire_security.render_server_config`."""
         settings = self.settings()
         accounts = {tenant: self._account(tenant, settings.root) for tenant in self.tenants()}
         if not accounts:
             raise DeploymentError("no tenant yet: a config without users would admit anyone")
+        options: ServerOptions = {"host": LOOPBACK, **server}
         try:
             return render_server_config(
                 accounts,
                 store_dir=str(Path(store_dir or settings.store_dir).absolute()),
                 port=settings.port if port is None else port,
-                host=LOOPBACK,
+                **options,
             )
         except SecurityError as exc:
             raise DeploymentError(f"cannot render the server config: {exc}") from exc
 
-    def write_config(self, path: StrPath | None = None, store_dir: str | None = None) -> Path:
+    def write_config(
+        self,
+        path: StrPath | None = None,
+        store_dir: str | None = None,
+        *,
+        port: int | None = None,
+        **server: Unpack[ServerOptions],
+    ) -> Path:
         """Render and write the config atomically (temporary file, then rename), mode 0600."""
         target = Path(path) if path is not None else self.config_path
         with self._locked():
             if path is not None:
                 check_not_in_repository(target.parent)
-            _write_atomic(target, self.render(store_dir))
+            _write_atomic(target, self.render(store_dir, port=port, **server))
         return target
 
     def reload(self, pid: int, config: StrPath | None = None) -> None:

@@ -5,6 +5,7 @@ that need a bare JetStream context (audit log, keyring bucket, stream diffs), a 
 connection (:func:`nats_connection`, :func:`jetstream`): no reconnects, the SDK's fail-fast
 first connect (refused credentials or connection: a typed error at once), nats-py errors
 mapped to ``EventwireError`` subclasses, and credentials never shown (:func:`redact_url`).
+TLS settings come from ``EVENTWIRE_TLS_CA`` / ``_CERT`` / ``_KEY`` / ``_HOSTNAME``.
 
 This module is the CLI's only door into the SDK's private modules (``ruff`` TID251 is
 ignored for it in ``pyproject.toml``): every other CLI module uses the public API.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING
 
-from eventwire import Bus, connect
+from eventwire import TLS, Bus, connect
 from eventwire._connection import connect_nats, redact_url
 from eventwire._errors import describe, mapped_nats_errors
 
@@ -40,14 +41,17 @@ __all__ = [
 
 def open_bus(url: str, *, tenant: str, root: str, name: str = CLI_NAME) -> Bus:
     """A bus for one command (``async with``); it provisions what is missing, as any bus."""
-    return connect(url, tenant=tenant, root=root, name=name, connect_timeout=CONNECT_TIMEOUT)
+    return connect(
+        url, tenant=tenant, root=root, name=name, connect_timeout=CONNECT_TIMEOUT,
+        tls=TLS.from_env(),
+    )  # fmt: skip
 
 
 @contextlib.asynccontextmanager
 async def nats_connection(url: str, *, name: str = CLI_NAME) -> AsyncIterator[NatsClient]:
     """A plain nats-py connection for one command, closed on exit; nats-py errors raised
     inside the block leave as typed ``EventwireError`` subclasses."""
-    nc = await connect_nats(url, name, CONNECT_TIMEOUT, reconnect=False)
+    nc = await connect_nats(url, name, CONNECT_TIMEOUT, reconnect=False, tls=TLS.from_env())
     try:
         with mapped_nats_errors(f"talking to {redact_url(url)}"):
             yield nc

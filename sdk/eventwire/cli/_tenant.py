@@ -20,6 +20,7 @@ from rich.table import Table
 from eventwire import Deployment, provision_agent
 from eventwire_security import Actor, lint_policy
 
+from . import _tls as tls
 from ._boundary import command_group, fail, stderr
 from ._connect import open_bus
 from ._output import Json, print_json, stdout
@@ -185,16 +186,32 @@ def _tenant_json(deployment: Deployment, tenant: str) -> dict[str, Any]:
 
 @app.command()
 def render(
+    *,
     out: Annotated[Path, typer.Option(help="Config file to write (mode 0600).")],
     dir_: Dir = None,
     store: Annotated[
         Path | None, typer.Option(help="JetStream store directory (default: the deployment's).")
     ] = None,
+    tls_dir: tls.TlsDir = None,
+    verify_clients: tls.VerifyClients = False,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[
+        int | None, typer.Option(help="Client port (default: the deployment's).")
+    ] = None,
+    server_name: Annotated[str | None, typer.Option(help="This node's name (a cluster).")] = None,
+    cluster_name: Annotated[str | None, typer.Option(help="Join the cluster NAME.")] = None,
+    cluster_port: Annotated[int | None, typer.Option(help="Port for routes (a cluster).")] = None,
+    route: Annotated[
+        list[str] | None, typer.Option(help="nats-route://HOST:PORT of another node (repeat).")
+    ] = None,
 ) -> None:
-    """Write the nats-server config of the deployment to a file."""
-    deployment = _deployment(dir_)
-    store_dir = None if store is None else str(store)
-    path = deployment.write_config(out, store_dir)
+    """Write the nats-server config of the deployment to a file: one server, or one node of
+    a cluster (with TLS, its routes use mutual TLS); `eventwire tls cluster` writes them all."""
+    path = tls.write_node_config(
+        _deployment(dir_), out, store=None if store is None else str(store), tls_dir=tls_dir,
+        verify_clients=verify_clients, host=host, port=port, server_name=server_name,
+        cluster_name=cluster_name, cluster_port=cluster_port, routes=route or (),
+    )  # fmt: skip
     stdout().print(f"wrote {escape(str(path))}")
 
 
