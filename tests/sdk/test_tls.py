@@ -265,8 +265,8 @@ async def test_the_cli_connects_over_tls_with_the_ca_from_the_environment(
     assert tls_server.admin.password not in out
     code, out = await cli(*args, env={**env, "EVENTWIRE_TLS_CA": str(certs.ca)})
     assert code == 0, out
-    assert out.startswith("     consumers")  # the table: nothing else, not even a warning
-    assert "┃ agent ┃ consumer ┃" in out
+    assert out.startswith("consumers provisioned for tenant acme")  # no warning before it
+    assert "┃ agent ┃ consumer ┃ pattern ┃" in out
 
 
 # -- certificates ------------------------------------------------------------------------------
