@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING
 import nats.errors
 import nats.js.errors
 
+# The root of the one error tree is defined in the security package (the bottom layer) so
+# that its errors are EventwireErrors too; the SDK's errors below derive from it.
+from eventwire_security import EventwireError as EventwireError  # noqa: PLC0414 - re-exported
 from eventwire_security import InvalidName, check_name
 
 if TYPE_CHECKING:
@@ -21,8 +24,6 @@ if TYPE_CHECKING:
     from ._resource import ResourceState
 
 
-class EventwireError(Exception):
-    """Base of every error raised by ``eventwire``."""
 
 
 class InvalidEvent(EventwireError, ValueError):

@@ -30,6 +30,7 @@ from ._envelope import (
 from ._errors import (
     BadSignature,
     EnvelopeError,
+    EventwireError,
     InvalidName,
     KeyNotValid,
     KeyRejected,
@@ -134,6 +135,7 @@ __all__ = [
     "BadSignature",
     "CompiledPolicy",
     "EnvelopeError",
+    "EventwireError",
     "Identity",
     "InvalidName",
     "InvalidRecipients",

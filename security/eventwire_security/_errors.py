@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 
-class SecurityError(Exception):
+class EventwireError(Exception):
+    """Base of every error raised by ``eventwire`` and ``eventwire_security``: one tree, so
+    ``except eventwire.EventwireError`` also catches a bad key file, policy or name. It lives
+    here, in the pure package at the bottom, so the security package imports nothing above."""
+
+
+class SecurityError(EventwireError):
     """Base of every error raised by ``eventwire_security``."""
 
 

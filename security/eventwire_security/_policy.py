@@ -352,8 +352,13 @@ class Policy:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Policy:
-        """Read and parse a policy file (UTF-8 TOML). I/O errors propagate as ``OSError``."""
-        raw = Path(path).read_bytes()
+        """Read and parse a policy file (UTF-8 TOML); a file that cannot be read is a
+        :class:`PolicyError` too (with the ``OSError`` as its cause)."""
+        try:
+            raw = Path(path).read_bytes()
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise PolicyError(f"cannot read policy file {str(path)!r}: {reason}") from exc
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:

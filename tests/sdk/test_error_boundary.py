@@ -31,7 +31,14 @@ from eventwire import (
     ServerUnavailable,
     TransportError,
 )
-from eventwire_security import InvalidName, SecurityError
+from eventwire_security import (
+    InvalidName,
+    KeyFileLocked,
+    PolicyError,
+    SecurityError,
+    read_identity,
+    write_identity,
+)
 from tests.conftest import TENANT
 
 if TYPE_CHECKING:
@@ -258,3 +265,23 @@ async def test_ctrl_c_ends_a_command_with_one_line_and_130() -> None:
         proc.send_signal(signal.SIGINT)
         out, _ = await proc.communicate()
     assert (proc.returncode, out.decode().strip().splitlines()) == (130, ["error: interrupted"])
+
+
+def test_errors_of_the_security_package_are_eventwire_errors_too(tmp_path: Path) -> None:
+    """One tree: a bad key file, policy or name is caught by ``except EventwireError``."""
+    assert issubclass(SecurityError, eventwire.EventwireError)
+    with pytest.raises(eventwire.EventwireError) as missing:
+        eventwire.Policy.load(tmp_path / "missing.toml")
+    assert isinstance(missing.value, PolicyError)
+    assert isinstance(missing.value.__cause__, FileNotFoundError)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("version = [")
+    with pytest.raises(eventwire.EventwireError):
+        eventwire.Policy.load(bad)
+    with pytest.raises(eventwire.EventwireError):
+        eventwire.Identity.generate("acme", "my agent")
+    key = tmp_path / "bot.key"
+    write_identity(key, eventwire.Identity.generate("acme", "bot"), passphrase=b"correct horse")
+    with pytest.raises(eventwire.EventwireError) as locked:
+        read_identity(key, passphrase=b"wrong horse!")
+    assert isinstance(locked.value, KeyFileLocked)
