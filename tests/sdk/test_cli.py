@@ -38,7 +38,7 @@ async def test_demo_runs_and_refuses_the_forgeries() -> None:
     assert out.count("REFUSED") == 2
     assert "unknown-key" in out
     assert "bad-signature" in out
-    assert "demo complete: 9 events verified, 2 forgeries refused" in out
+    assert "demo complete: 9 events on the timeline, 2 forgeries refused" in out
 
 
 async def test_dlq_list_show_redrive_purge(

@@ -276,8 +276,9 @@ def test_load(tmp_path: Path) -> None:
     path.write_bytes(b"version = 1\n# \xff\n")
     with pytest.raises(PolicyError, match="not UTF-8"):
         Policy.load(path)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(PolicyError, match="cannot read policy file") as unreadable:
         Policy.load(tmp_path / "missing.toml")
+    assert isinstance(unreadable.value.__cause__, FileNotFoundError)
 
 
 R = "version = 1\n[[rule]]\n"

@@ -148,7 +148,11 @@ async def _converse(researcher: Agent, coordinator: Agent, timeline: Timeline) -
 
 
 def _summary(console: Console, bus: Bus, agents: list[str]) -> None:
-    table = Table(title="security summary")
+    table = Table(
+        title="security summary",
+        caption="verified: signatures checked by every subscriber, registry entry and reply "
+        "(one event read by three agents counts three times)",
+    )
     table.add_column("verified", justify="right")
     table.add_column("refused", justify="right")
     table.add_column("refused by reason")
@@ -181,6 +185,6 @@ def demo(
         console.print("[red]demo did not complete in time[/red]")
         raise SystemExit(1) from None
     console.print(
-        f"\n[bold green]demo complete[/bold green]: {timeline.events} events verified, "
+        f"\n[bold green]demo complete[/bold green]: {timeline.events} events on the timeline, "
         f"{timeline.refusals} forgeries refused before any handler"
     )
