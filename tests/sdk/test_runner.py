@@ -205,7 +205,7 @@ def _phases(events: list[Event], instance: str | None = None) -> list[str]:
 
 
 @pytest.mark.parametrize(("sig", "group"), SIGNALS)
-async def test_a_stopped_runner_publishes_lifecycle_stopped_and_logs_handler_failures(
+async def test_a_stopped_runner_publishes_lifecycle_stopped_and_logs_failures_and_refusals(
     nats_server: EmbeddedServer, root: str, keys: Keys, sig: signal.Signals, group: bool
 ) -> None:
     seen: list[Event] = []
@@ -227,6 +227,9 @@ async def test_a_stopped_runner_publishes_lifecycle_stopped_and_logs_handler_fai
         instance = started_event.parse(AgentLifecycle).instance
         await bus.publish(TaskCompleted(task_type="boom", task_id="1"), identity=keys.tester)
         await runner.wait_for(FAILURE)
+        stranger = Identity.generate("acme", "stranger")  # in no keyring of the runner's
+        await bus.publish(TaskCompleted(task_type="boom", task_id="2"), identity=stranger)
+        await runner.wait_for(f"kid={stranger.kid}")
         runner.signal(sig, group=group)
         assert await runner.exit_code() == 0, runner.stderr
         await _until(lambda: _phases(seen, instance) == ["started", "stopped"])
@@ -234,6 +237,9 @@ async def test_a_stopped_runner_publishes_lifecycle_stopped_and_logs_handler_fai
     assert len(logged) == 2, runner.stderr  # logged at ERROR, by default...
     assert logged[1].split("\n", 1)[1].startswith("Traceback (most recent call last)")
     assert f"RuntimeError: {FAILURE}" in logged[1]  # ...with its traceback
+    refused = next(line for line in runner.err if f"kid={stranger.kid}" in line)
+    assert "WARNING" in refused
+    assert ": unknown-key (" in refused  # with its reason
 
 
 async def _until(predicate: object, timeout: float = TIMEOUT) -> None:
