@@ -69,6 +69,7 @@ from ._partitions import PartitionedSubscription
 from ._registry import AgentInfo
 from ._resource import ResourceState
 from ._retry import DEFAULT_RETRY, RetryPolicy
+from ._runner import run_agents, serve_agents
 from ._server import EmbeddedServer, find_nats_server
 from ._tenants import (
     AgentExists,
@@ -98,6 +99,7 @@ if TYPE_CHECKING:
         read_key_entry,
         read_keyring_file,
         read_keyring_token,
+        write_key_entry,
         write_keyring_file,
     )
     from ._provision import provision_agent
@@ -126,6 +128,7 @@ else:
         "read_key_entry": "_keyring_store",
         "read_keyring_file": "_keyring_store",
         "read_keyring_token": "_keyring_store",
+        "write_key_entry": "_keyring_store",
         "write_keyring_file": "_keyring_store",
         "provision_agent": "_provision",
     }
@@ -256,5 +259,8 @@ __all__ = [
     "read_key_entry",
     "read_keyring_file",
     "read_keyring_token",
+    "run_agents",
+    "serve_agents",
+    "write_key_entry",
     "write_keyring_file",
 ]

@@ -25,13 +25,16 @@ from eventwire_security import (
     SealingKey,
     consumer_filters,
 )
+from eventwire_security._policy import pattern_contains
 
 from ._errors import (
+    BusyResource,
     ClosedResource,
     ConfigError,
     InvalidArgument,
     InvalidEvent,
     NotProvisioned,
+    Unprocessable,
     WrongTenant,
     checked_name,
 )
@@ -88,22 +91,17 @@ class Agent:
         *,
         capabilities: Sequence[str] = (),
         identity: Identity | None = None,
-        tenant: str = "default",
+        tenant: str | None = None,
         roles: Sequence[str] = (),
         **defaults: Unpack[DeliveryKeywords],
     ) -> None:
         self.name = checked_name("agent", name)
         self.capabilities = tuple(check_token(c, field="capability") for c in capabilities)
-        if identity is None:
-            identity = Identity.generate(tenant, name)
-        elif identity.principal.agent != name:
-            raise InvalidEvent(
-                f"identity belongs to agent {identity.principal.agent!r}, not {name!r}",
-                field="identity",
-            )
-        self.identity = identity
-        self.actor = Actor(identity.principal.tenant, name, self.capabilities, tuple(roles))
-        self.sealing_key = SealingKey.derive(identity)
+        self._tenant = None if tenant is None else checked_name("tenant", tenant)
+        self._roles = tuple(roles)
+        self._life = Lifecycle(f"agent {self.name!r}", reusable=True)
+        self._bus: Bus | None = None
+        self.use_identity(identity or Identity.generate(self._tenant or "default", self.name))
         self.instance = secrets.token_hex(4)
         self.unhandled = 0
         self.defaults = SubscribeOptions(**defaults)
@@ -111,13 +109,33 @@ class Agent:
         self._options: dict[str, SubscribeOptions] = {}
         self._fallback: Handler | None = None
         self._on_request: RequestHandler | None = None
-        self._bus: Bus | None = None
         self._stop = asyncio.Event()
-        self._life = Lifecycle(f"agent {self.name!r}", reusable=True)
+        self._handling: set[asyncio.Task[object]] = set()  # running this agent's handlers
 
     @property
     def tenant(self) -> str:
         return self.identity.principal.tenant
+
+    def use_identity(self, identity: Identity) -> None:
+        """Sign as ``identity`` from now on (``eventwire run --key-file`` gives an agent the
+        key it keeps across restarts); not while serving. It must be this agent's, and of
+        the ``tenant`` the agent was made with, if one was given."""
+        if self._bus is not None:  # opening, running or closing
+            raise BusyResource(f"agent {self.name!r} is serving", state=self._life.state)
+        principal = identity.principal
+        if principal.agent != self.name:
+            raise InvalidEvent(
+                f"identity belongs to agent {principal.agent!r}, not {self.name!r}",
+                field="identity",
+            )
+        if self._tenant is not None and principal.tenant != self._tenant:
+            raise InvalidArgument(
+                f"the identity is of tenant {principal.tenant!r}, not {self._tenant!r}",
+                field="tenant",
+            )
+        self.identity = identity
+        self.actor = Actor(principal.tenant, self.name, self.capabilities, self._roles)
+        self.sealing_key = SealingKey.derive(identity)
 
     def on(
         self,
@@ -212,14 +230,21 @@ class Agent:
         """Ask :meth:`run` to return (gracefully)."""
         self._stop.set()
 
-    async def run(self, bus: Bus) -> None:
-        """Serve until :meth:`stop` is called or the task is cancelled."""
-        async with self.serve(bus):
-            await self._stop.wait()
+    async def until_stopped(self) -> None:
+        """Wait until :meth:`stop` is called, or serving fails."""
+        await self._stop.wait()
+
+    async def run(self, bus: Bus, *, drain_timeout: float = 30.0, signals: bool = True) -> None:
+        """Serve until :meth:`stop` is called, the task is cancelled, or SIGINT or SIGTERM
+        arrives (handled while it runs: see :func:`eventwire.serve_agents`)."""
+        from ._runner import serve_agents
+
+        await serve_agents(bus, self, drain_timeout=drain_timeout, signals=signals)
 
     @contextlib.asynccontextmanager
-    async def serve(self, bus: Bus) -> AsyncIterator[Agent]:
-        """Subscribe, register, announce; on exit finish in-flight handlers and withdraw.
+    async def serve(self, bus: Bus, *, drain_timeout: float | None = None) -> AsyncIterator[Agent]:
+        """Subscribe, register, announce; on exit finish in-flight handlers (cancelling those
+        still running after ``drain_timeout`` seconds, if given) and withdraw.
 
         Raises :class:`BusyResource` if the agent is serving already, and on exit
         :class:`ResourceFailed` if a subscription or the heartbeat died meanwhile."""
@@ -253,21 +278,59 @@ class Agent:
                 self._life.fail(exc, reported=True)
             raise
         finally:
-            await self._shutdown(subscriptions, heartbeat, raised)
+            await self._shutdown(subscriptions, heartbeat, raised, drain_timeout)
 
     async def _subscribe(self, bus: Bus, subscriptions: list[Subscription]) -> None:
         """Subscribe to every pattern (see :meth:`patterns`), watching each for failure."""
-        for pattern in self.patterns():
-            options = self._options.get(pattern, self.defaults)
+        folds = self._folds(bus)
+        for pattern in dict.fromkeys([*self.patterns(), *folds.values()]):
+            if pattern in folds:
+                continue  # a broader consumer delivers its events
+            inner = [narrower for narrower, outer in folds.items() if outer == pattern]
+            options = self._shared_options(pattern, inner)
             subscription = bus.subscribe(
                 pattern,
-                self._dispatcher(pattern),
+                self._dispatcher(pattern, inner),
                 durable=self.name,
                 options=options.but(actor=self.actor, sealing_key=self.sealing_key),
             )
-            if await self._started(subscription, pattern):
+            if await self._started(subscription, pattern, needed=bool(inner)):
                 subscription.on_failure(lambda sub, error: self._failed(error))
                 subscriptions.append(subscription)
+
+    def _folds(self, bus: Bus) -> dict[str, str]:
+        """On a bind-only bus with a policy, the handler patterns that have no consumer of
+        their own, each with the granted pattern whose provisioned consumer delivers its
+        events (the SDK passes them on by subject); a pattern no grant covers is an error
+        that names the patterns the policy grants."""
+        if bus.provisions or bus.policy is None:
+            return {}
+        granted = consumer_filters(bus.policy, self.actor)
+        folds: dict[str, str] = {}
+        for pattern in self._handlers:
+            if pattern in granted:
+                continue
+            outer = next((g for g in granted if pattern_contains(g, pattern)), None)
+            if outer is None:
+                allowed = ", ".join(repr(g) for g in granted) or "none"
+                raise NotProvisioned(
+                    f"agent {self.name!r} handles {pattern!r}, but the policy lets it consume "
+                    f"no pattern that covers it (granted: {allowed}); handle one of those, or "
+                    "a pattern inside one"
+                )
+            folds[pattern] = outer
+        return folds
+
+    def _shared_options(self, pattern: str, inner: Sequence[str]) -> SubscribeOptions:
+        options = self._options.get(pattern, self.defaults)
+        for narrower in inner:
+            if self._options.get(narrower, self.defaults) != options:
+                raise ConfigError(
+                    f"handlers on {narrower!r} are delivered by the consumer provisioned for "
+                    f"{pattern!r} (this bind-only bus has none of their own): they must "
+                    "share its options"
+                )
+        return options
 
     def _failed(self, error: BaseException) -> None:
         """A subscription or the heartbeat died for good: stop serving, loudly."""
@@ -275,14 +338,16 @@ class Agent:
             log.error("agent %s failed, it stops serving: %r", self.name, error)
         self._stop.set()
 
-    async def _started(self, subscription: Subscription, pattern: str) -> bool:
+    async def _started(self, subscription: Subscription, pattern: str, *, needed: bool) -> bool:
         """Start ``subscription``; on a bind-only bus, a default subscription nobody
-        provisioned (the policy does not let this agent consume there) is left out."""
+        provisioned (the policy does not let this agent consume there) is left out, unless
+        handlers of narrower patterns depend on it (``needed``)."""
         bus = self.bus
         ungranted = (
             not bus.provisions
             and bus.policy is not None
             and pattern not in self._handlers
+            and not needed
             and pattern not in consumer_filters(bus.policy, self.actor)
         )
         if ungranted:
@@ -291,7 +356,7 @@ class Agent:
         try:
             await subscription.start()
         except NotProvisioned:
-            if pattern in self._handlers:
+            if pattern in self._handlers or needed:
                 raise
             log.info("%s: no consumer provisioned for %r; not subscribed", self.name, pattern)
             return False
@@ -302,16 +367,21 @@ class Agent:
         subscriptions: list[Subscription],
         heartbeat: Loop | None,
         raised: BaseException | None,
+        drain_timeout: float | None = None,
     ) -> None:
         """Stop the subscriptions (in parallel) and the heartbeat, withdraw and announce
         the stop: every step, even when one fails; then raise the first failure (or, if
         the block raised, add it to that exception as a note)."""
         self._life.closing()
         steps = Steps(f"stopping agent {self.name!r}", log)
+        loop = asyncio.get_running_loop()
+        timer = None if drain_timeout is None else loop.call_later(drain_timeout, self._abandon)
         try:
             async with asyncio.TaskGroup() as group:
                 for sub in subscriptions:
                     group.create_task(steps.run(f"stopping {sub.durable}", sub.close))
+            if timer is not None:
+                timer.cancel()
             if heartbeat is not None:
                 await steps.run(
                     "stopping the heartbeat", functools.partial(heartbeat.stop, cancel=True)
@@ -328,6 +398,17 @@ class Agent:
         if raised is None:
             raise error
         raised.add_note(f"while stopping agent {self.name!r}: {error!r}")
+
+    def _abandon(self) -> None:
+        """The drain took too long: cancel the handlers still running (their events were
+        not acknowledged: the server redelivers them after ``ack_wait``)."""
+        if self._handling:
+            log.warning(
+                "%s: %d handlers still running at the drain timeout: cancelled, their events "
+                "will be redelivered", self.name, len(self._handling),
+            )  # fmt: skip
+        for task in self._handling:
+            task.cancel()
 
     async def _withdraw(self) -> None:
         await withdraw(await self.bus.registry(), self.name, self.instance)
@@ -365,9 +446,15 @@ class Agent:
             except Exception as exc:  # keep beating through a reconnect
                 log.warning("heartbeat of %s failed: %r", self.name, exc)
 
-    def _dispatcher(self, pattern: str) -> Handler:
+    def _dispatcher(self, pattern: str, inner: Sequence[str] = ()) -> Handler:
+        """The handler of ``pattern``'s consumer: its own handlers, those of the narrower
+        ``inner`` patterns it delivers for (bind-only, see :meth:`_folds`), or the fallback."""
+
         async def dispatch(event: Event) -> None:
             handlers = self._handlers.get(pattern)
+            if inner:
+                extra = [h for p in inner if matches(p, event.subject) for h in self._handlers[p]]
+                handlers = [*(handlers or ()), *extra] if extra else handlers
             if handlers is None:
                 if any(matches(p, event.subject) for p in self._handlers):
                     return  # another handler's own subscription delivers it
@@ -377,10 +464,32 @@ class Agent:
                     return
                 handlers = [self._fallback]
             token = _current_event.set(event)
+            task = asyncio.current_task()
+            assert task is not None  # a consumer always runs handlers in a task
+            self._handling.add(task)
             try:
                 for handler in handlers:
-                    await handler(event)
+                    await self._call(handler, event)
             finally:
+                self._handling.discard(task)
                 _current_event.reset(token)
 
         return dispatch
+
+    async def _call(self, handler: Handler, event: Event) -> None:
+        """Run ``handler``; a failure is logged here (with its traceback) and raised on."""
+        try:
+            await handler(event)
+        except Unprocessable as exc:
+            log.warning("%s: %s refused event %s: %s", self.name, _named(handler), event.id, exc)
+            raise
+        except Exception:
+            log.exception(
+                "%s: handler %s failed on event %s (%s)",
+                self.name, _named(handler), event.id, event.subject,
+            )  # fmt: skip
+            raise
+
+
+def _named(handler: object) -> str:
+    return str(getattr(handler, "__qualname__", None) or repr(handler))

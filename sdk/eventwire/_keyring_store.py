@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
@@ -34,7 +35,14 @@ from typing import TYPE_CHECKING, Any, Self
 import nats.errors
 import nats.js.errors
 
-from eventwire_security import DEFAULT_MAX_BYTES, EnvelopeError, Keyring, SecurityError
+from eventwire_security import (
+    DEFAULT_MAX_BYTES,
+    EnvelopeError,
+    Identity,
+    Keyring,
+    SecurityError,
+    TrustedKey,
+)
 from eventwire_security import keyring_bucket as keyring_bucket  # noqa: PLC0414 - re-export
 from eventwire_security._files import write_atomic
 from eventwire_security._json import strict_loads
@@ -365,6 +373,23 @@ def read_key_entry(spec: str) -> KeyEntry:
         return KeyEntry.from_json(strict_loads(text, max_depth=2))
     except (ValueError, SecurityError) as exc:
         raise KeyringError(f"{spec[:80]}: {exc}", reason="keyring-invalid-entry") from None
+
+
+def write_key_entry(path: str, key: Identity | TrustedKey | KeyEntry) -> KeyEntry:
+    """Write the public entry of ``key`` (never its private half) to a new JSON file
+    ``path`` (mode 0644, never overwritten), as ``eventwire keys export-public`` prints it;
+    :func:`read_key_entry` and :func:`keyring_of_entries` read it back."""
+    if isinstance(key, Identity):
+        key = key.trusted()
+    entry = key if isinstance(key, KeyEntry) else KeyEntry.from_trusted(key)
+    text = json.dumps(entry.to_json(), indent=2) + "\n"
+    try:
+        write_atomic(path, text.encode(), mode=0o644, exclusive=True)
+    except FileExistsError as exc:
+        raise KeyringError(f"{path} exists", reason="keyring-exists") from exc
+    except OSError as exc:
+        raise KeyringError(f"cannot write {path}: {exc.strerror}", reason="keyring-file") from exc
+    return entry
 
 
 def keyring_of_entries(specs: Iterable[str]) -> Keyring:

@@ -10,6 +10,9 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
+from eventwire_security import MalformedClaims
+from eventwire_security.hazmat import encode_claims
+
 from ._errors import InvalidEvent
 from ._subjects import MAX_TOKENS, check_subject, check_token
 
@@ -146,7 +149,12 @@ KINDS: dict[str, type[EventData]] = {
 
 
 class CustomEvent:
-    """A generic event: any subject under a known family, any ``type``, JSON ``data``."""
+    """A generic event: any subject under a known family, any ``type``, JSON ``data``.
+
+    ``data`` is checked here as publishing checks it (the same encoder): anything JSON
+    cannot hold (bytes, sets, NaN or infinity, lone surrogates, other objects) is an
+    :class:`InvalidEvent` with ``field="data"`` now, not when it is published.
+    """
 
     __slots__ = ("_data", "_subject", "event_type")
 
@@ -155,6 +163,10 @@ class CustomEvent:
         if not isinstance(type, str) or not 0 < len(type) <= 256:
             raise InvalidEvent("must be a non-empty string of at most 256 chars", field="type")
         self.event_type = type
+        try:
+            encode_claims({"data": data})
+        except MalformedClaims as exc:
+            raise InvalidEvent(exc.detail, field="data") from None
         self._data = data
 
     def subject(self) -> str:

@@ -115,8 +115,10 @@ class EmbeddedServer(AsyncResource):
         ]
         log = (store / "nats-server.log").open("ab")
         try:
+            # its own process group: Ctrl-C in a terminal signals our process, which stops
+            # the server after its agents (eventwire run), not the server under them
             self._proc = await asyncio.create_subprocess_exec(
-                *args, stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL
+                *args, stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL, process_group=0
             )
         except OSError as exc:
             raise ServerError(f"cannot start {binary}: {exc}") from exc

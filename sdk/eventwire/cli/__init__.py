@@ -15,6 +15,7 @@ from ._demo import demo
 from ._dlq import app as dlq_app
 from ._keys import app as keys_app
 from ._policy import app as policy_app
+from ._run import run
 from ._server import SETTINGS as SERVER_SETTINGS
 from ._server import server
 from ._streams import app as streams_app
@@ -30,6 +31,7 @@ app = typer.Typer(
 )
 app.command(help="Run agents on an embedded server and print a verified timeline.")(demo)
 app.command(help="Measure eventwire against raw nats-py on the same server.")(bench)
+app.command("run")(run)
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
