@@ -240,6 +240,17 @@ async def test_cli_connection_errors_are_one_line_without_the_password(
     ]
 
 
+async def test_cli_debug_shows_the_traceback_still_without_the_password(root: str) -> None:
+    refused = f"nats://alice:{PASSWORD}@127.0.0.1:{closed_port()}"
+    code, lines = await run_cli("--debug", "dlq", "list", "--url", refused, "--root", root)
+    text = "\n".join(lines)
+    assert code == 1
+    assert "Traceback (most recent call last)" in text
+    assert "ConnectionFailed" in text
+    assert lines[-1].startswith("error: cannot connect to nats://***@127.0.0.1:")
+    assert PASSWORD not in text
+
+
 async def test_cli_invalid_arguments_are_one_line(nats_server: EmbeddedServer, root: str) -> None:
     where = ("--url", nats_server.url, "--root", root)
     code, lines = await run_cli("dlq", "list", *where, "--tenant", "bad tenant")

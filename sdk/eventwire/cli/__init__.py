@@ -6,6 +6,8 @@ Commands use the public API of ``eventwire`` and ``eventwire_security``, connect
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 from ._audit import app as audit_app
@@ -29,6 +31,17 @@ app = typer.Typer(
     add_completion=False,
     cls=Boundary,
 )
+@app.callback()
+def _options(
+    debug: bool = typer.Option(
+        False, "--debug", help="Show the traceback of an error (EVENTWIRE_DEBUG=1 does too)."
+    ),
+) -> None:
+    """Signed, durable events between AI agents over NATS JetStream."""
+    if debug:
+        os.environ["EVENTWIRE_DEBUG"] = "1"
+
+
 app.command(help="Run agents on an embedded server and print a verified timeline.")(demo)
 app.command(help="Measure eventwire against raw nats-py on the same server.")(bench)
 app.command("run")(run)

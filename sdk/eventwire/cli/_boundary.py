@@ -2,12 +2,15 @@
 
 Never a traceback for an error the user can act on (every ``EventwireError``, the security
 package's errors, a file that cannot be read, Ctrl-C), and never a password: credentials in
-URLs are shown as ``***`` wherever they occur in the message.
+URLs are shown as ``***`` wherever they occur in the message. ``--debug`` (or
+``EVENTWIRE_DEBUG=1``) prints the traceback too, credentials still masked.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import traceback
 from typing import Any, NoReturn
 
 import nats.errors
@@ -33,8 +36,17 @@ def one_line(error: str | BaseException) -> str:
     return _CREDENTIALS.sub("***@", _WHITESPACE.sub(" ", text).strip())
 
 
+def debugging() -> bool:
+    """Whether ``--debug`` (or ``EVENTWIRE_DEBUG=1``) asks for tracebacks."""
+    return os.environ.get("EVENTWIRE_DEBUG", "") not in ("", "0")
+
+
 def fail(error: str | BaseException, code: int = 1) -> NoReturn:
-    """Print ``error: <message>`` on stderr and end the command with exit code ``code``."""
+    """Print ``error: <message>`` on stderr and end the command with exit code ``code``
+    (after the traceback, credentials masked, with ``--debug``)."""
+    if isinstance(error, BaseException) and debugging():
+        text = "".join(traceback.format_exception(error))
+        stderr.print(escape(_CREDENTIALS.sub("***@", text)), end="")
     stderr.print(f"[red]error:[/red] {escape(one_line(error))}")
     raise typer.Exit(code)
 
@@ -54,6 +66,8 @@ class Boundary(TyperGroup):
         except (EventwireError, SecurityError, OSError) as exc:
             fail(exc)
         except nats.errors.Error as exc:  # one the SDK did not map: still one line
+            if debugging():
+                fail(exc)
             fail(describe(exc))
         except KeyboardInterrupt:
             fail("interrupted", INTERRUPTED)
