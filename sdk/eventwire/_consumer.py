@@ -389,7 +389,8 @@ class Subscription(StatefulResource):
                 interrupted=self._pull.interrupted,
             )  # fmt: skip
         except Exception as exc:  # nats errors, no answer in time, or a bug: the batch waits
-            log.warning("%s: replay claims failed (%r); retrying the batch", self.durable, exc)
+            level = logging.DEBUG if self._stopping else logging.WARNING  # a stop ends the round
+            log.log(level, "%s: replay claims failed (%r); retrying the batch", self.durable, exc)
             for msg in msgs:
                 await nak(msg, delay=1.0)
             await self._done(len(msgs))
