@@ -16,6 +16,15 @@ from eventwire_security import (
 
 from ._agent import Agent
 from ._batches import Batch
+from ._breaker import (
+    BreakerPolicy,
+    Breakers,
+    BreakerStatus,
+    CircuitBreaker,
+    CircuitOpen,
+    CircuitState,
+    TimeoutPolicy,
+)
 from ._bus import DEFAULT_REPLAY_WINDOW, Bus, PublishAck, connect
 from ._codec import SIGNATURE_HEADER, Rejection, SecurityStats
 from ._consumer import Subscription, SubscriptionStats
@@ -63,6 +72,7 @@ from ._kinds import (
 )
 from ._partitions import PartitionedSubscription
 from ._registry import AgentInfo
+from ._resiliency import Resiliency, ResiliencySpecError, TargetPolicy
 from ._retry import DEFAULT_RETRY, RetryPolicy
 from ._server import EmbeddedServer, find_nats_server
 from ._tenants import (
@@ -155,7 +165,13 @@ __all__ = [
     "AuditWriteFailed",
     "AuthenticationFailed",
     "Batch",
+    "BreakerPolicy",
+    "BreakerStatus",
+    "Breakers",
     "Bus",
+    "CircuitBreaker",
+    "CircuitOpen",
+    "CircuitState",
     "ConfigError",
     "ConnectionFailed",
     "Credentials",
@@ -202,6 +218,8 @@ __all__ = [
     "ReplyRejected",
     "RequestFailed",
     "RequestTimeout",
+    "Resiliency",
+    "ResiliencySpecError",
     "RetryPolicy",
     "SealedForOthers",
     "SealingKey",
@@ -214,9 +232,11 @@ __all__ = [
     "StreamConfigError",
     "Subscription",
     "SubscriptionStats",
+    "TargetPolicy",
     "TaskCompleted",
     "TenantExists",
     "TenantUser",
+    "TimeoutPolicy",
     "TransportError",
     "TrustedKey",
     "UnknownTenant",
