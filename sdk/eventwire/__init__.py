@@ -71,6 +71,7 @@ from ._kinds import (
     TaskCompleted,
 )
 from ._partitions import PartitionedSubscription
+from ._phi import FailureDetectors, PhiAccrualDetector, PhiSettings, Suspicion
 from ._registry import AgentInfo
 from ._resiliency import Resiliency, ResiliencySpecError, TargetPolicy
 from ._retry import DEFAULT_RETRY, RetryPolicy
@@ -190,6 +191,7 @@ __all__ = [
     "EventData",
     "EventTooLarge",
     "EventwireError",
+    "FailureDetectors",
     "FindingKind",
     "Forbidden",
     "HelpRequested",
@@ -207,6 +209,8 @@ __all__ = [
     "NotRunning",
     "OperationTimeout",
     "PartitionedSubscription",
+    "PhiAccrualDetector",
+    "PhiSettings",
     "Policy",
     "Principal",
     "PublishAck",
@@ -232,6 +236,7 @@ __all__ = [
     "StreamConfigError",
     "Subscription",
     "SubscriptionStats",
+    "Suspicion",
     "TargetPolicy",
     "TaskCompleted",
     "TenantExists",
