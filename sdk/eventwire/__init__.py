@@ -26,6 +26,7 @@ from ._breaker import (
     TimeoutPolicy,
 )
 from ._bus import DEFAULT_REPLAY_WINDOW, Bus, PublishAck, connect
+from ._choose import Candidate, Choice, Chooser, Load, NobodyServing, Strategy
 from ._codec import SIGNATURE_HEADER, Rejection, SecurityStats
 from ._consumer import Subscription, SubscriptionStats
 from ._dlq import DeadLetter, DeadLetterQueue
@@ -170,6 +171,9 @@ __all__ = [
     "BreakerStatus",
     "Breakers",
     "Bus",
+    "Candidate",
+    "Choice",
+    "Chooser",
     "CircuitBreaker",
     "CircuitOpen",
     "CircuitState",
@@ -203,7 +207,9 @@ __all__ = [
     "KeyringRefusal",
     "KeyringWatcher",
     "KnowledgeShared",
+    "Load",
     "NoResponders",
+    "NobodyServing",
     "NotFound",
     "NotProvisioned",
     "NotRunning",
@@ -233,6 +239,7 @@ __all__ = [
     "ServerRejected",
     "ServerUnavailable",
     "StatusUpdate",
+    "Strategy",
     "StreamConfigError",
     "Subscription",
     "SubscriptionStats",
