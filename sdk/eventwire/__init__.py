@@ -76,6 +76,7 @@ from ._phi import FailureDetectors, PhiAccrualDetector, PhiSettings, Suspicion
 from ._registry import AgentInfo
 from ._resiliency import Resiliency, ResiliencySpecError, TargetPolicy
 from ._retry import DEFAULT_RETRY, RetryPolicy
+from ._rules import InvalidRule, Route, RuleFailed, Rules
 from ._server import EmbeddedServer, find_nats_server
 from ._tenants import (
     AgentExists,
@@ -202,6 +203,7 @@ __all__ = [
     "Identity",
     "InvalidArgument",
     "InvalidEvent",
+    "InvalidRule",
     "Keyring",
     "KeyringError",
     "KeyringRefusal",
@@ -231,6 +233,9 @@ __all__ = [
     "Resiliency",
     "ResiliencySpecError",
     "RetryPolicy",
+    "Route",
+    "RuleFailed",
+    "Rules",
     "SealedForOthers",
     "SealingKey",
     "SecurityStats",
