@@ -73,6 +73,7 @@ from ._kinds import (
 )
 from ._partitions import PartitionedSubscription
 from ._phi import FailureDetectors, PhiAccrualDetector, PhiSettings, Suspicion
+from ._priority import Priority, PriorityGate
 from ._registry import AgentInfo
 from ._resiliency import Resiliency, ResiliencySpecError, TargetPolicy
 from ._retry import DEFAULT_RETRY, RetryPolicy
@@ -221,6 +222,8 @@ __all__ = [
     "PhiSettings",
     "Policy",
     "Principal",
+    "Priority",
+    "PriorityGate",
     "PublishAck",
     "PublishFailed",
     "Publishable",
