@@ -61,6 +61,7 @@ from ._errors import (
     WrongTenant,
 )
 from ._event import Event, Publishable
+from ._failures import Failure, FailureWatch, failure_msg_id
 from ._kinds import (
     AgentLifecycle,
     CustomEvent,
@@ -197,7 +198,9 @@ __all__ = [
     "EventData",
     "EventTooLarge",
     "EventwireError",
+    "Failure",
     "FailureDetectors",
+    "FailureWatch",
     "FindingKind",
     "Forbidden",
     "HelpRequested",
@@ -264,6 +267,7 @@ __all__ = [
     "WrongTenant",
     "__version__",
     "connect",
+    "failure_msg_id",
     "find_nats_server",
     "keyring_bucket",
     "keyring_of_entries",

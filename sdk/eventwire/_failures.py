@@ -1,0 +1,117 @@
+"""Which agent instances have failed: phi-accrual detectors over registry heartbeats.
+
+Every observer (each serving agent) feeds the arrival of each registry entry update (a
+heartbeat: the entry's KV revision) to a :class:`FailureWatch`. An instance that withdraws
+(its entry is purged or deleted on a clean stop) is forgotten, never reported. One that
+goes silent is reported once per silence by :meth:`FailureWatch.due`: the report names its
+last heartbeat's revision, which every observer sees alike, so the ``agent.lifecycle.failed``
+events that several observers publish carry the same ``Nats-Msg-Id`` (:func:`failure_msg_id`)
+and JetStream stores one. Pure: time comes from the caller or an injectable clock.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ._phi import FailureDetectors, PhiSettings
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+Key = tuple[str, str]  # (agent, instance)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """An instance suspected to have failed: its last heartbeat (registry revision and the
+    time it signed, seconds since the epoch) and the suspicion level when reported."""
+
+    agent: str
+    instance: str
+    capabilities: tuple[str, ...]
+    revision: int
+    last_heartbeat: float
+    phi: float
+
+
+@dataclass(slots=True)
+class _Last:
+    revision: int
+    signed_at: float
+    capabilities: tuple[str, ...]
+    reported: bool = False
+
+
+class FailureWatch:
+    """Heartbeats in, failures out, each failure once (until the instance beats again: then
+    its detector starts a fresh history, since the silence was no normal interval)."""
+
+    def __init__(
+        self,
+        settings: PhiSettings | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock
+        self._detectors: FailureDetectors[Key] = FailureDetectors(settings, clock=clock)
+        self._last: dict[Key, _Last] = {}
+
+    @property
+    def settings(self) -> PhiSettings:
+        return self._detectors.settings
+
+    def heartbeat(
+        self,
+        agent: str,
+        instance: str,
+        *,
+        revision: int,
+        signed_at: float,
+        capabilities: tuple[str, ...] = (),
+        at: float | None = None,
+    ) -> None:
+        """An entry update arrived (``at``: now by default). A revision not newer than the
+        last one seen (a replayed or reordered update) is ignored."""
+        key = (agent, instance)
+        last = self._last.get(key)
+        if last is not None and revision <= last.revision:
+            return
+        if last is not None and last.reported:
+            # back after a reported failure: that silence is no sample of its interval
+            self._detectors.forget(key)
+        self._last[key] = _Last(revision, signed_at, capabilities)
+        self._detectors.heartbeat(key, at)
+
+    def withdrawn(self, agent: str, instance: str) -> None:
+        """The instance left cleanly (or its failure was handled): stop watching it."""
+        self._last.pop((agent, instance), None)
+        self._detectors.forget((agent, instance))
+
+    def phi(self, agent: str, instance: str, now: float | None = None) -> float | None:
+        """The current suspicion of an instance, ``None`` if it is not watched."""
+        if (agent, instance) not in self._detectors:
+            return None
+        return self._detectors.suspicion((agent, instance), now).phi
+
+    def due(self, now: float | None = None) -> list[Failure]:
+        """Instances suspected now that were not reported for this silence yet."""
+        found = []
+        for suspect in self._detectors.suspects(now):
+            last = self._last[suspect.key]
+            if last.reported:
+                continue
+            last.reported = True
+            agent, instance = suspect.key
+            found.append(
+                Failure(
+                    agent, instance, last.capabilities, last.revision, last.signed_at, suspect.phi
+                )
+            )
+        return found
+
+
+def failure_msg_id(root: str, failure: Failure) -> str:
+    """The ``Nats-Msg-Id`` every observer gives its report of ``failure``."""
+    return f"{root}.failed.{failure.agent}.{failure.instance}.{failure.revision}"
