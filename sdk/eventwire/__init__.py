@@ -26,6 +26,7 @@ from ._breaker import (
     TimeoutPolicy,
 )
 from ._bus import DEFAULT_REPLAY_WINDOW, Bus, PublishAck, connect
+from ._calls import Caller
 from ._choose import Candidate, Choice, Chooser, Load, NobodyServing, Strategy
 from ._codec import SIGNATURE_HEADER, Rejection, SecurityStats
 from ._consumer import Subscription, SubscriptionStats
@@ -174,6 +175,7 @@ __all__ = [
     "BreakerStatus",
     "Breakers",
     "Bus",
+    "Caller",
     "Candidate",
     "Choice",
     "Chooser",

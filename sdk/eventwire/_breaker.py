@@ -263,7 +263,8 @@ class CircuitBreaker:
 
 
 class Breakers:
-    """One breaker per target, created on first use with ``policy_for(target)``."""
+    """One breaker per target, created on first use with ``policy_for(target)`` (or, if
+    that gives none, the policy the first caller passes; else the defaults)."""
 
     def __init__(
         self,
@@ -276,12 +277,21 @@ class Breakers:
         self._breakers: dict[str, CircuitBreaker] = {}
 
     def __getitem__(self, target: str) -> CircuitBreaker:
+        return self.breaker(target)
+
+    def breaker(self, target: str, policy: BreakerPolicy | None = None) -> CircuitBreaker:
+        """``target``'s breaker; a new one gets ``policy``, else ``policy_for(target)``."""
         breaker = self._breakers.get(target)
         if breaker is None:
-            policy = self._policy_for(target)
-            breaker = CircuitBreaker(target, policy, clock=self._clock)
+            chosen = self._policy_for(target) or policy
+            breaker = CircuitBreaker(target, chosen, clock=self._clock)
             self._breakers[target] = breaker
         return breaker
+
+    def status(self, target: str) -> BreakerStatus | None:
+        """``target``'s breaker status; ``None`` if it was never called."""
+        breaker = self._breakers.get(target)
+        return None if breaker is None else breaker.status()
 
     def state(self, target: str) -> CircuitState:
         """A target's state; ``closed`` for one never called (no breaker is created)."""
