@@ -62,7 +62,7 @@ from ._errors import (
     WrongTenant,
 )
 from ._event import Event, Publishable
-from ._failures import Failure, FailureWatch, failure_msg_id
+from ._failures import AgentFailed, Failure, FailureWatch, failure_msg_id
 from ._kinds import (
     AgentLifecycle,
     CustomEvent,
@@ -161,6 +161,7 @@ __all__ = [
     "Actor",
     "Agent",
     "AgentExists",
+    "AgentFailed",
     "AgentInfo",
     "AgentLifecycle",
     "AuditCorrupted",

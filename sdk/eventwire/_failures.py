@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
+from pydantic import Field
+
+from ._kinds import TYPE_PREFIX, EventData, Token
 from ._phi import FailureDetectors, PhiSettings
 
 if TYPE_CHECKING:
@@ -110,6 +113,35 @@ class FailureWatch:
                 )
             )
         return found
+
+
+class AgentFailed(EventData):
+    """Published by an observer when an agent instance is suspected to have failed (subject
+    ``agent.lifecycle.failed``): the instance, its capabilities, its last heartbeat (the
+    registry revision and the time it signed it, seconds since the epoch) and the suspicion
+    level. One event per failure: observers' reports share a message id."""
+
+    event_type: ClassVar[str] = TYPE_PREFIX + "agent.failed"
+    agent: Token
+    instance: Token
+    capabilities: list[str] = Field(default_factory=list, strict=False)
+    revision: int
+    last_heartbeat: float = Field(strict=False)
+    phi: float = Field(strict=False)
+
+    def subject(self) -> str:
+        return "agent.lifecycle.failed"
+
+    @classmethod
+    def of(cls, failure: Failure) -> AgentFailed:
+        return cls(
+            agent=failure.agent,
+            instance=failure.instance,
+            capabilities=list(failure.capabilities),
+            revision=failure.revision,
+            last_heartbeat=failure.last_heartbeat,
+            phi=min(failure.phi, 1e6),
+        )
 
 
 def failure_msg_id(root: str, failure: Failure) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from eventwire import Failure, FailureWatch, PhiSettings, failure_msg_id
+import pytest
+
+from eventwire import AgentFailed, Failure, FailureWatch, InvalidEvent, PhiSettings, failure_msg_id
 
 
 class Clock:
@@ -80,3 +82,23 @@ def test_two_observers_report_the_same_message_id() -> None:
         clock.now = 30
         reports += [failure_msg_id("ew", f) for f in watch.due()]
     assert reports == ["ew.failed.a.i9.10", "ew.failed.a.i9.10"]
+
+
+def test_a_failure_becomes_an_agent_failed_event() -> None:
+    failure = Failure("summarizer", "a1b2c3d4", ("summarize",), 42, 1.7e9, 12.5)
+    event = AgentFailed.of(failure)
+    assert event.subject() == "agent.lifecycle.failed"
+    assert event.event_type == "io.eventwire.agent.failed"
+    assert event.data() == {
+        "agent": "summarizer",
+        "instance": "a1b2c3d4",
+        "capabilities": ["summarize"],
+        "revision": 42,
+        "last_heartbeat": 1.7e9,
+        "phi": 12.5,
+    }
+
+
+def test_an_agent_failed_event_refuses_a_bad_instance() -> None:
+    with pytest.raises(InvalidEvent, match="instance"):
+        AgentFailed.of(Failure("summarizer", "no.dots", (), 1, 0.0, 9.0))
