@@ -59,7 +59,7 @@ async def durable_case(url: str, count: int, *, keys: int = 0, io_wait: float = 
                     await bus.publish_many(items, identity=identity)
             await done.wait()
             seconds = time.perf_counter() - started
-        await bus._js_or_raise().delete_stream(bus.stream)
+        await bus.jetstream.delete_stream(bus.stream)
     return seconds
 
 

@@ -60,7 +60,7 @@ async def eventwire_case(
         ):
             await done.wait()
             seconds = time.perf_counter() - started
-        await bus._js_or_raise().delete_stream(bus.stream)
+        await bus.jetstream.delete_stream(bus.stream)
     return seconds
 
 

@@ -33,6 +33,8 @@ from ._consumer import Subscription, SubscriptionStats
 from ._dlq import DeadLetter, DeadLetterQueue
 from ._errors import (
     AuthenticationFailed,
+    BusyResource,
+    ClosedResource,
     ConfigError,
     ConnectionFailed,
     DeadLetterError,
@@ -52,6 +54,7 @@ from ._errors import (
     ReplyRejected,
     RequestFailed,
     RequestTimeout,
+    ResourceFailed,
     SealedForOthers,
     ServerError,
     ServerRejected,
@@ -73,11 +76,13 @@ from ._kinds import (
     StatusUpdate,
     TaskCompleted,
 )
+from ._options import DeliveryKeywords, SubscribeKeywords, SubscribeOptions
 from ._partitions import PartitionedSubscription
 from ._phi import FailureDetectors, PhiAccrualDetector, PhiSettings, Suspicion
 from ._priority import Priority, PriorityGate
 from ._registry import AgentInfo
 from ._resiliency import Resiliency, ResiliencySpecError, TargetPolicy
+from ._resource import ResourceState
 from ._retry import DEFAULT_RETRY, RetryPolicy
 from ._rules import InvalidRule, Route, RuleFailed, Rules
 from ._server import EmbeddedServer, find_nats_server
@@ -176,6 +181,7 @@ __all__ = [
     "BreakerStatus",
     "Breakers",
     "Bus",
+    "BusyResource",
     "Caller",
     "Candidate",
     "Choice",
@@ -183,6 +189,7 @@ __all__ = [
     "CircuitBreaker",
     "CircuitOpen",
     "CircuitState",
+    "ClosedResource",
     "ConfigError",
     "ConnectionFailed",
     "Credentials",
@@ -191,6 +198,7 @@ __all__ = [
     "DeadLetterError",
     "DeadLetterNotFound",
     "DeadLetterQueue",
+    "DeliveryKeywords",
     "Deployment",
     "DeploymentError",
     "DeploymentSettings",
@@ -241,6 +249,8 @@ __all__ = [
     "RequestTimeout",
     "Resiliency",
     "ResiliencySpecError",
+    "ResourceFailed",
+    "ResourceState",
     "RetryPolicy",
     "Route",
     "RuleFailed",
@@ -255,6 +265,8 @@ __all__ = [
     "StatusUpdate",
     "Strategy",
     "StreamConfigError",
+    "SubscribeKeywords",
+    "SubscribeOptions",
     "Subscription",
     "SubscriptionStats",
     "Suspicion",

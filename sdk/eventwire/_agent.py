@@ -1,15 +1,22 @@
-"""Agents: a name, capabilities and an identity; decorator handlers; registry and lifecycle."""
+"""Agents: a name, capabilities and an identity; decorator handlers; registry and lifecycle.
+
+An agent serves one bus at a time (``agent.serve(bus)``); its ``state`` is NEW, OPENING,
+RUNNING while serving, CLOSING, then CLOSED, or FAILED: serving failed to start, or one of
+its subscriptions (or its heartbeat) died for good. A failure is logged at once, ``serving``
+turns false, :meth:`Agent.run` returns, and leaving ``serve`` raises :class:`ResourceFailed`.
+An agent that stopped may serve again.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import contextvars
+import functools
 import logging
 import secrets
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from eventwire_security import (
     Actor,
@@ -20,43 +27,34 @@ from eventwire_security import (
 )
 
 from ._errors import (
+    ClosedResource,
     ConfigError,
+    InvalidArgument,
     InvalidEvent,
     NotProvisioned,
-    NotRunning,
     WrongTenant,
     checked_name,
 )
 from ._kinds import AgentLifecycle
+from ._options import SubscribeOptions
 from ._registry import announce, withdraw
-from ._retry import DEFAULT_RETRY, RetryPolicy
+from ._resource import Lifecycle, ResourceState, Steps
 from ._subjects import check_pattern, check_token, default_patterns, matches
+from ._supervisor import Loop, is_transport_error
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+    from typing import Unpack
 
     from ._bus import Bus, PublishAck
     from ._consumer import Subscription
     from ._direct import RequestHandler
     from ._event import Event, Publishable
+    from ._options import DeliveryKeywords
 
     Handler = Callable[[Event], Awaitable[None]]
 
 log = logging.getLogger("eventwire.agent")
-
-
-@dataclass(frozen=True, slots=True)
-class _Options:
-    retry: RetryPolicy
-    terminal: tuple[type[BaseException], ...]
-    max_in_flight: int
-
-    def as_kwargs(self) -> dict[str, Any]:
-        return {
-            "retry": self.retry,
-            "terminal": self.terminal,
-            "max_in_flight": self.max_in_flight,
-        }
 
 
 _current_event: contextvars.ContextVar[Event | None] = contextvars.ContextVar(
@@ -79,7 +77,9 @@ class Agent:
     ``capability.<name>.*`` for each capability and ``agent.lifecycle.*``; events there that
     no handler claims go to the ``@agent.fallback`` handler, or are logged as unhandled.
     Events an agent publishes from inside a handler carry that event's correlation id and
-    its id as causation id.
+    its id as causation id. ``defaults`` (keywords of :class:`SubscribeOptions`, e.g.
+    ``max_in_flight=4``) are the delivery options of every subscription the agent makes;
+    ``@agent.on(pattern, ...)`` can change them for its pattern.
     """
 
     def __init__(
@@ -89,8 +89,8 @@ class Agent:
         capabilities: Sequence[str] = (),
         identity: Identity | None = None,
         tenant: str = "default",
-        max_in_flight: int = 1,
         roles: Sequence[str] = (),
+        **defaults: Unpack[DeliveryKeywords],
     ) -> None:
         self.name = checked_name("agent", name)
         self.capabilities = tuple(check_token(c, field="capability") for c in capabilities)
@@ -106,14 +106,14 @@ class Agent:
         self.sealing_key = SealingKey.derive(identity)
         self.instance = secrets.token_hex(4)
         self.unhandled = 0
-        self._max_in_flight = max_in_flight
+        self.defaults = SubscribeOptions(**defaults)
         self._handlers: dict[str, list[Handler]] = {}
-        self._options: dict[str, _Options] = {}
+        self._options: dict[str, SubscribeOptions] = {}
         self._fallback: Handler | None = None
         self._on_request: RequestHandler | None = None
         self._bus: Bus | None = None
         self._stop = asyncio.Event()
-        self._serving = False
+        self._life = Lifecycle(f"agent {self.name!r}", reusable=True)
 
     @property
     def tenant(self) -> str:
@@ -123,29 +123,30 @@ class Agent:
         self,
         pattern: str,
         *,
-        retry: RetryPolicy | None = None,
-        terminal: tuple[type[BaseException], ...] = (),
-        max_in_flight: int | None = None,
+        options: SubscribeOptions | None = None,
+        **keywords: Unpack[DeliveryKeywords],
     ) -> Callable[[Handler], Handler]:
         """Register a handler for events whose logical subject matches ``pattern``.
 
-        ``retry`` (default :data:`DEFAULT_RETRY`) spaces redeliveries after failures and
-        bounds them; exceptions of the ``terminal`` types dead-letter the event at once.
-        Handlers on the same pattern share one consumer, so they share these settings.
+        Its delivery options are ``options`` (default: the agent's ``defaults``) with
+        ``keywords`` applied, e.g. ``retry=RetryPolicy(...)`` (spaces redeliveries after
+        failures and bounds them) or ``terminal=(ValueError,)`` (those exceptions
+        dead-letter the event at once). Handlers on the same pattern share one consumer,
+        so they share their options. Who reads (actor, sealing key) is the agent's.
         """
         check_pattern(pattern)
-        options = _Options(retry or DEFAULT_RETRY, terminal, max_in_flight or self._max_in_flight)
-        if self._options.setdefault(pattern, options) != options:
-            raise ConfigError(f"handlers on {pattern!r} must share retry/terminal/max_in_flight")
+        chosen = (self.defaults if options is None else options).but(**keywords)
+        for name in ("actor", "sealing_key", "partition"):
+            if getattr(chosen, name) is not None:
+                raise InvalidArgument("an agent's subscriptions set it themselves", field=name)
+        if self._options.setdefault(pattern, chosen) != chosen:
+            raise ConfigError(f"handlers on {pattern!r} must share their options")
 
         def register(handler: Handler) -> Handler:
             self._handlers.setdefault(pattern, []).append(handler)
             return handler
 
         return register
-
-    def _default_options(self) -> _Options:
-        return _Options(DEFAULT_RETRY, (), self._max_in_flight)
 
     def fallback(self, handler: Handler) -> Handler:
         """Register the handler for default-subscription events no other handler claims."""
@@ -164,14 +165,23 @@ class Agent:
         return found
 
     @property
+    def state(self) -> ResourceState:
+        return self._life.state
+
+    @property
+    def error(self) -> BaseException | None:
+        """What failed the agent's last serve (None if it did not fail)."""
+        return self._life.error
+
+    @property
     def serving(self) -> bool:
-        """Whether the agent is subscribed, registered and announced."""
-        return self._serving
+        """Whether the agent is subscribed, registered and announced (and nothing failed)."""
+        return self._life.state is ResourceState.RUNNING
 
     @property
     def bus(self) -> Bus:
         if self._bus is None:
-            raise NotRunning(f"agent {self.name!r} is not serving")
+            raise ClosedResource(f"agent {self.name!r} is not serving", state=self.state)
         return self._bus
 
     async def publish(
@@ -209,40 +219,61 @@ class Agent:
 
     @contextlib.asynccontextmanager
     async def serve(self, bus: Bus) -> AsyncIterator[Agent]:
-        """Subscribe, register, announce; on exit finish in-flight handlers and withdraw."""
+        """Subscribe, register, announce; on exit finish in-flight handlers and withdraw.
+
+        Raises :class:`BusyResource` if the agent is serving already, and on exit
+        :class:`ResourceFailed` if a subscription or the heartbeat died meanwhile."""
         if bus.tenant != self.tenant:
             raise WrongTenant(self.tenant, bus.tenant)
-        if self._bus is not None:
-            raise NotRunning(f"agent {self.name!r} is already serving")
+        self._life.opening()
         if self.identity.kid not in bus.keyring:
             bus.keyring.add(self.identity.trusted())
         self._bus = bus
         self._stop.clear()
         subscriptions: list[Subscription] = []
-        heartbeat: asyncio.Task[None] | None = None
+        heartbeat: Loop | None = None
+        raised: BaseException | None = None
         try:
-            for pattern in self.patterns():
-                subscription = bus.subscribe(
-                    pattern,
-                    self._dispatcher(pattern),
-                    durable=self.name,
-                    actor=self.actor,
-                    sealing_key=self.sealing_key,
-                    **self._options.get(pattern, self._default_options()).as_kwargs(),
-                )
-                if await self._started(subscription, pattern):
-                    subscriptions.append(subscription)
+            await self._subscribe(bus, subscriptions)
             if self._on_request is not None:
                 await bus.serve_requests(self.identity, self._on_request)
             started = time.time()
             await self._announce(started)
-            heartbeat = asyncio.create_task(self._heartbeat(started), name=f"heartbeat:{self.name}")
+            heartbeat = Loop(
+                f"eventwire-heartbeat:{self.name}", functools.partial(self._heartbeat, started),
+                transient=is_transport_error, on_failure=self._failed, logger=log,
+            )  # fmt: skip
+            heartbeat.start()
             await self._announce_phase("started")
-            self._serving = True
+            self._life.running()
             yield self
+        except BaseException as exc:
+            raised = exc
+            if self._life.state is ResourceState.OPENING:  # a failed start, raised here
+                self._life.fail(exc, reported=True)
+            raise
         finally:
-            self._serving = False
-            await self._shutdown(subscriptions, heartbeat)
+            await self._shutdown(subscriptions, heartbeat, raised)
+
+    async def _subscribe(self, bus: Bus, subscriptions: list[Subscription]) -> None:
+        """Subscribe to every pattern (see :meth:`patterns`), watching each for failure."""
+        for pattern in self.patterns():
+            options = self._options.get(pattern, self.defaults)
+            subscription = bus.subscribe(
+                pattern,
+                self._dispatcher(pattern),
+                durable=self.name,
+                options=options.but(actor=self.actor, sealing_key=self.sealing_key),
+            )
+            if await self._started(subscription, pattern):
+                subscription.on_failure(lambda sub, error: self._failed(error))
+                subscriptions.append(subscription)
+
+    def _failed(self, error: BaseException) -> None:
+        """A subscription or the heartbeat died for good: stop serving, loudly."""
+        if self._life.fail(error):
+            log.error("agent %s failed, it stops serving: %r", self.name, error)
+        self._stop.set()
 
     async def _started(self, subscription: Subscription, pattern: str) -> bool:
         """Start ``subscription``; on a bind-only bus, a default subscription nobody
@@ -267,20 +298,39 @@ class Agent:
         return True
 
     async def _shutdown(
-        self, subscriptions: list[Subscription], heartbeat: asyncio.Task[None] | None
+        self,
+        subscriptions: list[Subscription],
+        heartbeat: Loop | None,
+        raised: BaseException | None,
     ) -> None:
-        bus = self.bus
+        """Stop the subscriptions (in parallel) and the heartbeat, withdraw and announce
+        the stop: every step, even when one fails; then raise the first failure (or, if
+        the block raised, add it to that exception as a note)."""
+        self._life.closing()
+        steps = Steps(f"stopping agent {self.name!r}", log)
         try:
-            for subscription in subscriptions:
-                await subscription.stop()
+            async with asyncio.TaskGroup() as group:
+                for sub in subscriptions:
+                    group.create_task(steps.run(f"stopping {sub.durable}", sub.close))
             if heartbeat is not None:
-                heartbeat.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await heartbeat
-                await withdraw(await bus.registry(), self.name, self.instance)
-                await self._announce_phase("stopped")
+                await steps.run(
+                    "stopping the heartbeat", functools.partial(heartbeat.stop, cancel=True)
+                )
+                await steps.run("withdrawing from the registry", self._withdraw)
+                await steps.run(
+                    "announcing the stop", functools.partial(self._announce_phase, "stopped")
+                )
         finally:
             self._bus = None
+            error = self._life.closed(steps.first)
+        if error is None or error is raised:
+            return
+        if raised is None:
+            raise error
+        raised.add_note(f"while stopping agent {self.name!r}: {error!r}")
+
+    async def _withdraw(self) -> None:
+        await withdraw(await self.bus.registry(), self.name, self.instance)
 
     async def _announce_phase(self, phase: str) -> None:
         await self.publish(
@@ -304,6 +354,8 @@ class Agent:
         )
 
     async def _heartbeat(self, started: float) -> None:
+        """Refresh the registry entry every ``registry_ttl / 3`` seconds; a failed beat is
+        logged and the next one tried (a reconnect passes)."""
         bus = self.bus
         interval = bus.registry_ttl / 3
         while True:

@@ -4,10 +4,9 @@ operations agents use: publish, subscribe, request, and the registry."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING
 
 import nats
 import nats.errors
@@ -25,23 +24,26 @@ from eventwire_security import (
 from ._auditing import Auditor
 from ._codec import Codec
 from ._connection import check_connection_name, connect_nats
-from ._consumer import Subscription, durable_name
+from ._consumer import Subscription
 from ._direct import request, serve_requests
 from ._dlq import DeadLetterQueue
 from ._errors import (
+    ClosedResource,
     ConfigError,
+    ConnectionFailed,
     Forbidden,
-    NotRunning,
+    InvalidArgument,
     checked_name,
     mapped_nats_errors,
 )
 from ._idempotency import DEFAULT_WINDOW, ProcessedIds
-from ._partitions import consumer_plan, subscribe_partitioned
+from ._link import Link, close_connection
+from ._options import ConsumerWiring, durable_name, options_of
+from ._partitions import chosen_partitions, consumer_plan, partitioned
 from ._publisher import NO_LEADER_WINDOW, AckedPublisher, acquire_slot, publish_error
 from ._recipients import Recipients
 from ._registry import list_agents, open_registry
-from ._resource import AsyncResource
-from ._retry import DEFAULT_RETRY, RetryPolicy
+from ._resource import ResourceState, StatefulResource
 from ._seen import SeenIds
 from ._server import EmbeddedServer
 from ._streams import declared, ensure_declared, events_stream_name
@@ -49,6 +51,7 @@ from ._subjects import DEFAULT_ROOT, check_partitions, check_token
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Sequence
+    from typing import Unpack
 
     from nats.aio.client import Client as NatsClient
     from nats.aio.subscription import Subscription as NatsSubscription
@@ -56,15 +59,17 @@ if TYPE_CHECKING:
     from nats.js.api import PubAck
     from nats.js.kv import KeyValue
 
-    from eventwire_security import CompiledPolicy, Identity, Policy, SealingKey
+    from eventwire_security import CompiledPolicy, Identity, Policy
 
     from ._audit_log import AuditLog
     from ._batches import Batch
     from ._codec import Rejection, SecurityStats, Signed
     from ._direct import RequestHandler
     from ._event import Event, Publishable
-    from ._partitions import Partition, PartitionedSubscription
+    from ._options import SubscribeKeywords, SubscribeOptions
+    from ._partitions import PartitionedSubscription
     from ._registry import AgentInfo
+    from ._resource import Steps
 
 log = logging.getLogger("eventwire.bus")
 DEFAULT_REGISTRY_TTL = 15.0
@@ -85,7 +90,7 @@ class PublishAck:
     duplicate: bool
 
 
-class Bus(AsyncResource):
+class Bus(StatefulResource):
     """A connection for one tenant, used as ``async with connect(...) as bus``.
 
     With no ``url`` an embedded ``nats-server -js`` is started on a free 127.0.0.1 port
@@ -99,9 +104,15 @@ class Bus(AsyncResource):
     (``eventwire_security.private_inbox_prefix``).
     With ``partitions`` = n the events stream assigns keyed events to n partitions
     (:meth:`subscribe_partitioned`).
+
+    ``state`` is NEW, OPENING, RUNNING, CLOSING, then CLOSED (or FAILED: see
+    :class:`~eventwire.ResourceState`); a bus that is not running raises
+    :class:`ClosedResource` when used. ``close()`` stops the subscriptions, the audit
+    writer and the publisher, drains and closes the connection and stops the embedded
+    server, every step even when one fails, and raises the first failure.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - connect(...): the public constructor, all keywords
         self,
         url: str | None = None,
         *,
@@ -127,6 +138,7 @@ class Bus(AsyncResource):
         self.tenant = checked_name("tenant", tenant)
         self.partitions = check_partitions(partitions)
         self.root = check_token(root, field="root")
+        super().__init__(f"bus {self.tenant}/{self.root}", log)
         self.keyring = keyring if keyring is not None else Keyring()
         self.stream = events_stream_name(root)
         self._url = url
@@ -145,16 +157,11 @@ class Bus(AsyncResource):
         self._provision = provision
         self._inbox_prefix = inbox_prefix
         self._recipients = Recipients(self.agents)
-        self._auditor: Auditor | None = None
         self._compiled: dict[Actor, CompiledPolicy] = {}
         self._server: EmbeddedServer | None = None
-        self._nc: NatsClient | None = None
-        self._js: JetStreamContext | None = None
-        self._codec: Codec | None = None
-        self._publisher: AckedPublisher | None = None
-        self._dlq: DeadLetterQueue | None = None
-        self._processed: ProcessedIds | None = None
-        self._seen: SeenIds | None = None
+        self._link: Link | None = None  # set once open; kept after close (stats)
+        # how to release what the open acquired so far, in order (undone last first)
+        self._undo: list[tuple[str, Callable[[], Awaitable[object]]]] = []
         self._registry: KeyValue | None = None
         self._subscriptions: list[Subscription] = []
         self._responders: list[NatsSubscription] = []
@@ -164,7 +171,7 @@ class Bus(AsyncResource):
         if self._server is not None:
             return self._server.url
         if self._url is None:
-            raise NotRunning("bus is not connected")
+            raise ClosedResource(f"{self._life.name} has no server yet", state=self.state)
         return self._url
 
     @property
@@ -174,23 +181,31 @@ class Bus(AsyncResource):
 
     @property
     def security(self) -> SecurityStats:
-        """How many events were verified and how many refused, by reason."""
-        return self._codec_or_raise().stats
+        """How many events were verified and how many refused, by reason (also after
+        the bus closed)."""
+        if self._link is None:
+            raise ClosedResource(f"{self._life.name} was never opened", state=self.state)
+        return self._link.codec.stats
 
-    def _codec_or_raise(self) -> Codec:
-        if self._codec is None:
-            raise NotRunning("bus is not connected")
-        return self._codec
-
-    def _js_or_raise(self) -> JetStreamContext:
-        if self._js is None:
-            raise NotRunning("bus is not connected")
-        return self._js
+    def _running(self, doing: str) -> Link:
+        """What the open bus holds; :class:`ClosedResource` unless it is running (a
+        connection closed under it fails it: :class:`ResourceFailed`)."""
+        link = self._link
+        if link is not None and link.nc.is_closed and self.state is ResourceState.RUNNING:
+            self._background_failed(ConnectionFailed("the connection was closed under the bus"))
+        self._life.check(doing)
+        assert link is not None
+        return link
 
     @property
     def jetstream(self) -> JetStreamContext:
         """The bus's nats-py JetStream context (for admin tasks the SDK does not cover)."""
-        return self._js_or_raise()
+        return self._running("use JetStream").js
+
+    @property
+    def connection(self) -> NatsClient:
+        """The bus's nats-py client (for core NATS tasks the SDK does not cover)."""
+        return self._running("use the connection").nc
 
     @property
     def replicas(self) -> int:
@@ -204,37 +219,32 @@ class Bus(AsyncResource):
     @property
     def dead_letters(self) -> DeadLetterQueue:
         """The dead-letter queue: ``list``, ``get``, ``redrive``, ``purge``."""
-        if self._dlq is None:
-            raise NotRunning("bus is not connected")
-        return self._dlq
-
-    def _publisher_or_raise(self) -> AckedPublisher:
-        if self._publisher is None:
-            raise NotRunning("bus is not connected")
-        return self._publisher
-
-    def _nc_or_raise(self) -> NatsClient:
-        if self._nc is None or self._nc.is_closed:
-            raise NotRunning("bus is not connected")
-        return self._nc
+        return self._running("use the dead-letter queue").dlq
 
     async def _open(self) -> None:
         with mapped_nats_errors("opening the bus (streams, buckets)"):
-            await self._open_unmapped()
+            nc = await self._connect()
+            self._link = await self._open_streams(nc)
 
-    async def _open_unmapped(self) -> None:
+    async def _connect(self) -> NatsClient:
         if self._url is None:
-            self._server = EmbeddedServer(store_dir=self._store_dir)
-            await self._server.start()
-        self._nc = await connect_nats(
+            server = EmbeddedServer(store_dir=self._store_dir)
+            await server.start()
+            self._server = server
+            self._undo.append(("stopping the embedded server", server.close))
+        nc = await connect_nats(
             self.url, self._name, self._connect_timeout, self._on_reconnected, self._inbox_prefix
         )
-        self._js = self._nc.jetstream()
-        self._codec = Codec(
+        self._undo.append(("draining and closing the connection", lambda: close_connection(nc)))
+        return nc
+
+    async def _open_streams(self, nc: NatsClient) -> Link:
+        js = nc.jetstream()
+        codec = Codec(
             tenant=self.tenant,
             root=self.root,
             keyring=self.keyring,
-            max_bytes=min(DEFAULT_MAX_BYTES, self._nc.max_payload),
+            max_bytes=min(DEFAULT_MAX_BYTES, nc.max_payload),
             on_reject=self._rejected,
             replay=self._replay_window,
             partitions=self.partitions,
@@ -245,62 +255,57 @@ class Bus(AsyncResource):
             self.root, replicas=replicas, partitions=self.partitions, replay_horizon=horizon,
             registry_ttl=self._registry_ttl, dedupe_window=self._dedupe_window,
         )  # fmt: skip
-        await ensure_declared(self._js, topology, create=self._provision)
+        await ensure_declared(js, topology, create=self._provision)
         create = False  # every declared stream and bucket exists now: bind to them
-        self._publisher = AckedPublisher(self._nc)
-        await self._publisher.open()
-        self._auditor = await Auditor.open(
-            self._js, self._publisher, self.root,
+        publisher = AckedPublisher(nc)
+        self._undo.append(("closing the publisher", publisher.close))
+        await publisher.open()
+        auditor = await Auditor.open(
+            js, publisher, self.root,
             actor=f"{self.tenant}/{self._name}", writer=self._audit_identity,
             replicas=replicas, admins=self._admins, keyring=self.keyring, create=create,
         )  # fmt: skip
-        self._processed = await ProcessedIds.open(
-            self._js, self.root, self._dedupe_window, replicas,
-            create=create, publisher=self._publisher,
-        )  # fmt: skip
-        if horizon is not None:
-            self._seen = await SeenIds.open(
-                self._js, self._publisher, self.root, horizon, replicas, create=create
-            )
-        self._dlq = DeadLetterQueue(
-            self._js, self._publisher, self.root, codec=self._codec, seen=self._seen
+        self._undo.append(("closing the audit writer", auditor.close))
+        processed = await ProcessedIds.open(
+            js, self.root, self._dedupe_window, replicas, create=create, publisher=publisher
         )
+        seen = None
+        if horizon is not None:
+            seen = await SeenIds.open(js, publisher, self.root, horizon, replicas, create=create)
+        dlq = DeadLetterQueue(js, publisher, self.root, codec=codec, seen=seen)
+        return Link(nc, js, codec, publisher, auditor, processed, seen, dlq)
 
     async def _on_reconnected(self) -> None:
         for subscription in self._subscriptions:
             subscription.reset_pull()
 
     def _rejected(self, rejection: Rejection) -> None:
-        if self._auditor is not None:
-            self._auditor.refused(rejection)
-        if self._on_reject is not None:
+        if self._link is not None:
+            self._link.auditor.refused(rejection)
+        if self._on_reject is None:
+            return
+        try:
             self._on_reject(rejection)
+        except Exception:  # the application's bug: logged, never a reason to stop consuming
+            log.exception(
+                "on_reject callback failed for %s (%s)", rejection.wire_subject, rejection.reason
+            )
 
     @property
     def audit(self) -> AuditLog:
         """The tamper-evident audit log of this deployment (``<root>-audit``)."""
-        if self._auditor is None:
-            raise NotRunning("bus is not connected")
-        return self._auditor.log
+        return self._running("read the audit log").auditor.log
 
-    async def close(self) -> None:
-        """Stop subscriptions, drain and close the connection, stop the embedded server."""
+    async def _shutdown(self, steps: Steps) -> None:
+        """Stop the subscriptions (in parallel), then release what the open acquired,
+        last first: audit writer, publisher, connection (drained), embedded server."""
         subscriptions, self._subscriptions = self._subscriptions, []
-        for subscription in subscriptions:
-            await subscription.stop()
-        if self._auditor is not None:
-            await self._auditor.close()
-        if self._publisher is not None:
-            await self._publisher.close()
-        if self._nc is not None and not self._nc.is_closed:
-            with contextlib.suppress(nats.errors.Error, OSError):  # timeouts, a lost server
-                await self._nc.drain()
-            with contextlib.suppress(nats.errors.Error, OSError):
-                await self._nc.close()
-        if self._server is not None:
-            await self._server.close()
-        self._nc = self._js = self._codec = self._registry = None
-        self._publisher = self._dlq = self._processed = self._seen = self._auditor = None
+        async with asyncio.TaskGroup() as group:
+            for subscription in subscriptions:
+                group.create_task(steps.run(f"stopping {subscription.durable}", subscription.close))
+        while self._undo:
+            step, undo = self._undo.pop()
+            await steps.run(step, undo)
 
     def _may(self, actor: Actor | None) -> CompiledPolicy | None:
         """The bus policy compiled for ``actor`` (cached), or None without a policy."""
@@ -325,11 +330,11 @@ class Bus(AsyncResource):
         try:
             compiled.check("publish", subject)
         except PolicyDenied as exc:
-            if self._auditor is not None:
-                self._auditor.note("refused", subject, "policy-denied", {"actor": who.source})
+            if self._link is not None:
+                self._link.auditor.note("refused", subject, "policy-denied", {"actor": who.source})
             raise Forbidden(who.source, "publish", subject, exc.reason) from None
 
-    async def publish(
+    async def publish(  # noqa: PLR0913 - public: the event, then optional keywords
         self,
         item: Publishable,
         *,
@@ -356,8 +361,9 @@ class Bus(AsyncResource):
         ``expired`` once it is older than that. Without it an event never expires: it waits
         in the stream until its consumers come back, however long that takes.
         """
+        codec = self._running("publish").codec
         self._check_publish(identity, actor, item.subject())
-        signed = self._codec_or_raise().sign(
+        signed = codec.sign(
             item,
             identity,
             correlation_id=correlation_id,
@@ -370,7 +376,7 @@ class Bus(AsyncResource):
 
     async def _send(self, signed: Signed, *, timeout: float, attempts: int) -> PublishAck:
         try:
-            ack = await self._publisher_or_raise().publish_acked(
+            ack = await self._running("publish").publisher.publish_acked(
                 signed.wire_subject,
                 signed.body,
                 signed.headers,
@@ -398,9 +404,10 @@ class Bus(AsyncResource):
         :class:`PublishFailed` if any event was not stored, or not acknowledged within
         ``timeout`` seconds after the last was sent (the others may have been stored).
         """
+        link = self._running("publish")
         for publishable in items:
             self._check_publish(identity, actor, publishable.subject())
-        codec, publisher = self._codec_or_raise(), self._publisher_or_raise()
+        codec, publisher = link.codec, link.publisher
         slots = asyncio.Semaphore(window)
         sent: list[tuple[Signed, asyncio.Future[PubAck]]] = []
         try:
@@ -450,23 +457,15 @@ class Bus(AsyncResource):
         handler: Callable[[Event], Awaitable[None]],
         *,
         durable: str,
-        max_in_flight: int = 1,
-        batch: int = 64,
-        start: Literal["all", "new"] = "all",
-        retry: RetryPolicy = DEFAULT_RETRY,
-        terminal: tuple[type[BaseException], ...] = (),
-        ack_wait: float = 30.0,
-        idempotent: bool = False,
-        replay_check: bool = True,
-        actor: Actor | None = None,
-        sealing_key: SealingKey | None = None,
-        key_order: bool = False,
-        partition: Partition | None = None,
+        options: SubscribeOptions | None = None,
+        **keywords: Unpack[SubscribeKeywords],
     ) -> Subscription:
         """A durable subscription: ``async with bus.subscribe(...)`` or ``await sub.start()``.
 
-        Instances using the same ``durable`` name share the work. A handler that raises is
-        retried per ``retry``; exceptions of the ``terminal`` types (and
+        How it delivers is a :class:`SubscribeOptions`: pass one as ``options``, or its
+        fields as keywords (``max_in_flight=4, retry=...``; given both, the keywords
+        win). Instances using the same ``durable`` name share the work. A handler that
+        raises is retried per ``retry``; exceptions of the ``terminal`` types (and
         :class:`Unprocessable`) dead-letter the event at once. With ``idempotent`` the
         ids of handled events are kept (KV bucket ``<root>-processed``, for the bus's
         ``dedupe_window``) and redeliveries of them are acked without calling the handler.
@@ -482,34 +481,27 @@ class Bus(AsyncResource):
         one at a time; ``"unkeyed"`` only events without a key (see ``_partitions``).
         The bus stops every subscription it made when it closes.
         """
-        name, filters, max_ack_pending = consumer_plan(
+        chosen = options_of(options, keywords)
+        plan = consumer_plan(
             self.root, pattern, durable_name(check_token(durable, field="durable"), pattern),
-            self.partitions, partition,
+            self.partitions, chosen.partition,
         )  # fmt: skip
-        subscription = Subscription(
-            nc=self._nc_or_raise(),
-            js=self._js_or_raise(),
-            codec=self._codec_or_raise(),
+        compiled = self._may(chosen.actor)
+        link = self._running("subscribe")
+        wiring = ConsumerWiring(
+            nc=link.nc,
+            js=link.js,
+            codec=link.codec,
             stream=self.stream,
-            pattern=pattern,
-            handler=handler,
-            durable=name,
-            max_in_flight=max_in_flight,
-            batch=batch,
-            start=start,
-            retry=retry,
-            terminal=terminal,
-            ack_wait=ack_wait,
-            dead_letters=self.dead_letters,
-            processed=self._processed if idempotent else None,
-            seen=self._seen if replay_check else None,
-            may_consume=compiled.may_consume if (compiled := self._may(actor)) else None,
-            sealing_key=sealing_key,
-            key_order=key_order,
+            dead_letters=link.dlq,
             provision=self._provision,
-            filters=filters,
-            max_ack_pending=max_ack_pending,
+            processed=link.processed,
+            seen=link.seen,
+            may_consume=compiled.may_consume if compiled is not None else None,
+            sealing_key=chosen.sealing_key,
         )
+        subscription = Subscription(wiring, pattern, handler, plan=plan, options=chosen)
+        self._subscriptions = [sub for sub in self._subscriptions if not sub.closed]
         self._subscriptions.append(subscription)
         return subscription
 
@@ -521,17 +513,24 @@ class Bus(AsyncResource):
         durable: str,
         partitions: Iterable[int] | None = None,
         unkeyed: bool = True,
-        **options: Any,
+        **keywords: Unpack[SubscribeKeywords],
     ) -> PartitionedSubscription:
         """One durable consumer per partition (of ``partitions``, default all n), each
         handling its events one at a time, so per-key order holds; partitions run in
         parallel. Instances with the same ``durable`` share partitions. With ``unkeyed``,
-        events without a key go to one more consumer. ``options`` as for :meth:`subscribe`.
+        events without a key go to one more consumer. ``keywords`` as for :meth:`subscribe`,
+        except ``max_in_flight``, ``key_order`` and ``partition``, which it sets itself.
         """
-        return subscribe_partitioned(
-            self, pattern, handler, durable=durable, partitions=partitions,
-            unkeyed=unkeyed, options=options,
-        )  # fmt: skip
+        if not self.partitions:
+            raise ConfigError(
+                "subscribe_partitioned needs a partitioned bus: connect(partitions=n)"
+            )
+        chosen = chosen_partitions(partitions, self.partitions, unkeyed=unkeyed)
+        return partitioned(
+            chosen,
+            options_of(None, keywords),
+            lambda each: self.subscribe(pattern, handler, durable=durable, options=each),
+        )
 
     def subscribe_batch(
         self,
@@ -540,16 +539,21 @@ class Bus(AsyncResource):
         *,
         durable: str,
         max_size: int = 100,
-        **options: Any,
+        options: SubscribeOptions | None = None,
+        **keywords: Unpack[SubscribeKeywords],
     ) -> Subscription:
         """Like :meth:`subscribe`, but ``handler`` gets up to ``max_size`` events at once
         (what has arrived, without waiting for a full batch) and decides per event with
-        :meth:`Batch.fail`; the others are acknowledged when it returns."""
+        :meth:`Batch.fail`; the others are acknowledged when it returns. ``max_size`` is
+        the options' ``batch``."""
+        if "batch" in keywords:
+            raise InvalidArgument("a batch subscription's batch is max_size", field="batch")
 
         async def unused(event: Event) -> None:  # pragma: no cover - batches only
             raise AssertionError("batch subscriptions deliver batches")
 
-        subscription = self.subscribe(pattern, unused, durable=durable, batch=max_size, **options)
+        chosen = options_of(options, keywords).but(batch=max_size)
+        subscription = self.subscribe(pattern, unused, durable=durable, options=chosen)
         subscription.use_batches(handler)
         return subscription
 
@@ -557,20 +561,23 @@ class Bus(AsyncResource):
         self, target: str, item: Publishable, *, identity: Identity, timeout: float = 5.0
     ) -> Event:
         """Ask agent ``target`` directly and return its verified reply."""
-        return await request(
-            self._nc_or_raise(), self._codec_or_raise(), identity, target, item, timeout=timeout
-        )
+        link = self._running("send a request")
+        return await request(link.nc, link.codec, identity, target, item, timeout=timeout)
 
     async def serve_requests(self, identity: Identity, handler: RequestHandler) -> NatsSubscription:
         """Answer direct requests to ``identity``'s agent with ``handler``'s return value."""
-        sub = await serve_requests(self._nc_or_raise(), self._codec_or_raise(), identity, handler)
+        link = self._running("serve requests")
+        sub = await serve_requests(link.nc, link.codec, identity, handler)
         self._responders.append(sub)
         return sub
 
     async def registry(self) -> KeyValue:
         if self._registry is None:
             self._registry = await open_registry(
-                self._js_or_raise(), self.root, self._registry_ttl, create=self._provision
+                self._running("open the registry").js,
+                self.root,
+                self._registry_ttl,
+                create=self._provision,
             )
         return self._registry
 
@@ -581,7 +588,8 @@ class Bus(AsyncResource):
     async def agents(self, *, capability: str | None = None) -> list[AgentInfo]:
         """Live agents of this tenant (verified entries), optionally those with a capability."""
         registry = await self.registry()
-        found = await list_agents(self._js_or_raise(), self.root, registry, self._codec_or_raise())
+        link = self._running("list agents")
+        found = await list_agents(link.js, self.root, registry, link.codec)
         if capability is None:
             return found
         return [info for info in found if capability in info.capabilities]

@@ -5,6 +5,13 @@ are spent, or at once for :class:`Unprocessable` (and the handler's declared ter
 errors), the event goes to the dead-letter queue and is terminated. Long handlers keep
 their message with in-progress acks. A consumer instance that dies on the last delivery is
 covered too: the server's max-deliveries advisory dead-letters the event.
+
+The loop is supervised (``_supervisor``): if talking to NATS fails under it (an ack on a
+lost connection, a full outbound buffer), the run ends, is logged and counted
+(``stats.restarts``), and a new run pulls again once the connection is back; what it had
+not acknowledged is redelivered by the server. Any other error, or a connection closed for
+good, fails the subscription: logged, ``state`` FAILED, ``on_failure`` callbacks called,
+and ``close()`` raises :class:`ResourceFailed`.
 """
 
 from __future__ import annotations
@@ -15,49 +22,46 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import nats.errors
 import nats.js.errors
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-
-from eventwire_security._layout import consumer_name
 
 from ._batches import Batch
 from ._codec import Rejection
 from ._errors import (
-    ConfigError,
+    BusyResource,
     DeadLetterError,
     InvalidEvent,
     NotProvisioned,
-    NotRunning,
     StreamConfigError,
     Unprocessable,
 )
 from ._lanes import KeyLanes
+from ._options import consumer_config, differences
+from ._options import durable_name as durable_name  # noqa: PLC0414 - re-export
 from ._pull import Pull
-from ._resource import AsyncResource
-from ._retry import DEFAULT_RETRY, RetryPolicy
+from ._resource import ResourceState, StatefulResource
 from ._settle import Settler
 from ._subjects import check_pattern, to_wire
+from ._supervisor import Loop, is_transport_error
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from nats.aio.client import Client
     from nats.aio.msg import Msg
     from nats.aio.subscription import Subscription as NatsSubscription
-    from nats.js import JetStreamContext
+    from nats.js.api import ConsumerConfig
 
-    from eventwire_security import SealingKey
-
-    from ._codec import Codec
-    from ._dlq import DeadLetterQueue
     from ._event import Event
-    from ._idempotency import ProcessedIds
-    from ._seen import SeenIds
+    from ._options import ConsumerPlan, ConsumerWiring, SubscribeOptions
+    from ._resource import Steps
 
 log = logging.getLogger("eventwire.consumer")
+# How often a run that waits for the connection looks again (a reconnect also wakes it).
+_RECONNECT_POLL = 0.25
+# How often a run looks whether its connection was closed for good.
+_CLOSED_POLL = 1.0
 
 
 async def _nak_all(msgs: list[Msg]) -> None:
@@ -79,150 +83,100 @@ class SubscriptionStats:
     rejected: int = 0
     dead_lettered: int = 0
     duplicates: int = 0
+    restarts: int = 0  # runs of the loop ended by a NATS error and started again
 
 
-# A stable consumer name for ``owner`` consuming ``pattern`` (the shared layout's scheme,
-# which the server-permission compiler grants).
-durable_name = consumer_name
-
-
-def consumer_config(
-    root: str,
-    durable: str,
-    pattern: str,
-    *,
-    retry: RetryPolicy = DEFAULT_RETRY,
-    ack_wait: float = 30.0,
-    batch: int = 64,
-    max_in_flight: int = 1,
-    start: Literal["all", "new"] = "all",
-    reserve: bool = False,
-    filters: list[str] | None = None,
-    max_ack_pending: int | None = None,
-) -> ConsumerConfig:
-    """The durable consumer of a subscription. ``filters``: wire filter subjects (default:
-    the pattern under the root); ``max_ack_pending`` (default: room for the batches queued
-    for dispatch plus the one being fetched). With ``reserve`` (consumers an admin
-    provisions for agents that only bind) the server allows one delivery more than
-    ``retry``: the SDK dead-letters an event that comes back that last time (its previous
-    consumer died without an outcome), since such an agent may not read the stream to act
-    on the server's max-deliveries advisory."""
-    filters = filters or [to_wire(root, pattern)]
-    return ConsumerConfig(
-        durable_name=durable,
-        name=durable,
-        description=f"eventwire: {pattern}",
-        filter_subject=filters[0] if len(filters) == 1 else None,
-        filter_subjects=filters if len(filters) > 1 else None,
-        ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=ack_wait,
-        max_ack_pending=max_ack_pending or max(1000, max(batch, max_in_flight) * 8 + max_in_flight),
-        max_deliver=retry.max_deliveries + (1 if reserve else 0),
-        deliver_policy=DeliverPolicy.ALL if start == "all" else DeliverPolicy.NEW,
-    )
-
-
-# Settings a bind-only subscription checks on the provisioned consumer (others may differ).
-_BOUND = ("filter_subject", "filter_subjects", "ack_policy", "ack_wait", "max_deliver")
 # A user without the right to a consumer gets no answer, only a permissions violation.
 _BIND_WAIT = 3.0
 
 
-class Subscription(AsyncResource):
+class Subscription(StatefulResource):
     """Delivers events matching ``pattern`` to ``handler`` from a durable consumer.
 
     Success acks; an exception naks with a delay; an event that fails verification is
-    terminated and never reaches the handler. ``max_in_flight`` bounds concurrent handlers;
-    with 1 (the default) events are handled one at a time in stream order.
+    terminated and never reaches the handler. ``options.max_in_flight`` bounds concurrent
+    handlers; with 1 (the default) events are handled one at a time in stream order.
+    ``async with`` it, or ``await start()`` and ``await stop()``; ``state`` says where it
+    is, ``stats`` what it did (readable after it stopped).
     """
 
     def __init__(
         self,
-        *,
-        nc: Client,
-        js: JetStreamContext,
-        codec: Codec,
-        stream: str,
+        wiring: ConsumerWiring,
         pattern: str,
         handler: Callable[[Event], Awaitable[None]],
-        durable: str,
-        max_in_flight: int = 1,
-        batch: int = 64,
-        start: Literal["all", "new"] = "all",
-        ack_wait: float = 30.0,
-        retry: RetryPolicy = DEFAULT_RETRY,
-        terminal: tuple[type[BaseException], ...] = (),
-        dead_letters: DeadLetterQueue,
-        processed: ProcessedIds | None = None,
-        seen: SeenIds | None = None,
-        may_consume: Callable[[str], bool] | None = None,
-        sealing_key: SealingKey | None = None,
-        key_order: bool = False,
-        provision: bool = True,
-        filters: list[str] | None = None,
-        max_ack_pending: int | None = None,
+        *,
+        plan: ConsumerPlan,
+        options: SubscribeOptions,
     ) -> None:
-        if max_in_flight < 1 or batch < 1 or ack_wait <= 0:
-            raise ConfigError("max_in_flight and batch must be >= 1, ack_wait > 0")
         self.pattern = check_pattern(pattern)
-        self.durable = durable
+        self.durable = plan.name
+        self.options = options
+        super().__init__(f"subscription {self.durable!r}", log)
         self.stats = SubscriptionStats()
-        self._nc = nc
-        self._js = js
-        self._pull: Pull | None = None
-        self._codec = codec
-        self._stream = stream
+        self._plan = plan
+        self._nc = wiring.nc
+        self._js = wiring.js
+        self._codec = wiring.codec
+        self._stream = wiring.stream
         self._handler = handler
-        self._max_in_flight = max_in_flight
-        self._batch = max(batch, max_in_flight)
-        self._start = start
-        self._ack_wait = ack_wait
-        self._slots = asyncio.Semaphore(max_in_flight)
-        self._task: asyncio.Task[None] | None = None
+        self._max_in_flight = options.max_in_flight
+        self._batch = options.pull_batch
+        self._slots = asyncio.Semaphore(options.max_in_flight)
         self._stopping = False
-        self._retry = retry
-        self._terminal = (Unprocessable, InvalidEvent, *terminal)
-        self._dlq = dead_letters
-        self._processed = processed
-        self._seen = seen
-        self._may_consume = may_consume
-        self._sealing_key = sealing_key
-        self._lanes = KeyLanes() if key_order else None
+        self._retry = options.retry
+        self._terminal = (Unprocessable, InvalidEvent, *options.terminal)
+        self._dlq = wiring.dead_letters
+        self._processed = wiring.processed if options.idempotent else None
+        self._seen = wiring.seen if options.replay_check else None
+        self._may_consume = wiring.may_consume
+        self._sealing_key = wiring.sealing_key
+        self._lanes = KeyLanes() if options.key_order else None
         self._batch_handler: Callable[[Batch], Awaitable[None]] | None = None
         self._in_flight: dict[int, tuple[Msg, float]] = {}  # by id(msg): Msg is unhashable
-        self._keepalive: asyncio.Task[None] | None = None
+        self._pull: Pull | None = None  # the current run's
+        self._settler: Settler | None = None  # the current run's, if idempotent
         self._advisories: NatsSubscription | None = None
-        self._settler: Settler | None = None
-        self._provision = provision
-        self._filters = filters  # see consumer_config
-        self._max_ack_pending = max_ack_pending
+        self._provision = wiring.provision
+        self._reconnected = asyncio.Event()
+        self._watchers: list[Callable[[Subscription, BaseException], None]] = []
+        self._loop = Loop(
+            f"eventwire-consumer:{self.durable}", self._consume,
+            transient=self._may_pass, on_failure=self._failed_for_good, logger=log,
+        )  # fmt: skip
 
     def use_batches(self, handler: Callable[[Batch], Awaitable[None]]) -> None:
         """Deliver batches to ``handler`` instead of events one by one (before start)."""
-        if self._task is not None:
-            raise NotRunning("choose batches before the subscription starts")
+        if self.state is not ResourceState.NEW:
+            raise BusyResource(
+                f"{self._life.name}: choose batches before it starts", state=self._life.state
+            )
         self._batch_handler = handler
+
+    def on_failure(self, callback: Callable[[Subscription, BaseException], None]) -> None:
+        """Call ``callback(subscription, error)`` (on the event loop) if it fails for good."""
+        self._watchers.append(callback)
 
     def _config(self) -> ConsumerConfig:
         return consumer_config(
-            self._codec.root, self.durable, self.pattern,
-            retry=self._retry, ack_wait=self._ack_wait, batch=self._batch,
-            max_in_flight=self._max_in_flight, start=self._start, reserve=not self._provision,
-            filters=self._filters, max_ack_pending=self._max_ack_pending,
-        )  # fmt: skip
+            self._codec.root, self.pattern, self._plan, self.options, reserve=not self._provision
+        )
 
     async def start(self) -> None:
-        if self._task is not None:
-            raise NotRunning("subscription already started")
+        """Create (or bind to) the durable consumer and start delivering."""
+        await self._start()
+
+    async def stop(self) -> None:
+        """Stop fetching, let in-flight handlers finish, then unsubscribe. Safe twice;
+        raises :class:`ResourceFailed` if the loop had died (see the module doc)."""
+        await self.close()
+
+    async def _open(self) -> None:
         if self._provision:
             await self._create()
         else:
             await self._bind()
-        pull = Pull(self._nc, stream=self._stream, consumer=self.durable, batch=self._batch)
-        await pull.open()
-        self._pull = pull
-        self._task = asyncio.create_task(self._run(pull), name=f"eventwire:{self.durable}")
-        self._keepalive = asyncio.create_task(self._keep_alive(), name=f"wpi:{self.durable}")
+        self._loop.start()
 
     async def _create(self) -> None:
         try:
@@ -248,34 +202,60 @@ class Subscription(AsyncResource):
                 "creates it (`eventwire tenant provision`, eventwire.provision_agent) for "
                 "patterns the policy lets the agent consume, exactly as the policy writes them"
             ) from None
-        wanted = self._config()
-        differs = [
-            f"{name}: server has {getattr(info.config, name)!r}, code wants "
-            f"{getattr(wanted, name)!r}"
-            for name in _BOUND
-            if getattr(info.config, name) != getattr(wanted, name)
-        ]
-        if differs:
+        if differs := differences(info.config, self._config()):
             raise StreamConfigError(f"consumer {self.durable!r} differs: " + "; ".join(differs))
 
-    async def stop(self) -> None:
-        """Stop fetching, let in-flight handlers finish, then unsubscribe. Safe twice."""
+    async def _shutdown(self, steps: Steps) -> None:
         self._stopping = True
-        task, self._task = self._task, None
-        if task is None:
-            return
+        if self._pull is not None:
+            await steps.run("releasing unhandled messages", self._release_pull)
+        await steps.run("stopping the consumer loop", self._loop.stop)
+        if self._advisories is not None:
+            await steps.run("unsubscribing from advisories", self._advisories.unsubscribe)
+
+    async def _release_pull(self) -> None:
         if self._pull is not None:
             await _nak_all(await self._pull.close())
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        keepalive, self._keepalive = self._keepalive, None
-        if keepalive is not None:
-            keepalive.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keepalive
-        if self._advisories is not None:
-            with contextlib.suppress(nats.errors.Error):
-                await self._advisories.unsubscribe()
+
+    def _may_pass(self, exc: BaseException) -> bool:
+        """A NATS error on a connection that may come back: run again."""
+        return is_transport_error(exc) and not self._nc.is_closed
+
+    def _failed_for_good(self, error: BaseException) -> None:
+        self._background_failed(error)
+        for callback in self._watchers:
+            try:
+                callback(self, error)
+            except Exception:
+                log.exception("%s: on_failure callback %r failed", self.durable, callback)
+
+    async def _consume(self) -> None:
+        """One run of the loop: pull, dispatch, keep long handlers alive; returns once
+        the subscription stops (its pull closed and every handler returned)."""
+        if self._pull is not None:  # a restart: what the last run held is redelivered
+            self.stats.restarts += 1
+            self._in_flight.clear()
+            await self._until_connected()
+        if self._stopping:
+            return
+        self._pull = pull = Pull(
+            self._nc, stream=self._stream, consumer=self.durable, batch=self._batch
+        )
+        await pull.open()
+        async with asyncio.TaskGroup() as group:
+            keepalive = group.create_task(self._keep_alive(), name=f"eventwire-wpi:{self.durable}")
+            try:
+                await self._run(pull)
+            finally:
+                keepalive.cancel()
+
+    async def _until_connected(self) -> None:
+        """Wait while the connection is being re-established (or the subscription stops)."""
+        while (self._nc.is_reconnecting or self._nc.is_connecting) and not self._stopping:
+            self._reconnected.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_RECONNECT_POLL):
+                    await self._reconnected.wait()
 
     async def _run(self, pull: Pull) -> None:
         try:
@@ -506,7 +486,9 @@ class Subscription(AsyncResource):
         return True
 
     def reset_pull(self) -> None:
-        """After a reconnect: pulls waiting on the server may be gone, so pull again."""
+        """After a reconnect: pulls waiting on the server may be gone, so pull again (and
+        a run waiting for the connection goes on)."""
+        self._reconnected.set()
         if self._pull is not None:
             self._pull.reset()
 
@@ -568,18 +550,19 @@ class Subscription(AsyncResource):
         self.stats.dead_lettered += 1
 
     async def _keep_alive(self) -> None:
-        """Tell the server that long-running handlers are still at work (+WPI)."""
-        interval = self._ack_wait / 3
+        """Tell the server that long-running handlers are still at work (+WPI); end the
+        run if the connection was closed for good (nothing would ever arrive again)."""
+        interval = self.options.ack_wait / 3
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(min(interval, _CLOSED_POLL))
+            if self._nc.is_closed:
+                raise nats.errors.ConnectionClosedError
             now = time.monotonic()
+            if now - last < interval:
+                continue
+            last = now
             for msg, started in list(self._in_flight.values()):
                 if now - started >= interval:
                     with contextlib.suppress(nats.errors.Error):
                         await msg.in_progress()
-
-    async def _open(self) -> None:  # ``async with`` starts and stops it
-        await self.start()
-
-    async def close(self) -> None:
-        await self.stop()

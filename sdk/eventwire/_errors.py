@@ -18,6 +18,8 @@ from eventwire_security import InvalidName, check_name
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from ._resource import ResourceState
+
 
 class EventwireError(Exception):
     """Base of every error raised by ``eventwire``."""
@@ -94,8 +96,33 @@ class NotFound(EventwireError, LookupError):
     """What was asked for (a stream, a bucket, a key, an entry) does not exist."""
 
 
-class NotRunning(EventwireError):
-    """The bus, agent or subscription is not (or no longer) running."""
+class ClosedResource(EventwireError):
+    """The bus, subscription or agent is not running: not opened yet, still opening,
+    closing, closed, or failed. ``state`` (a :class:`ResourceState`, None where unknown)
+    says which. Like trio's ``ClosedResourceError``; :class:`NotRunning` is its old name."""
+
+    def __init__(self, message: str, *, state: ResourceState | None = None) -> None:
+        super().__init__(message)
+        self.state = state
+
+
+NotRunning = ClosedResource
+"""The name of :class:`ClosedResource` before Core v1 (kept: it is the same class)."""
+
+
+class ResourceFailed(ClosedResource):
+    """A background task of the resource died of an error it cannot recover from (a bug, a
+    connection closed for good): the resource stopped working. Raised by its ``close()``
+    (once) and by every use after; ``__cause__`` is the error that killed it."""
+
+
+class BusyResource(EventwireError):
+    """The resource is already running (or opening, or closing): it cannot be started,
+    opened or served a second time at once. Like trio's ``BusyResourceError``."""
+
+    def __init__(self, message: str, *, state: ResourceState | None = None) -> None:
+        super().__init__(message)
+        self.state = state
 
 
 class PublishFailed(EventwireError):

@@ -41,8 +41,9 @@ from eventwire_security._json import strict_loads
 from eventwire_security._keyring_doc import KeyEntry, KeyringDocument
 
 from ._buckets import open_bucket
-from ._errors import EventwireError
+from ._errors import BusyResource, EventwireError, TransportError
 from ._streams import keyring_config
+from ._supervisor import Loop, is_transport_error
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable
@@ -173,9 +174,14 @@ class KeyringWatcher:
     then applies new versions as they are published, until the block ends. ``on_refused``
     gets a :class:`KeyringRefusal` for each value not applied, ``on_applied`` each document
     applied; both may be sync or async and are called on the event loop.
+
+    The watch runs in a supervised task (``_supervisor``) that the block's end always
+    stops: if NATS fails under it, it is logged, counted in :attr:`restarts` and watched
+    again (catching up on the history); any other error is logged, kept in :attr:`error`
+    and :attr:`running` turns false: the keyring is no longer kept in step.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - public constructor: the watch, then optional keywords
         self,
         js: JetStreamContext,
         root: str,
@@ -201,7 +207,18 @@ class KeyringWatcher:
         self._replicas = replicas
         self._timeout = timeout
         self._watcher: KeyValue.KeyWatcher | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._loop: Loop | None = None
+        self.error: BaseException | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether the watch is being followed (false before, after, or once it failed)."""
+        return self._loop is not None and self._loop.running
+
+    @property
+    def restarts(self) -> int:
+        """How often the watch was started again after NATS failed under it."""
+        return 0 if self._loop is None else self._loop.restarts
 
     @property
     def document(self) -> KeyringDocument | None:
@@ -214,8 +231,18 @@ class KeyringWatcher:
         return 0 if self._document is None else self._document.version
 
     async def __aenter__(self) -> Self:
-        if self._watcher is not None:
-            raise RuntimeError("this KeyringWatcher is already running")
+        if self._loop is not None:
+            raise BusyResource("this KeyringWatcher was started before")
+        self._loop = Loop(
+            f"eventwire-keyring:{self._root}", self._run,
+            transient=is_transport_error, on_failure=self._failed, logger=log,
+        )  # fmt: skip
+        await self._watch()
+        self._loop.start()
+        return self
+
+    async def _watch(self) -> KeyValue.KeyWatcher:
+        """Watch the key and catch up on its history; on failure nothing is left open."""
         kv = await open_keyring_bucket(
             self._js, self._root, replicas=self._replicas, create=self._create
         )
@@ -223,10 +250,22 @@ class KeyringWatcher:
         try:
             await self._catch_up(watcher)
         except BaseException:
-            await self._stop()
+            await self._stop_watch()
             raise
-        self._task = asyncio.create_task(self._follow(watcher), name=f"keyring-{self._root}")
-        return self
+        return watcher
+
+    async def _run(self) -> None:
+        """One run of the loop: (after a restart, watch again) then follow the key."""
+        watcher = self._watcher or await self._watch()
+        try:
+            await self._follow(watcher)
+        finally:
+            await self._stop_watch()
+        raise TransportError("the keyring watch ended")  # not stopped by us: watch again
+
+    def _failed(self, error: BaseException) -> None:
+        self.error = error
+        log.error("the keyring watch stopped (%r): keyring changes are not applied", error)
 
     async def __aexit__(
         self,
@@ -237,11 +276,11 @@ class KeyringWatcher:
         await self._stop()
 
     async def _stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._loop is not None:
+            await self._loop.stop(cancel=True)
+        await self._stop_watch()
+
+    async def _stop_watch(self) -> None:
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
             with contextlib.suppress(nats.errors.Error):

@@ -15,50 +15,50 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import fields
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING
 
 from ._consumer import SubscriptionStats
 from ._errors import ConfigError
-from ._resource import AsyncResource
+from ._options import UNKEYED, ConsumerPlan, Partition
+from ._resource import StatefulResource
 from ._subjects import check_pattern, consumer_filters, keyed_filter, unkeyed_filters
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterable
+    from collections.abc import Callable, Iterable
 
-    from ._bus import Bus
     from ._consumer import Subscription
-    from ._event import Event
+    from ._options import SubscribeOptions
+    from ._resource import Steps
 
-UNKEYED: Literal["unkeyed"] = "unkeyed"
-Partition = int | Literal["unkeyed"]
-_FIXED_OPTIONS = ("max_in_flight", "key_order", "partition")
+__all__ = ["UNKEYED", "Partition", "PartitionedSubscription", "consumer_plan"]
 
 
 def consumer_plan(
     root: str, pattern: str, name: str, partitions: int, partition: Partition | None
-) -> tuple[str, list[str], int | None]:
-    """The consumer name, wire filters and ``max_ack_pending`` (None: the default) of a
-    subscription to ``pattern`` on a bus with ``partitions``, for one ``partition``, the
-    unkeyed events, or everything (None)."""
+) -> ConsumerPlan:
+    """The consumer of a subscription to ``pattern`` on a bus with ``partitions``, for
+    one ``partition``, the unkeyed events, or everything (None)."""
     check_pattern(pattern)
     if partition is None:
-        return name, consumer_filters(root, pattern, partitions), None
+        return ConsumerPlan(name, tuple(consumer_filters(root, pattern, partitions)))
     if not partitions:
         raise ConfigError("partition= needs a partitioned bus: connect(..., partitions=n)")
     if partition == UNKEYED:
-        return f"{name}-u", unkeyed_filters(root, pattern), None
+        return ConsumerPlan(f"{name}-u", tuple(unkeyed_filters(root, pattern)))
     if isinstance(partition, bool) or not isinstance(partition, int):
         raise ConfigError(f"partition must be an int or {UNKEYED!r}, got {partition!r}")
     if not 0 <= partition < partitions:
         raise ConfigError(f"partition must be 0 to {partitions - 1}, got {partition}")
-    return f"{name}-p{partition}", [keyed_filter(root, pattern, partition)], 1
+    return ConsumerPlan(f"{name}-p{partition}", (keyed_filter(root, pattern, partition),), 1)
 
 
-class PartitionedSubscription(AsyncResource):
+class PartitionedSubscription(StatefulResource):
     """The consumers of one partitioned subscription, started and stopped together:
     ``async with bus.subscribe_partitioned(...)`` or ``await handle.start()``."""
 
     def __init__(self, subscriptions: dict[Partition, Subscription]) -> None:
+        names = ", ".join(sub.durable for sub in subscriptions.values())
+        super().__init__(f"partitioned subscription ({names})")
         self.subscriptions = subscriptions
         self._started: list[Subscription] = []
 
@@ -79,53 +79,53 @@ class PartitionedSubscription(AsyncResource):
 
     async def start(self) -> None:
         """Create (or bind) and start every consumer; if one fails, stop the others."""
-        try:
-            for subscription in self.subscriptions.values():
-                await subscription.start()
-                self._started.append(subscription)
-        except BaseException:
-            await self.stop()
-            raise
+        await self._start()
 
     async def stop(self) -> None:
         """Stop every consumer (in parallel), letting in-flight handlers finish. Safe twice."""
-        started, self._started = self._started, []
+        await self.close()
+
+    async def _open(self) -> None:
+        for subscription in self.subscriptions.values():
+            self._started.append(subscription)
+            await subscription.start()
+
+    async def _shutdown(self, steps: Steps) -> None:
         async with asyncio.TaskGroup() as group:
-            for subscription in started:
-                group.create_task(subscription.stop())
-
-    async def _open(self) -> None:  # ``async with`` starts and stops it
-        await self.start()
-
-    async def close(self) -> None:
-        await self.stop()
+            for subscription in self._started:
+                group.create_task(steps.run(f"stopping {subscription.durable}", subscription.close))
 
 
-def subscribe_partitioned(
-    bus: Bus,
-    pattern: str,
-    handler: Callable[[Event], Awaitable[None]],
-    *,
-    durable: str,
-    partitions: Iterable[int] | None,
-    unkeyed: bool,
-    options: dict[str, Any],
+def partitioned(
+    chosen: list[Partition],
+    options: SubscribeOptions,
+    subscribe: Callable[[SubscribeOptions], Subscription],
 ) -> PartitionedSubscription:
-    """See :meth:`Bus.subscribe_partitioned`."""
-    if not bus.partitions:
-        raise ConfigError("subscribe_partitioned needs a partitioned bus: connect(partitions=n)")
-    fixed = sorted(set(options) & set(_FIXED_OPTIONS))
+    """See :meth:`Bus.subscribe_partitioned`: one subscription (made by ``subscribe``) per
+    partition in ``chosen``, each with ``options`` for its partition."""
+    fixed = [
+        name
+        for name, value in (
+            ("max_in_flight", options.max_in_flight != 1),
+            ("key_order", options.key_order),
+            ("partition", options.partition is not None),
+        )
+        if value
+    ]
     if fixed:
         raise ConfigError(f"a partitioned subscription sets {', '.join(fixed)} itself")
-    chosen = _chosen(partitions, bus.partitions)
-    subscriptions: dict[Partition, Subscription] = {
-        p: bus.subscribe(pattern, handler, durable=durable, partition=p, **options) for p in chosen
-    }
-    if unkeyed:
-        subscriptions[UNKEYED] = bus.subscribe(
-            pattern, handler, durable=durable, partition=UNKEYED, **options
-        )
-    return PartitionedSubscription(subscriptions)
+    return PartitionedSubscription({p: subscribe(options.but(partition=p)) for p in chosen})
+
+
+def chosen_partitions(
+    partitions: Iterable[int] | None, count: int, *, unkeyed: bool
+) -> list[Partition]:
+    """The partitions a handle consumes: ``partitions`` (checked; default all of
+    ``count``), then the unkeyed events' consumer if ``unkeyed``."""
+    if not count:
+        raise ConfigError("subscribe_partitioned needs a partitioned bus: connect(partitions=n)")
+    chosen: list[Partition] = list(_chosen(partitions, count))
+    return [*chosen, UNKEYED] if unkeyed else chosen
 
 
 def _chosen(partitions: Iterable[int] | None, count: int) -> list[int]:

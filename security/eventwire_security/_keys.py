@@ -14,7 +14,7 @@ import nacl.signing
 import nacl.utils
 
 from ._b64 import b64url_encode
-from ._errors import InvalidName, KeyRejected
+from ._errors import BadSignature, InvalidName, KeyRejected
 
 _NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
 PUBLIC_KEY_BYTES = 32
@@ -68,13 +68,13 @@ class PublicKey:
         object.__setattr__(self, "kid", _thumbprint(self.raw))
         object.__setattr__(self, "_verifier", nacl.signing.VerifyKey(self.raw))
 
-    def verify(self, message: bytes, signature: bytes) -> bool:
-        """Return whether ``signature`` is valid for ``message`` (libsodium, strict)."""
+    def verify(self, message: bytes, signature: bytes) -> None:
+        """Check ``signature`` over ``message`` (libsodium, strict); :class:`BadSignature`
+        if it does not verify. It raises: there is no verdict to forget to check."""
         try:
             self._verifier.verify(message, signature)
         except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
-            return False
-        return True
+            raise BadSignature("signature does not verify", kid=self.kid) from None
 
     def to_jwk(self) -> dict[str, str]:
         return {"kty": "OKP", "crv": "Ed25519", "x": b64url_encode(self.raw).decode()}

@@ -48,7 +48,7 @@ async def raw(nats_server: eventwire.EmbeddedServer) -> AsyncIterator[Client]:
 
 
 def auditor_of(bus: eventwire.Bus) -> Auditor:
-    auditor = bus._auditor
+    auditor = bus._link.auditor if bus._link else None
     assert auditor is not None
     return auditor
 

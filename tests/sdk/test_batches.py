@@ -68,7 +68,7 @@ async def test_a_pull_hands_out_at_most_its_batch(bus: eventwire.Bus) -> None:
     await bus.publish_many([CustomEvent("custom.p", "p", i) for i in range(20)], identity=alice)
     config = ConsumerConfig(durable_name="p", filter_subject=f"{bus.root}.custom.p")
     await bus.jetstream.add_consumer(bus.stream, config)
-    pull = Pull(bus._nc_or_raise(), stream=bus.stream, consumer="p", batch=4)
+    pull = Pull(bus.connection, stream=bus.stream, consumer="p", batch=4)
     await pull.open()  # pulls 4
     try:
         first = await pull.next_batch()

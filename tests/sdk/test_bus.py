@@ -236,7 +236,7 @@ async def test_publish_without_a_stream_is_publish_failed(
 ) -> None:
     async with eventwire.connect(nats_server.url, tenant=TENANT, root=root, leader_wait=1) as bus:
         alice = make_identity("alice", bus.keyring)
-        await bus._js_or_raise().delete_stream(bus.stream)
+        await bus.jetstream.delete_stream(bus.stream)
         with pytest.raises(PublishFailed) as failed:
             await bus.publish(KnowledgeShared(topic="ml", content="x"), identity=alice, timeout=2)
     assert failed.value.subject == "knowledge.ml"

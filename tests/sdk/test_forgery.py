@@ -253,7 +253,7 @@ async def test_forged_direct_request_is_refused(
         return TaskCompleted(task_type="t", task_id="secret")
 
     await bus.serve_requests(bob, handler)
-    await subscribed(bus._nc_or_raise())
+    await subscribed(bus.connection)
 
     reply = await attacker.request(f"{root}.direct.acme.bob", body, timeout=5, headers=headers)
 

@@ -196,7 +196,7 @@ async def test_per_key_order_holds_across_partitions_under_failures_and_redelive
 async def test_events_land_in_the_partition_the_server_chose(pbus: eventwire.Bus) -> None:
     alice = make_identity("alice", pbus.keyring)
     handled: dict[int, set[str]] = defaultdict(set)
-    js = pbus._js_or_raise()
+    js = pbus.jetstream
     acks = {
         key: await pbus.publish(CustomEvent("custom.p", "p", 1), identity=alice, partition_key=key)
         for key in KEYS
@@ -266,7 +266,7 @@ async def test_a_keyed_event_moved_to_another_key_or_layout_is_refused(
         handled.append(event.id)
 
     ack = await pbus.publish(CustomEvent("custom.f", "f", 1), identity=alice, partition_key="k")
-    js = pbus._js_or_raise()
+    js = pbus.jetstream
     original = await js.get_msg(pbus.stream, ack.seq)
     data = original.data or b""
     # the signature goes along; a message id of its own, or the stream drops the copies
@@ -310,7 +310,7 @@ async def test_a_redriven_keyed_event_returns_to_its_partition(pbus: eventwire.B
         assert letter.subject == stored_subject(pbus.root, "custom.r", "k", N)
         seq = await pbus.dead_letters.redrive(letter.seq)
         await wait_until(lambda: len(outcomes) == 2)
-    stored = (await pbus._js_or_raise().get_msg(pbus.stream, seq)).subject
+    stored = (await pbus.jetstream.get_msg(pbus.stream, seq)).subject
     assert stored == letter.subject
     assert outcomes == [ack.event_id, ack.event_id]
     assert sub.subscriptions[partition_of(key_token("k"), N)].stats.handled == 1

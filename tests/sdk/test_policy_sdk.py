@@ -52,13 +52,13 @@ def agent(name: str, bus: eventwire.Bus, capabilities: tuple[str, ...] = ()) -> 
 async def test_publish_is_refused_before_anything_is_sent(policed: eventwire.Bus) -> None:
     summarizer = agent("summarizer", policed, ("summarize",))
     async with summarizer.serve(policed):
-        before = (await policed._js_or_raise().stream_info(policed.stream)).state.messages
+        before = (await policed.jetstream.stream_info(policed.stream)).state.messages
         await summarizer.publish(TaskCompleted(task_type="sum", task_id="1"))
         with pytest.raises(Forbidden) as denied:
             await summarizer.publish(KnowledgeShared(topic="secret.plans", content="x"))
         with pytest.raises(Forbidden, match="no rule allows it"):
             await summarizer.publish(CustomEvent("system.coordination.halt", "halt"))
-        after = (await policed._js_or_raise().stream_info(policed.stream)).state.messages
+        after = (await policed.jetstream.stream_info(policed.stream)).state.messages
     assert (denied.value.action, denied.value.subject) == ("publish", "knowledge.secret.plans")
     assert "deny_publish" in denied.value.reason
     assert after == before + 1  # only the allowed event was stored

@@ -46,7 +46,7 @@ async def test_every_handled_event_is_recorded_and_acked_before_stop_returns(
             break
         await asyncio.sleep(0.02)
     assert (info.num_ack_pending, info.num_pending, info.num_redelivered) == (0, 0, 0)
-    processed = bus._processed
+    processed = bus._link.processed if bus._link else None
     assert processed is not None
     for ack in acks:
         assert await processed.seen(name, ack.event_id)
@@ -56,7 +56,7 @@ async def test_an_event_whose_record_cannot_be_stored_is_not_acked(
     bus: eventwire.Bus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(settle, "_ATTEMPTS", 1)
-    processed = bus._processed
+    processed = bus._link.processed if bus._link else None
     assert processed is not None
 
     async def unavailable(*_: object) -> None:

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eventwire_security import (
+    BadSignature,
     Identity,
     InvalidName,
     KeyRejected,
@@ -298,8 +299,11 @@ def test_identity_basics(alice: Identity) -> None:
     assert again.public_key == alice.public_key
     assert alice.sign(b"m") == again.sign(b"m")
     assert len(alice.sign(b"m")) == 64
-    assert alice.public_key.verify(b"m", alice.sign(b"m")) is True
-    assert alice.public_key.verify(b"m", b"short") is False
+    alice.public_key.verify(b"m", alice.sign(b"m"))
+    for bad in (b"short", alice.sign(b"other"), b"\x00" * 64):
+        with pytest.raises(BadSignature) as info:
+            alice.public_key.verify(b"m", bad)
+        assert info.value.kid == alice.kid
     assert seed.hex() not in repr(alice)
     assert repr(alice) == f"Identity('acme/alice', kid={alice.kid!r})"
 
