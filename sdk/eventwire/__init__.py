@@ -65,7 +65,7 @@ from ._errors import (
     WrongTenant,
 )
 from ._event import Event, Publishable
-from ._failures import AgentFailed, Failure, FailureWatch, failure_msg_id
+from ._failures import AgentFailed, Beat, Failure, FailureWatch, failure_msg_id
 from ._kinds import (
     AgentLifecycle,
     CustomEvent,
@@ -177,6 +177,7 @@ __all__ = [
     "AuditWriteFailed",
     "AuthenticationFailed",
     "Batch",
+    "Beat",
     "BreakerPolicy",
     "BreakerStatus",
     "Breakers",

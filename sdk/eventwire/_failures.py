@@ -39,6 +39,18 @@ class Failure:
     phi: float
 
 
+@dataclass(frozen=True, slots=True)
+class Beat:
+    """One registry entry update: whose, its KV revision, when it was signed (seconds
+    since the epoch) and the capabilities it announced."""
+
+    agent: str
+    instance: str
+    revision: int
+    signed_at: float
+    capabilities: tuple[str, ...] = ()
+
+
 @dataclass(slots=True)
 class _Last:
     revision: int
@@ -65,26 +77,17 @@ class FailureWatch:
     def settings(self) -> PhiSettings:
         return self._detectors.settings
 
-    def heartbeat(
-        self,
-        agent: str,
-        instance: str,
-        *,
-        revision: int,
-        signed_at: float,
-        capabilities: tuple[str, ...] = (),
-        at: float | None = None,
-    ) -> None:
-        """An entry update arrived (``at``: now by default). A revision not newer than the
-        last one seen (a replayed or reordered update) is ignored."""
-        key = (agent, instance)
+    def heartbeat(self, beat: Beat, at: float | None = None) -> None:
+        """A registry entry update arrived (``at``: now by default). A revision not newer
+        than the last one seen (a replayed or reordered update) is ignored."""
+        key = (beat.agent, beat.instance)
         last = self._last.get(key)
-        if last is not None and revision <= last.revision:
+        if last is not None and beat.revision <= last.revision:
             return
         if last is not None and last.reported:
             # back after a reported failure: that silence is no sample of its interval
             self._detectors.forget(key)
-        self._last[key] = _Last(revision, signed_at, capabilities)
+        self._last[key] = _Last(beat.revision, beat.signed_at, beat.capabilities)
         self._detectors.heartbeat(key, at)
 
     def withdrawn(self, agent: str, instance: str) -> None:

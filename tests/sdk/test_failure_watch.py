@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from eventwire import AgentFailed, Failure, FailureWatch, InvalidEvent, PhiSettings, failure_msg_id
+from eventwire import (
+    AgentFailed,
+    Beat,
+    Failure,
+    FailureWatch,
+    InvalidEvent,
+    PhiSettings,
+    failure_msg_id,
+)
 
 
 class Clock:
@@ -19,7 +27,7 @@ def beat(watch: FailureWatch, clock: Clock, instance: str, seconds: int, start: 
     """One heartbeat a second from ``instance`` for ``seconds``; returns the last revision."""
     revision = start
     for _ in range(seconds):
-        watch.heartbeat("summarizer", instance, revision=revision, signed_at=1e9 + clock.now)
+        watch.heartbeat(Beat("summarizer", instance, revision, 1e9 + clock.now))
         revision += 1
         clock.now += 1.0
     return revision - 1
@@ -65,8 +73,8 @@ def test_replayed_or_reordered_updates_are_not_heartbeats() -> None:
     watch = FailureWatch(clock=clock)
     last = beat(watch, clock, "i1", 10)
     clock.now += 10
-    watch.heartbeat("summarizer", "i1", revision=last, signed_at=0.0)  # the same revision
-    watch.heartbeat("summarizer", "i1", revision=3, signed_at=0.0)  # an older one
+    watch.heartbeat(Beat("summarizer", "i1", last, 0.0))  # the same revision
+    watch.heartbeat(Beat("summarizer", "i1", 3, 0.0))  # an older one
     assert [f.revision for f in watch.due()] == [last]
 
 
@@ -76,9 +84,7 @@ def test_two_observers_report_the_same_message_id() -> None:
         clock = Clock()
         watch = FailureWatch(clock=clock)
         for revision in range(1, 11):
-            watch.heartbeat(
-                "a", "i9", revision=revision, signed_at=100.0 + revision, at=revision + lag
-            )
+            watch.heartbeat(Beat("a", "i9", revision, 100.0 + revision), at=revision + lag)
         clock.now = 30
         reports += [failure_msg_id("ew", f) for f in watch.due()]
     assert reports == ["ew.failed.a.i9.10", "ew.failed.a.i9.10"]
