@@ -16,7 +16,18 @@ from eventwire_security import (
 
 from ._agent import Agent
 from ._batches import Batch
+from ._breaker import (
+    BreakerPolicy,
+    Breakers,
+    BreakerStatus,
+    CircuitBreaker,
+    CircuitOpen,
+    CircuitState,
+    TimeoutPolicy,
+)
 from ._bus import DEFAULT_REPLAY_WINDOW, Bus, PublishAck, connect
+from ._calls import Caller
+from ._choose import Candidate, Choice, Chooser, Load, NobodyServing, Strategy
 from ._codec import SIGNATURE_HEADER, Rejection, SecurityStats
 from ._consumer import Subscription, SubscriptionStats
 from ._dlq import DeadLetter, DeadLetterQueue
@@ -54,6 +65,7 @@ from ._errors import (
     WrongTenant,
 )
 from ._event import Event, Publishable
+from ._failures import AgentFailed, Beat, Failure, FailureWatch, failure_msg_id
 from ._kinds import (
     AgentLifecycle,
     CustomEvent,
@@ -66,9 +78,13 @@ from ._kinds import (
 )
 from ._options import DeliveryKeywords, SubscribeKeywords, SubscribeOptions
 from ._partitions import PartitionedSubscription
+from ._phi import FailureDetectors, PhiAccrualDetector, PhiSettings, Suspicion
+from ._priority import Priority, PriorityGate
 from ._registry import AgentInfo
+from ._resiliency import Resiliency, ResiliencySpecError, TargetPolicy
 from ._resource import ResourceState
 from ._retry import DEFAULT_RETRY, RetryPolicy
+from ._rules import InvalidRule, Route, RuleFailed, Rules
 from ._runner import run_agents, serve_agents
 from ._server import EmbeddedServer, find_nats_server
 from ._tenants import (
@@ -160,6 +176,7 @@ __all__ = [
     "Actor",
     "Agent",
     "AgentExists",
+    "AgentFailed",
     "AgentInfo",
     "AgentLifecycle",
     "AuditCorrupted",
@@ -170,10 +187,21 @@ __all__ = [
     "AuditWriteFailed",
     "AuthenticationFailed",
     "Batch",
+    "Beat",
+    "BreakerPolicy",
+    "BreakerStatus",
+    "Breakers",
     "Bus",
     "BusyResource",
+    "Caller",
+    "Candidate",
     "CertificateError",
     "CertificateFiles",
+    "Choice",
+    "Chooser",
+    "CircuitBreaker",
+    "CircuitOpen",
+    "CircuitState",
     "ClientCertificate",
     "ClosedResource",
     "ConfigError",
@@ -195,25 +223,35 @@ __all__ = [
     "EventData",
     "EventTooLarge",
     "EventwireError",
+    "Failure",
+    "FailureDetectors",
+    "FailureWatch",
     "FindingKind",
     "Forbidden",
     "HelpRequested",
     "Identity",
     "InvalidArgument",
     "InvalidEvent",
+    "InvalidRule",
     "Keyring",
     "KeyringError",
     "KeyringRefusal",
     "KeyringWatcher",
     "KnowledgeShared",
+    "Load",
     "NoResponders",
+    "NobodyServing",
     "NotFound",
     "NotProvisioned",
     "NotRunning",
     "OperationTimeout",
     "PartitionedSubscription",
+    "PhiAccrualDetector",
+    "PhiSettings",
     "Policy",
     "Principal",
+    "Priority",
+    "PriorityGate",
     "PublishAck",
     "PublishFailed",
     "Publishable",
@@ -223,9 +261,14 @@ __all__ = [
     "ReplyRejected",
     "RequestFailed",
     "RequestTimeout",
+    "Resiliency",
+    "ResiliencySpecError",
     "ResourceFailed",
     "ResourceState",
     "RetryPolicy",
+    "Route",
+    "RuleFailed",
+    "Rules",
     "SealedForOthers",
     "SealingKey",
     "SecurityStats",
@@ -234,15 +277,19 @@ __all__ = [
     "ServerRejected",
     "ServerUnavailable",
     "StatusUpdate",
+    "Strategy",
     "StreamConfigError",
     "SubscribeKeywords",
     "SubscribeOptions",
     "Subscription",
     "SubscriptionStats",
+    "Suspicion",
     "TLSFailed",
+    "TargetPolicy",
     "TaskCompleted",
     "TenantExists",
     "TenantUser",
+    "TimeoutPolicy",
     "TransportError",
     "TrustedKey",
     "UnknownTenant",
@@ -250,6 +297,7 @@ __all__ = [
     "WrongTenant",
     "__version__",
     "connect",
+    "failure_msg_id",
     "find_nats_server",
     "init_certificates",
     "keyring_bucket",
