@@ -76,6 +76,7 @@ from ._kinds import (
     StatusUpdate,
     TaskCompleted,
 )
+from ._metrics import MetricsServer, serve_metrics
 from ._options import DeliveryKeywords, SubscribeKeywords, SubscribeOptions
 from ._partitions import PartitionedSubscription
 from ._phi import FailureDetectors, PhiAccrualDetector, PhiSettings, Suspicion
@@ -239,6 +240,7 @@ __all__ = [
     "KeyringWatcher",
     "KnowledgeShared",
     "Load",
+    "MetricsServer",
     "NoResponders",
     "NobodyServing",
     "NotFound",
@@ -309,6 +311,7 @@ __all__ = [
     "read_keyring_token",
     "run_agents",
     "serve_agents",
+    "serve_metrics",
     "write_key_entry",
     "write_keyring_file",
 ]

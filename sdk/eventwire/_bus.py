@@ -38,6 +38,7 @@ from ._errors import (
 )
 from ._idempotency import DEFAULT_WINDOW, ProcessedIds
 from ._link import Link, close_connection
+from ._observe import count_refused, current_traceparent, observed_publish
 from ._options import ConsumerWiring, durable_name, options_of
 from ._partitions import chosen_partitions, consumer_plan, partitioned
 from ._publisher import NO_LEADER_WINDOW, AckedPublisher, acquire_slot, publish_error
@@ -285,6 +286,7 @@ class Bus(StatefulResource):
             subscription.reset_pull()
 
     def _rejected(self, rejection: Rejection) -> None:
+        count_refused(rejection.reason)
         if self._link is not None:
             self._link.auditor.refused(rejection)
         if self._on_reject is None:
@@ -339,6 +341,7 @@ class Bus(StatefulResource):
                 self._link.auditor.note("refused", subject, "policy-denied", {"actor": who.source})
             raise Forbidden(who.source, "publish", subject, exc.reason) from None
 
+    @observed_publish
     async def publish(  # noqa: PLR0913 - public: the event, then optional keywords
         self,
         item: Publishable,
@@ -376,6 +379,7 @@ class Bus(StatefulResource):
             partition_key=partition_key,
             seal_to=await self._recipients.keys(seal_to) if seal_to else None,
             ttl=ttl,
+            traceparent=current_traceparent(),
         )
         return await self._send(signed, timeout=timeout, attempts=attempts)
 

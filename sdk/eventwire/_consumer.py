@@ -38,6 +38,7 @@ from ._errors import (
     Unprocessable,
 )
 from ._lanes import KeyLanes
+from ._observe import count_retried, observed_handler
 from ._options import consumer_config, differences
 from ._options import durable_name as durable_name  # noqa: PLC0414 - re-export
 from ._pull import Pull
@@ -121,7 +122,7 @@ class Subscription(StatefulResource):
         self._js = wiring.js
         self._codec = wiring.codec
         self._stream = wiring.stream
-        self._handler = handler
+        self._handler = observed_handler(handler, self.durable)
         self._max_in_flight = options.max_in_flight
         self._batch = options.pull_batch
         self._slots = asyncio.Semaphore(options.max_in_flight)
@@ -528,6 +529,7 @@ class Subscription(StatefulResource):
             return False
         if isinstance(exc, self._terminal) or self._retry.exhausted(deliveries):
             return False
+        count_retried(self.durable)
         await asyncio.sleep(self._retry.delay(deliveries))
         return True
 
@@ -553,6 +555,7 @@ class Subscription(StatefulResource):
                 "%s: event %s failed (delivery %d), retry in %.2fs: %s",
                 self.durable, event.id, deliveries, delay, error,
             )  # fmt: skip
+            count_retried(self.durable)
             await nak(msg, delay=delay)
             return
         log.error("%s: event %s dead-lettered (%s): %s", self.durable, event.id, reason, error)

@@ -24,6 +24,7 @@ from ._errors import (
     checked_name,
 )
 from ._kinds import ErrorReported
+from ._observe import current_traceparent, observed_request, observed_responder
 from ._subjects import direct_subject, reply_subject, to_wire
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ REFUSED = "refused"
 HANDLER_FAILED = "handler-failed"
 
 
+@observed_request
 async def request(
     nc: Client,
     codec: Codec,
@@ -57,7 +59,9 @@ async def request(
     """Send ``item`` to ``target`` and return its verified reply."""
     checked_name("target", target)
     tenant = codec.tenant
-    signed = codec.sign(item, identity, subject=direct_subject(tenant, target))
+    signed = codec.sign(
+        item, identity, subject=direct_subject(tenant, target), traceparent=current_traceparent()
+    )
     try:
         msg = await nc.request(
             signed.wire_subject, signed.body, timeout=timeout, headers=signed.headers
@@ -100,6 +104,7 @@ async def serve_requests(
     nc: Client, codec: Codec, identity: Identity, handler: RequestHandler
 ) -> NatsSubscription:
     """Answer requests to ``identity``'s agent; instances share the work (queue group)."""
+    handler = observed_responder(handler)
     principal = identity.principal
     wire = to_wire(codec.root, direct_subject(principal.tenant, principal.agent))
 

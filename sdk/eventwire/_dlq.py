@@ -31,6 +31,7 @@ from ._errors import (
     mapped_nats_errors,
     nats_error,
 )
+from ._observe import observed_dead_letter
 from ._streams import dlq_stream_config, ensure_stream
 from ._subjects import republish_subject
 
@@ -86,6 +87,7 @@ class DeadLetterQueue:
         config = dlq_stream_config(self._root, replicas=replicas)
         await ensure_stream(self._js, config, create=create)
 
+    @observed_dead_letter
     async def put(
         self,
         data: bytes,
