@@ -66,6 +66,7 @@ def parent_of(span: ReadableSpan) -> int | None:
 
 def traceparent_of(span: ReadableSpan) -> str:
     context = span.get_span_context()
+    assert context is not None
     return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
 
 
