@@ -421,7 +421,8 @@ class Bus(StatefulResource):
         sent: list[tuple[Signed, asyncio.Future[PubAck]]] = []
         try:
             for start in range(0, len(items), _SIGN_CHUNK):
-                for item in codec.sign_many(items[start : start + _SIGN_CHUNK], identity):
+                chunk = items[start : start + _SIGN_CHUNK]
+                for item in codec.sign_many(chunk, identity, traceparent=current_traceparent()):
                     await acquire_slot(slots, sent, timeout)
                     future = await publisher.publish(
                         item.wire_subject, item.body, item.headers, slots.release

@@ -37,9 +37,7 @@ class Tracing:
     """Span helpers over OpenTelemetry's global tracer provider."""
 
     def __init__(self) -> None:
-        from importlib.metadata import version
-
-        self._tracer = trace.get_tracer("eventwire", version("eventwire"))
+        self._tracer = trace.get_tracer("eventwire", _version())
         self._propagator = TraceContextTextMapPropagator()
 
     def traceparent(self) -> str | None:
@@ -136,6 +134,15 @@ class Tracing:
             },
             parent=self.parent(traceparent),
         )
+
+
+def _version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("eventwire")
+    except PackageNotFoundError:  # pragma: no cover - run from a source tree
+        return None
 
 
 def claimed_traceparent(body: bytes) -> str | None:

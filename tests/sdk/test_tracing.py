@@ -221,3 +221,25 @@ def test_without_opentelemetry_nothing_is_imported_or_wrapped() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+async def test_publish_many_signs_the_current_trace_context(
+    bus: eventwire.Bus, spans: InMemorySpanExporter
+) -> None:
+    alice = make_identity("alice", bus.keyring)
+    received: list[Event] = []
+
+    async def keep(event: Event) -> None:
+        received.append(event)
+
+    tracer = trace.get_tracer("tests")
+    async with bus.subscribe("status.>", keep, durable="batch"):
+        with tracer.start_as_current_span("a batch job") as job:
+            items = [StatusUpdate(component=f"c{i}", state="up") for i in range(3)]
+            await bus.publish_many(items, identity=alice)
+        await wait_until(lambda: len(received) == 3)
+    context = job.get_span_context()
+    expected = f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+    assert {event.traceparent for event in received} == {expected}
+    handled = named(spans, "process status.c0")
+    assert [parent_of(span) for span in handled] == [context.span_id]
