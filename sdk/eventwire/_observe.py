@@ -105,6 +105,11 @@ def observed_handler(
     if not ENABLED:
         return handler
 
+    # the labelled children once per subscription, not once per event
+    delivered = METRICS.delivered.labels(consumer) if METRICS is not None else None
+    errors = METRICS.handler_errors.labels(consumer) if METRICS is not None else None
+    seconds = METRICS.handler_seconds.labels(consumer) if METRICS is not None else None
+
     async def handle(event: Event) -> None:
         started = time.perf_counter()
         span = (
@@ -118,13 +123,13 @@ def observed_handler(
                     current.set_attribute("messaging.message.id", event.id)
                 await handler(event)
         except Exception:
-            if METRICS is not None:
-                METRICS.handler_errors.labels(consumer).inc()
+            if errors is not None:
+                errors.inc()
             raise
         finally:
-            if METRICS is not None:
-                METRICS.delivered.labels(consumer).inc()
-                METRICS.handler_seconds.labels(consumer).observe(time.perf_counter() - started)
+            if delivered is not None and seconds is not None:
+                delivered.inc()
+                seconds.observe(time.perf_counter() - started)
 
     return handle
 

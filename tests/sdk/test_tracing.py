@@ -1,7 +1,7 @@
 """Tracing with OpenTelemetry: spans read from the OTel SDK's in-memory exporter.
 
 The SDK's tracer provider is installed once for the test session (OpenTelemetry allows one
-global provider); each test clears the exporter and looks only at its own subject root.
+global provider); spans are exported only while a test of this module runs.
 """
 
 from __future__ import annotations
@@ -30,24 +30,43 @@ from eventwire import (
 from tests.conftest import make_identity, wait_until
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import eventwire
 
 FAST = RetryPolicy(max_deliveries=2, initial_delay=0.05, jitter=0.0)
 
 
+class Recording(SimpleSpanProcessor):
+    """Exports only while a test of this module runs: later tests record nothing."""
+
+    enabled = False
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self.enabled:
+            super().on_end(span)
+
+
 @pytest.fixture(scope="session")
-def exporter() -> InMemorySpanExporter:
+def recording() -> tuple[Recording, InMemorySpanExporter]:
     memory = InMemorySpanExporter()
+    processor = Recording(memory)
     provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(memory))
+    provider.add_span_processor(processor)
     trace.set_tracer_provider(provider)
-    return memory
+    return processor, memory
 
 
 @pytest.fixture
-def spans(exporter: InMemorySpanExporter) -> InMemorySpanExporter:
-    exporter.clear()
-    return exporter
+def spans(recording: tuple[Recording, InMemorySpanExporter]) -> Iterator[InMemorySpanExporter]:
+    processor, memory = recording
+    memory.clear()
+    processor.enabled = True
+    try:
+        yield memory
+    finally:
+        processor.enabled = False
+        memory.clear()
 
 
 def named(exporter: InMemorySpanExporter, name: str) -> list[ReadableSpan]:
