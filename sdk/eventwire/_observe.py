@@ -119,8 +119,10 @@ def observed_handler(
         )
         try:
             with span as current:
-                if current is not None:
-                    current.set_attribute("messaging.message.id", event.id)
+                if current is not None:  # the event was verified: its id and signer
+                    current.set_attributes(
+                        {"messaging.message.id": event.id, "eventwire.source": event.source}
+                    )
                 await handler(event)
         except Exception:
             if errors is not None:

@@ -150,6 +150,7 @@ async def test_a_flow_across_three_agents_is_one_trace(
     assert last.attributes is not None
     assert last.attributes["messaging.operation.type"] == "process"
     assert last.attributes["messaging.message.id"] == received[1].id
+    assert last.attributes["eventwire.source"] == f"{bus.tenant}/researcher"
     assert str(last.attributes["messaging.consumer.group.name"]).startswith("writer")
 
 
