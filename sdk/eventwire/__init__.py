@@ -15,6 +15,15 @@ from eventwire_security import (
 )
 
 from ._agent import Agent
+from ._aggregates import (
+    Aggregate,
+    AggregateCorrupted,
+    AggregateStore,
+    Change,
+    ConcurrencyConflict,
+    Loaded,
+    SnapshotPolicy,
+)
 from ._batches import Batch
 from ._bus import DEFAULT_REPLAY_WINDOW, Bus, PublishAck, connect
 from ._codec import SIGNATURE_HEADER, Rejection, SecurityStats
@@ -162,6 +171,9 @@ __all__ = [
     "AgentExists",
     "AgentInfo",
     "AgentLifecycle",
+    "Aggregate",
+    "AggregateCorrupted",
+    "AggregateStore",
     "AuditCorrupted",
     "AuditFinding",
     "AuditLog",
@@ -174,8 +186,10 @@ __all__ = [
     "BusyResource",
     "CertificateError",
     "CertificateFiles",
+    "Change",
     "ClientCertificate",
     "ClosedResource",
+    "ConcurrencyConflict",
     "ConfigError",
     "ConnectionFailed",
     "Credentials",
@@ -206,6 +220,7 @@ __all__ = [
     "KeyringRefusal",
     "KeyringWatcher",
     "KnowledgeShared",
+    "Loaded",
     "NoResponders",
     "NotFound",
     "NotProvisioned",
@@ -233,6 +248,7 @@ __all__ = [
     "ServerGone",
     "ServerRejected",
     "ServerUnavailable",
+    "SnapshotPolicy",
     "StatusUpdate",
     "StreamConfigError",
     "SubscribeKeywords",

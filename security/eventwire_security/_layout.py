@@ -20,6 +20,10 @@ system        ``system.coordination.<...>``           coordination (sagas, workf
 custom        ``custom.<...>``                        ``CustomEvent``
 ============  =====================================  =============================
 
+Event-sourced aggregates (``AggregateStore``) keep each aggregate's events on one subject
+of the custom family, ``custom.es.<kind>.<id>``, in the events stream; their signed
+snapshots are in the KV bucket ``<root>-snapshots`` (key ``<kind>.<id>``).
+
 Other subjects under the root, outside the events stream's families:
 
 =====================================  ==================================================
@@ -70,6 +74,7 @@ __all__ = [
     "SHARED_INBOX",
     "TOKEN_RE",
     "LayoutError",
+    "aggregate_subject",
     "arrived_as_signed",
     "audit_stream_name",
     "audit_subject",
@@ -103,6 +108,8 @@ __all__ = [
     "reply_subject",
     "republish_subject",
     "seen_bucket",
+    "snapshot_key",
+    "snapshots_bucket",
     "stored_subject",
     "stream_subjects",
     "subject_problem",
@@ -434,6 +441,22 @@ def seen_bucket(root: str) -> str:
 def processed_bucket(root: str) -> str:
     """The KV bucket of handled event ids (idempotent consumers)."""
     return f"{_root(root)}-processed"
+
+
+def snapshots_bucket(root: str) -> str:
+    """The KV bucket of signed aggregate snapshots (key ``<kind>.<id>``)."""
+    return f"{_root(root)}-snapshots"
+
+
+def aggregate_subject(kind: str, aggregate_id: str) -> str:
+    """The logical subject of one event-sourced aggregate's events: ``custom.es.<kind>.<id>``
+    (stored in the events stream, under ``<root>.custom.es.<kind>.<id>``)."""
+    return f"custom.es.{_token(kind, 'kind')}.{_token(aggregate_id, 'aggregate_id')}"
+
+
+def snapshot_key(kind: str, aggregate_id: str) -> str:
+    """The key of an aggregate's snapshot in :func:`snapshots_bucket`."""
+    return f"{_token(kind, 'kind')}.{_token(aggregate_id, 'aggregate_id')}"
 
 
 def kv_stream_name(bucket: str) -> str:
