@@ -75,6 +75,7 @@ from ._kinds import (
 )
 from ._options import DeliveryKeywords, SubscribeKeywords, SubscribeOptions
 from ._partitions import PartitionedSubscription
+from ._projections import Feed, Projection, ProjectionFailed
 from ._registry import AgentInfo
 from ._resource import ResourceState
 from ._retry import DEFAULT_RETRY, RetryPolicy
@@ -209,6 +210,7 @@ __all__ = [
     "EventData",
     "EventTooLarge",
     "EventwireError",
+    "Feed",
     "FindingKind",
     "Forbidden",
     "HelpRequested",
@@ -229,6 +231,8 @@ __all__ = [
     "PartitionedSubscription",
     "Policy",
     "Principal",
+    "Projection",
+    "ProjectionFailed",
     "PublishAck",
     "PublishFailed",
     "Publishable",

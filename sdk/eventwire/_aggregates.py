@@ -37,6 +37,7 @@ from ._snapshots import (
     SnapshotPlace,
     open_snapshots,
     read_snapshot,
+    snapshots_config,
     write_snapshot,
 )
 
@@ -129,7 +130,7 @@ class Loaded(Generic[A]):
     replayed: int
 
 
-def _codec(bus: Bus, doing: str) -> Codec:
+def bus_codec(bus: Bus, doing: str) -> Codec:
     """The bus's codec: aggregate events are signed and verified like any other."""
     return bus._running(doing).codec
 
@@ -235,7 +236,7 @@ class AggregateStore(Generic[A]):
         if current != expected:
             raise ConcurrencyConflict(subject, expected, current)
         self.bus._check_publish(self.identity, None, subject)
-        codec = _codec(self.bus, "append to an aggregate")
+        codec = bus_codec(self.bus, "append to an aggregate")
         for offset, item in enumerate(items):
             signed = codec.sign(item, self.identity)
             headers = {**signed.headers, "Nats-Expected-Last-Subject-Sequence": str(last)}
@@ -303,21 +304,20 @@ class AggregateStore(Generic[A]):
 
     async def _bucket(self) -> KeyValue:
         if self._snapshots is None:
-            self._snapshots = await open_snapshots(
-                self._js, self.bus.root, create=self.bus.provisions
-            )
+            config = snapshots_config(self.bus.root, replicas=self.bus.replicas)
+            self._snapshots = await open_snapshots(self._js, config, create=self.bus.provisions)
         return self._snapshots
 
     @property
     def _keyring(self) -> Keyring:
-        return _codec(self.bus, "load an aggregate").keyring
+        return bus_codec(self.bus, "load an aggregate").keyring
 
     def _place(self, aggregate_id: str) -> SnapshotPlace:
         return SnapshotPlace(self.bus.tenant, self.bus.root, self.kind, aggregate_id, self._writers)
 
     async def _replay(self, wire: str, replay: _Replay[A], last: int) -> None:
         """Apply the subject's events after ``replay.seq`` up to ``last`` (or the limit)."""
-        codec = _codec(self.bus, "load an aggregate")
+        codec = bus_codec(self.bus, "load an aggregate")
         config = ConsumerConfig(
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=replay.seq + 1
         )

@@ -22,7 +22,7 @@ import nats.js.errors
 from nats.js.api import KeyValueConfig, StorageType
 
 from eventwire_security import EventwireError, sign_claims, verify_envelope
-from eventwire_security._layout import snapshot_key, snapshots_bucket
+from eventwire_security._layout import projections_bucket, snapshot_key, snapshots_bucket
 
 from ._buckets import open_bucket
 from ._errors import mapped_nats_errors
@@ -43,6 +43,13 @@ def snapshots_config(root: str, *, replicas: int = 1) -> KeyValueConfig:
     """The snapshots bucket: the latest snapshot of each aggregate (history 1)."""
     return KeyValueConfig(
         bucket=snapshots_bucket(root), history=1, storage=StorageType.FILE, replicas=replicas
+    )
+
+
+def projections_config(root: str, *, replicas: int = 1) -> KeyValueConfig:
+    """The projections bucket: each projection's latest read model and checkpoint."""
+    return KeyValueConfig(
+        bucket=projections_bucket(root), history=1, storage=StorageType.FILE, replicas=replicas
     )
 
 
@@ -72,9 +79,10 @@ class SnapshotPlace:
         return snapshot_key(self.kind, self.aggregate_id)
 
 
-async def open_snapshots(js: JetStreamContext, root: str, *, create: bool) -> KeyValue:
-    with mapped_nats_errors("open the snapshots bucket"):
-        return await open_bucket(js, snapshots_config(root), create=create)
+async def open_snapshots(js: JetStreamContext, config: KeyValueConfig, *, create: bool) -> KeyValue:
+    """Bind to (or create) a bucket of signed states: snapshots or projections."""
+    with mapped_nats_errors(f"open the bucket {config.bucket!r}"):
+        return await open_bucket(js, config, create=create)
 
 
 async def write_snapshot(

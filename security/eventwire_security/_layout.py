@@ -22,7 +22,8 @@ custom        ``custom.<...>``                        ``CustomEvent``
 
 Event-sourced aggregates (``AggregateStore``) keep each aggregate's events on one subject
 of the custom family, ``custom.es.<kind>.<id>``, in the events stream; their signed
-snapshots are in the KV bucket ``<root>-snapshots`` (key ``<kind>.<id>``).
+snapshots are in the KV bucket ``<root>-snapshots`` (key ``<kind>.<id>``). Projections keep
+their read model and checkpoint in ``<root>-projections`` (key ``projection.<name>``).
 
 Other subjects under the root, outside the events stream's families:
 
@@ -103,6 +104,7 @@ __all__ = [
     "partitions_problem",
     "pattern_problem",
     "processed_bucket",
+    "projections_bucket",
     "publish_subject",
     "registry_bucket",
     "reply_subject",
@@ -446,6 +448,12 @@ def processed_bucket(root: str) -> str:
 def snapshots_bucket(root: str) -> str:
     """The KV bucket of signed aggregate snapshots (key ``<kind>.<id>``)."""
     return f"{_root(root)}-snapshots"
+
+
+def projections_bucket(root: str) -> str:
+    """The KV bucket of projections: each one's signed read model and checkpoint together
+    (key ``projection.<name>``)."""
+    return f"{_root(root)}-projections"
 
 
 def aggregate_subject(kind: str, aggregate_id: str) -> str:
