@@ -4,6 +4,10 @@ stored together, restarts that neither reprocess nor skip, a failing model, bad 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Self
 
 import pytest
@@ -20,13 +24,16 @@ from eventwire import (
     Projection,
     ProjectionFailed,
 )
-from tests.conftest import make_identity
+from tests.conftest import TENANT, make_identity, wait_until
 from tests.sdk.test_aggregates import Account
 
 if TYPE_CHECKING:
     from pydantic import JsonValue
 
+    from eventwire import EmbeddedServer
+
 FEED = Feed("custom.es.account.*", batch=3)
+ROOT_DIR = Path(__file__).parent.parent.parent
 
 
 class Balances:
@@ -190,3 +197,34 @@ def test_bad_projection_settings_are_typed_errors(bus: eventwire.Bus, teller: Id
         Projection(bus, Balances, name="my balances", identity=teller, feed=FEED)
     fields = [error.value.field for error in (bad_pattern, bad_batch, bad_name)]
     assert fields == ["pattern", "batch", "name"]
+
+
+async def test_a_projection_killed_mid_catch_up_resumes_without_reprocessing_or_skipping(
+    nats_server: EmbeddedServer, bus: eventwire.Bus, root: str, teller: Identity, tmp_path: Path
+) -> None:
+    last = await fill(bus, teller, 300)
+    out = tmp_path / "applied.txt"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.sdk._projection_worker", nats_server.url, root, TENANT,
+        teller.principal.agent, teller.seed.hex(), str(out),
+        cwd=ROOT_DIR, env={**os.environ, "PYTHONPATH": str(ROOT_DIR)},
+    )  # fmt: skip
+    try:
+        await wait_until(lambda: out.exists() and len(out.read_text().split()) >= 60, 30)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+    applied_by_the_dead = out.read_text().split()
+    assert len(applied_by_the_dead) < 300  # killed mid-catch-up
+
+    async with projection(bus, teller) as resumed:
+        assert 0 < resumed.applied <= len(applied_by_the_dead)  # its last checkpoint
+        assert resumed.state.ids == applied_by_the_dead[: resumed.applied]
+        async with asyncio.timeout(30):
+            await resumed.wait_for(last)
+    async with Projection(bus, Balances, name="single", identity=teller, feed=FEED) as once:
+        async with asyncio.timeout(30):
+            await once.wait_for(last)
+
+    assert resumed.state.balances == once.state.balances == expected(300)
+    assert resumed.state.ids == once.state.ids  # each event once, in stream order
