@@ -29,7 +29,7 @@ from eventwire_security import EventwireError
 from eventwire_security._layout import events_stream_name, pattern_problem, to_wire
 
 from ._aggregates import A, bus_codec
-from ._errors import InvalidArgument, checked_name, mapped_nats_errors
+from ._errors import BusyResource, InvalidArgument, checked_name, mapped_nats_errors
 from ._event import Event
 from ._snapshots import (
     Snapshot,
@@ -226,6 +226,18 @@ class Projection(Generic[A]):
             await self._progress.wait_for(lambda: self.position >= seq or bool(self._failure))
         if self._failure is not None:
             raise self._failure
+
+    async def reset(self) -> None:
+        """Forget the stored read model and checkpoint, so that the next start rebuilds
+        from the first event (:class:`BusyResource` while it runs)."""
+        if self._task is not None:
+            raise BusyResource(f"projection {self.name!r} is running: reset it when stopped")
+        config = projections_config(self.bus.root, replicas=self.bus.replicas)
+        bucket = await open_snapshots(self._js, config, create=self.bus.provisions)
+        with mapped_nats_errors(f"reset projection {self.name!r}"):
+            await bucket.purge(self._place.key)
+        self.state, self.position, self.stored, self.applied = self.model(), 0, 0, 0
+        self._dirty, self._failure = 0, None
 
     async def lag(self) -> int:
         """How many stream sequences the projection is behind the stream's last one (an

@@ -15,6 +15,7 @@ import pytest
 import eventwire
 from eventwire import (
     AggregateStore,
+    BusyResource,
     Change,
     Event,
     Feed,
@@ -170,6 +171,26 @@ async def test_a_model_that_fails_stops_the_projection_and_a_restart_applies_eac
     assert healed.state.balances == single_pass.balances == expected(10)
     assert healed.state.ids == single_pass.ids
     assert len(set(healed.state.ids)) == 10
+
+
+async def test_reset_rebuilds_from_the_first_event(bus: eventwire.Bus, teller: Identity) -> None:
+    last = await fill(bus, teller, 5)
+    balances = projection(bus, teller)
+    async with balances:
+        async with asyncio.timeout(10):
+            await balances.wait_for(last)
+        with pytest.raises(BusyResource):
+            await balances.reset()
+
+    await balances.reset()
+
+    assert (balances.applied, balances.state.balances) == (0, {})
+    async with balances:
+        assert balances.applied == 0  # nothing restored
+        async with asyncio.timeout(10):
+            await balances.wait_for(last)
+    assert balances.state.balances == expected(5)
+    assert len(balances.state.ids) == 5
 
 
 async def test_a_forged_checkpoint_is_ignored(
