@@ -346,3 +346,4 @@ def test_no_exp_never_expires_and_iat_is_checked_against_the_store_time() -> Non
     with pytest.raises(ReplayRefused) as info:
         WINDOW.check_time(NOW, NOW + 60, NOW + week, stored=NOW + 1)
     assert info.value.reason == "expired"
+
