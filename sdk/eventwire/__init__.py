@@ -15,6 +15,15 @@ from eventwire_security import (
 )
 
 from ._agent import Agent
+from ._aggregates import (
+    Aggregate,
+    AggregateCorrupted,
+    AggregateStore,
+    Change,
+    ConcurrencyConflict,
+    Loaded,
+    SnapshotPolicy,
+)
 from ._batches import Batch
 from ._breaker import (
     BreakerPolicy,
@@ -81,6 +90,7 @@ from ._options import DeliveryKeywords, SubscribeKeywords, SubscribeOptions
 from ._partitions import PartitionedSubscription
 from ._phi import FailureDetectors, PhiAccrualDetector, PhiSettings, Suspicion
 from ._priority import Priority, PriorityGate
+from ._projections import Feed, Projection, ProjectionFailed
 from ._registry import AgentInfo
 from ._resiliency import Resiliency, ResiliencySpecError, TargetPolicy
 from ._resource import ResourceState
@@ -180,6 +190,9 @@ __all__ = [
     "AgentFailed",
     "AgentInfo",
     "AgentLifecycle",
+    "Aggregate",
+    "AggregateCorrupted",
+    "AggregateStore",
     "AuditCorrupted",
     "AuditFinding",
     "AuditLog",
@@ -198,6 +211,7 @@ __all__ = [
     "Candidate",
     "CertificateError",
     "CertificateFiles",
+    "Change",
     "Choice",
     "Chooser",
     "CircuitBreaker",
@@ -205,6 +219,7 @@ __all__ = [
     "CircuitState",
     "ClientCertificate",
     "ClosedResource",
+    "ConcurrencyConflict",
     "ConfigError",
     "ConnectionFailed",
     "Credentials",
@@ -227,6 +242,7 @@ __all__ = [
     "Failure",
     "FailureDetectors",
     "FailureWatch",
+    "Feed",
     "FindingKind",
     "Forbidden",
     "HelpRequested",
@@ -240,6 +256,7 @@ __all__ = [
     "KeyringWatcher",
     "KnowledgeShared",
     "Load",
+    "Loaded",
     "MetricsServer",
     "NoResponders",
     "NobodyServing",
@@ -254,6 +271,8 @@ __all__ = [
     "Principal",
     "Priority",
     "PriorityGate",
+    "Projection",
+    "ProjectionFailed",
     "PublishAck",
     "PublishFailed",
     "Publishable",
@@ -278,6 +297,7 @@ __all__ = [
     "ServerGone",
     "ServerRejected",
     "ServerUnavailable",
+    "SnapshotPolicy",
     "StatusUpdate",
     "Strategy",
     "StreamConfigError",

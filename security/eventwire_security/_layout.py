@@ -20,6 +20,11 @@ system        ``system.coordination.<...>``           coordination (sagas, workf
 custom        ``custom.<...>``                        ``CustomEvent``
 ============  =====================================  =============================
 
+Event-sourced aggregates (``AggregateStore``) keep each aggregate's events on one subject
+of the custom family, ``custom.es.<kind>.<id>``, in the events stream; their signed
+snapshots are in the KV bucket ``<root>-snapshots`` (key ``<kind>.<id>``). Projections keep
+their read model and checkpoint in ``<root>-projections`` (key ``projection.<name>``).
+
 Other subjects under the root, outside the events stream's families:
 
 =====================================  ==================================================
@@ -70,6 +75,7 @@ __all__ = [
     "SHARED_INBOX",
     "TOKEN_RE",
     "LayoutError",
+    "aggregate_subject",
     "arrived_as_signed",
     "audit_stream_name",
     "audit_subject",
@@ -98,11 +104,14 @@ __all__ = [
     "partitions_problem",
     "pattern_problem",
     "processed_bucket",
+    "projections_bucket",
     "publish_subject",
     "registry_bucket",
     "reply_subject",
     "republish_subject",
     "seen_bucket",
+    "snapshot_key",
+    "snapshots_bucket",
     "stored_subject",
     "stream_subjects",
     "subject_problem",
@@ -434,6 +443,28 @@ def seen_bucket(root: str) -> str:
 def processed_bucket(root: str) -> str:
     """The KV bucket of handled event ids (idempotent consumers)."""
     return f"{_root(root)}-processed"
+
+
+def snapshots_bucket(root: str) -> str:
+    """The KV bucket of signed aggregate snapshots (key ``<kind>.<id>``)."""
+    return f"{_root(root)}-snapshots"
+
+
+def projections_bucket(root: str) -> str:
+    """The KV bucket of projections: each one's signed read model and checkpoint together
+    (key ``projection.<name>``)."""
+    return f"{_root(root)}-projections"
+
+
+def aggregate_subject(kind: str, aggregate_id: str) -> str:
+    """The logical subject of one event-sourced aggregate's events: ``custom.es.<kind>.<id>``
+    (stored in the events stream, under ``<root>.custom.es.<kind>.<id>``)."""
+    return f"custom.es.{_token(kind, 'kind')}.{_token(aggregate_id, 'aggregate_id')}"
+
+
+def snapshot_key(kind: str, aggregate_id: str) -> str:
+    """The key of an aggregate's snapshot in :func:`snapshots_bucket`."""
+    return f"{_token(kind, 'kind')}.{_token(aggregate_id, 'aggregate_id')}"
 
 
 def kv_stream_name(bucket: str) -> str:

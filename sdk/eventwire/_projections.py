@@ -1,0 +1,247 @@
+"""Projections (CQRS read models): catch up from a checkpoint, then follow live.
+
+A projection applies the verified events matching a pattern, in stream order, to a read
+model (any class with ``apply``, ``snapshot`` and ``restore``, like an aggregate). Its read
+model and its checkpoint (the stream sequence of the last event applied) are one signed
+document, written with one KV put per batch (KV bucket ``<root>-projections``, key
+``projection.<name>``; see ``_snapshots``). They cannot disagree: a projection that stops
+between two writes, or is killed, restarts from the last document and applies exactly the
+events after its sequence again, to the model as it was at that sequence, so no event is
+applied twice to the stored model and none is skipped.
+
+A batch is written after ``batch`` events or as soon as the projection has caught up (no
+event pending). Events the codec refuses (forged, misplaced...) are counted and audited by
+the bus like any refused event, and skipped. A model whose ``apply`` raises stops the
+projection: :meth:`Projection.wait_for` and leaving the ``async with`` raise
+:class:`ProjectionFailed`, and what was applied since the last write is not stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Generic, Self
+
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from eventwire_security import EventwireError
+from eventwire_security._layout import events_stream_name, pattern_problem, to_wire
+
+from ._aggregates import A, bus_codec
+from ._errors import BusyResource, InvalidArgument, checked_name, mapped_nats_errors
+from ._event import Event
+from ._snapshots import (
+    Snapshot,
+    SnapshotPlace,
+    open_snapshots,
+    projections_config,
+    read_snapshot,
+    write_snapshot,
+)
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from nats.aio.msg import Msg
+    from nats.js import JetStreamContext
+    from nats.js.kv import KeyValue
+
+    from eventwire_security import Identity
+
+    from ._bus import Bus
+    from ._codec import Codec
+
+    _Sub = JetStreamContext.PushSubscription
+
+__all__ = ["Feed", "Projection", "ProjectionFailed"]
+
+log = logging.getLogger("eventwire.projections")
+_KIND = "projection"
+
+
+class ProjectionFailed(EventwireError):
+    """The projection ``name`` stopped: its model raised on the event at stream ``seq``."""
+
+    def __init__(self, name: str, seq: int) -> None:
+        super().__init__(f"projection {name!r} stopped at stream sequence {seq}")
+        self.name = name
+        self.seq = seq
+
+
+class Feed:
+    """What a projection reads: the events whose logical subject matches ``pattern``
+    (NATS wildcards), its checkpoint written every ``batch`` events (and when caught up)."""
+
+    __slots__ = ("batch", "pattern")
+
+    def __init__(self, pattern: str, *, batch: int = 100) -> None:
+        problem = pattern_problem(pattern, families=True)
+        if problem is not None:
+            raise InvalidArgument(problem, field="pattern")
+        if isinstance(batch, bool) or not isinstance(batch, int) or not 0 < batch <= 100_000:
+            raise InvalidArgument(f"must be an int from 1 to 100000, got {batch!r}", field="batch")
+        self.pattern = pattern
+        self.batch = batch
+
+
+class Projection(Generic[A]):
+    """A read model of class ``model`` named ``name`` (a token), built from ``feed`` on
+    ``bus``; its checkpoints are signed as ``identity`` (and only its own are trusted).
+
+    ``async with Projection(...) as projection``: restores the last checkpoint, catches up
+    from there, then follows live until the block ends (which writes a last checkpoint).
+    ``projection.state`` is the read model, ``projection.position`` the stream sequence of
+    the last event it processed, ``projection.stored`` that of the last checkpoint.
+    """
+
+    def __init__(
+        self, bus: Bus, model: type[A], *, name: str, identity: Identity, feed: Feed
+    ) -> None:
+        self.name = checked_name("name", name)
+        self.bus, self.model, self.identity, self.feed = bus, model, identity, feed
+        self.state: A = model()
+        self.position = 0
+        self.stored = 0
+        self.applied = 0
+        self._dirty = 0
+        self._failure: ProjectionFailed | None = None
+        self._progress = asyncio.Condition()
+        self._bucket: KeyValue | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def _js(self) -> JetStreamContext:
+        return self.bus.jetstream
+
+    @property
+    def _place(self) -> SnapshotPlace:
+        return SnapshotPlace(
+            self.bus.tenant, self.bus.root, _KIND, self.name, {self.identity.principal.source}
+        )
+
+    async def __aenter__(self) -> Self:
+        config = projections_config(self.bus.root, replicas=self.bus.replicas)
+        self._bucket = await open_snapshots(self._js, config, create=self.bus.provisions)
+        keyring = bus_codec(self.bus, "start a projection").keyring
+        checkpoint = await read_snapshot(self._bucket, self._place, keyring)
+        if checkpoint is not None:
+            self.state = self.model.restore(checkpoint.state)
+            self.position = self.stored = checkpoint.seq
+            self.applied = checkpoint.version
+        sub = await self._subscribe()
+        self._task = asyncio.get_running_loop().create_task(self._follow(sub))
+        return self
+
+    async def _subscribe(self) -> _Sub:
+        wire = to_wire(self.bus.root, self.feed.pattern)
+        if self.position:
+            config = ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.position + 1
+            )
+        else:
+            config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+        with mapped_nats_errors(f"follow {wire}"):
+            return await self._js.subscribe(
+                wire, stream=events_stream_name(self.bus.root), ordered_consumer=True,
+                config=config,
+            )  # fmt: skip
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._failure is None and self._dirty:
+            await self._checkpoint(self.position)
+        if self._failure is not None and error is None:
+            raise self._failure
+
+    async def _follow(self, sub: _Sub) -> None:
+        codec = bus_codec(self.bus, "run a projection")
+        try:
+            while True:
+                with mapped_nats_errors(f"follow {self.feed.pattern}"):
+                    message = await sub.next_msg(timeout=None)
+                if not await self._take(codec, message):
+                    return
+        except EventwireError as exc:  # the connection, the server, a checkpoint write
+            log.error("projection %s stopped: %s", self.name, exc)
+            await self._fail(exc)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _take(self, codec: Codec, message: Msg) -> bool:
+        """Apply one message; False once the model has failed."""
+        meta = message.metadata
+        seq = meta.sequence.stream
+        result = codec.open(
+            message.data, message.headers, message.subject, meta.timestamp.timestamp()
+        )
+        if isinstance(result, Event):
+            try:
+                self.state.apply(result)
+            except Exception as exc:
+                log.exception("projection %s: the model failed at sequence %d", self.name, seq)
+                await self._fail(exc, seq)
+                return False
+            self.applied += 1
+        else:
+            codec.record(result)
+        self._dirty += 1
+        if self._dirty >= self.feed.batch or not meta.num_pending:
+            await self._checkpoint(seq)
+        self.position = seq  # after the checkpoint: a waiter sees it stored when caught up
+        await self._notify()
+        return True
+
+    async def _checkpoint(self, seq: int) -> None:
+        """One signed KV write: the read model and the sequence ``seq`` it reflects."""
+        assert self._bucket is not None
+        snapshot = Snapshot(self.applied, seq, 0.0, self.state.snapshot())
+        await write_snapshot(self._bucket, self._place, snapshot, self.identity)
+        self.stored, self._dirty = seq, 0
+
+    async def _fail(self, cause: BaseException, seq: int | None = None) -> None:
+        failure = ProjectionFailed(self.name, self.position + 1 if seq is None else seq)
+        failure.__cause__ = cause
+        self._failure = failure
+        await self._notify()
+
+    async def _notify(self) -> None:
+        async with self._progress:
+            self._progress.notify_all()
+
+    async def wait_for(self, seq: int) -> None:
+        """Wait until the events up to stream sequence ``seq`` are processed (wrap it in
+        ``asyncio.timeout``); :class:`ProjectionFailed` if the projection stopped."""
+        async with self._progress:
+            await self._progress.wait_for(lambda: self.position >= seq or bool(self._failure))
+        if self._failure is not None:
+            raise self._failure
+
+    async def reset(self) -> None:
+        """Forget the stored read model and checkpoint, so that the next start rebuilds
+        from the first event (:class:`BusyResource` while it runs)."""
+        if self._task is not None:
+            raise BusyResource(f"projection {self.name!r} is running: reset it when stopped")
+        config = projections_config(self.bus.root, replicas=self.bus.replicas)
+        bucket = await open_snapshots(self._js, config, create=self.bus.provisions)
+        with mapped_nats_errors(f"reset projection {self.name!r}"):
+            await bucket.purge(self._place.key)
+        self.state, self.position, self.stored, self.applied = self.model(), 0, 0, 0
+        self._dirty, self._failure = 0, None
+
+    async def lag(self) -> int:
+        """How many stream sequences the projection is behind the stream's last one (an
+        upper bound on the events it has not processed yet)."""
+        with mapped_nats_errors("read the events stream"):
+            info = await self._js.stream_info(events_stream_name(self.bus.root))
+        return max(0, int(info.state.last_seq) - self.position)
