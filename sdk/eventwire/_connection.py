@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import socket
 from typing import TYPE_CHECKING
 
 import nats.errors
@@ -23,6 +24,9 @@ from nats.aio.client import Client as NatsClient
 from ._errors import (
     AuthenticationFailed,
     ConnectionFailed,
+    ConnectionRefused,
+    ConnectTimeout,
+    HostNotFound,
     InvalidArgument,
     describe,
     is_authentication_failure,
@@ -192,11 +196,12 @@ def _connect_error(
         )
     if isinstance(exc, TimeoutError) and not isinstance(exc, nats.errors.Error):
         detail = "" if cause is exc else f" (last error: {describe(cause)})"
-        return ConnectionFailed(f"cannot connect to {shown} within {timeout}s{detail}", url=shown)
+        return ConnectTimeout(f"cannot connect to {shown} within {timeout}s{detail}", url=shown)
     if isinstance(cause, ConnectionRefusedError):
         reason = "connection refused (is the server running, on this port?)"
-    elif isinstance(cause, OSError) and cause.strerror:
-        reason = cause.strerror
-    else:
-        reason = describe(cause)
+        return ConnectionRefused(f"cannot connect to {shown}: {reason}", url=shown)
+    if isinstance(cause, socket.gaierror):
+        reason = f"the host name does not resolve ({cause.strerror or cause})"
+        return HostNotFound(f"cannot connect to {shown}: {reason}", url=shown)
+    reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else describe(cause)
     return ConnectionFailed(f"cannot connect to {shown}: {reason}", url=shown)

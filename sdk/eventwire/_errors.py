@@ -61,6 +61,20 @@ class ConnectionFailed(TransportError):
         self.url = url
 
 
+class ConnectionRefused(ConnectionFailed):
+    """Nothing listens at the server's address and port (the server is down, or another
+    port): known at once."""
+
+
+class HostNotFound(ConnectionFailed):
+    """The server's host name does not resolve (DNS): known at once."""
+
+
+class ConnectTimeout(ConnectionFailed, TimeoutError):
+    """The server did not answer within the connect timeout (a firewall dropping packets,
+    an overloaded or unreachable host)."""
+
+
 class AuthenticationFailed(ConnectionFailed):
     """The server refused the credentials (``Authorization Violation``): retrying with the
     same ones will not help."""

@@ -115,7 +115,7 @@ async def test_a_refused_connection_fails_at_once_without_the_password() -> None
         async with eventwire.connect(url, tenant=TENANT, connect_timeout=PATIENT):
             pass
     error = caught.value
-    assert type(error) is ConnectionFailed
+    assert type(error) is eventwire.ConnectionRefused
     assert isinstance(error.__cause__, ConnectionRefusedError)
     assert str(error) == (
         f"cannot connect to nats://***@127.0.0.1:{url.rsplit(':', 1)[1]}: "
@@ -246,7 +246,7 @@ async def test_cli_debug_shows_the_traceback_still_without_the_password(root: st
     text = "\n".join(lines)
     assert code == 1
     assert "Traceback (most recent call last)" in text
-    assert "ConnectionFailed" in text
+    assert "ConnectionRefused" in text
     assert lines[-1].startswith("error: cannot connect to nats://***@127.0.0.1:")
     assert PASSWORD not in text
 
@@ -296,3 +296,31 @@ def test_errors_of_the_security_package_are_eventwire_errors_too(tmp_path: Path)
     with pytest.raises(eventwire.EventwireError) as locked:
         read_identity(key, passphrase=b"wrong horse!")
     assert isinstance(locked.value, KeyFileLocked)
+
+
+async def test_each_connection_failure_is_its_own_type_at_once() -> None:
+    """Refused, host not found, and (with a short timeout) no answer: distinct types under
+    ConnectionFailed, without waiting for the connect timeout where the network answers."""
+    with pytest.raises(eventwire.ConnectionRefused) as refused:
+        async with eventwire.connect(f"nats://127.0.0.1:{closed_port()}", connect_timeout=60):
+            pass
+    assert isinstance(refused.value.__cause__, ConnectionRefusedError)
+    with pytest.raises(eventwire.HostNotFound) as unknown:
+        async with eventwire.connect("nats://no-such-host.invalid:4222", connect_timeout=60):
+            pass
+    assert isinstance(unknown.value.__cause__, socket.gaierror)
+    assert unknown.value.url == "nats://no-such-host.invalid:4222"
+    silent = socket.socket()  # listens, never answers: the connect times out
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    try:
+        port = silent.getsockname()[1]
+        with pytest.raises(eventwire.ConnectTimeout) as late:
+            async with eventwire.connect(f"nats://127.0.0.1:{port}", connect_timeout=0.5):
+                pass
+    finally:
+        silent.close()
+    assert isinstance(late.value, TimeoutError)
+    for error in (refused.value, unknown.value, late.value):
+        assert isinstance(error, ConnectionFailed)
+
