@@ -97,6 +97,7 @@ from ._tenants import (
     TenantUser,
     UnknownTenant,
 )
+from ._work import WorkStatus, broadcast_subject, work_subject
 
 if TYPE_CHECKING:
     from ._audit_log import AuditCorrupted, AuditLog, AuditLogError, AuditWriteFailed
@@ -280,8 +281,10 @@ __all__ = [
     "TrustedKey",
     "UnknownTenant",
     "Unprocessable",
+    "WorkStatus",
     "WrongTenant",
     "__version__",
+    "broadcast_subject",
     "connect",
     "failure_msg_id",
     "find_nats_server",
@@ -292,5 +295,6 @@ __all__ = [
     "read_key_entry",
     "read_keyring_file",
     "read_keyring_token",
+    "work_subject",
     "write_keyring_file",
 ]
