@@ -113,6 +113,7 @@ from ._tenants import (
     UnknownTenant,
 )
 from ._tls import TLS, TLSFailed
+from ._work import WorkStatus, broadcast_subject, work_subject
 
 if TYPE_CHECKING:
     from ._audit_log import AuditCorrupted, AuditLog, AuditLogError, AuditWriteFailed
@@ -322,8 +323,10 @@ __all__ = [
     "TrustedKey",
     "UnknownTenant",
     "Unprocessable",
+    "WorkStatus",
     "WrongTenant",
     "__version__",
+    "broadcast_subject",
     "connect",
     "failure_msg_id",
     "find_nats_server",
@@ -338,6 +341,7 @@ __all__ = [
     "run_agents",
     "serve_agents",
     "serve_metrics",
+    "work_subject",
     "write_key_entry",
     "write_keyring_file",
 ]

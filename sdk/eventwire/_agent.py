@@ -27,6 +27,8 @@ from eventwire_security import (
 )
 from eventwire_security._policy import pattern_contains
 
+from ._breaker import CircuitState
+from ._choose import LoadMeter
 from ._errors import (
     BusyResource,
     ClosedResource,
@@ -38,22 +40,28 @@ from ._errors import (
     WrongTenant,
     checked_name,
 )
-from ._kinds import AgentLifecycle
+from ._kinds import AgentLifecycle, CustomEvent
+from ._observer import FailureObserver
 from ._options import SubscribeOptions
 from ._registry import announce, withdraw
 from ._resource import Lifecycle, ResourceState, Steps
+from ._rules import Route, RuleFailed, Rules
 from ._subjects import check_pattern, check_token, default_patterns, matches
 from ._supervisor import Loop, is_transport_error
+from ._work import WORK, WORK_ACK_WAIT, broadcast_subject, check_deliver, work_pattern
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
     from typing import Unpack
 
     from ._bus import Bus, PublishAck
+    from ._choose import Strategy, StrategyFunction
     from ._consumer import Subscription
     from ._direct import RequestHandler
     from ._event import Event, Publishable
     from ._options import DeliveryKeywords
+    from ._phi import PhiSettings
+    from ._work import Deliver
 
     Handler = Callable[[Event], Awaitable[None]]
 
@@ -83,6 +91,14 @@ class Agent:
     its id as causation id. ``defaults`` (keywords of :class:`SubscribeOptions`, e.g.
     ``max_in_flight=4``) are the delivery options of every subscription the agent makes;
     ``@agent.on(pattern, ...)`` can change them for its pattern.
+
+    For each capability the agent also serves that capability's one-of-N work (events
+    published with ``deliver="one"``) through the consumer it shares with every agent that
+    has the capability, with the handlers of ``capability.<name>.<verb>``. Its registry
+    heartbeat carries its load (``load``) and the circuits of its calls that are open.
+    While serving it watches the other agents' heartbeats and reports a silent instance as
+    ``agent.lifecycle.failed`` (set ``watch_failures = False`` to stop that, or
+    ``failure_settings`` to tune the detector).
     """
 
     def __init__(
@@ -111,6 +127,12 @@ class Agent:
         self._on_request: RequestHandler | None = None
         self._stop = asyncio.Event()
         self._handling: set[asyncio.Task[object]] = set()  # running this agent's handlers
+        self.load = LoadMeter()
+        self.watch_failures = True
+        self.failure_settings: PhiSettings | None = None
+        self.observer: FailureObserver | None = None
+        self._observing: Loop | None = None
+        self._routes: dict[str, Rules] = {}
 
     @property
     def tenant(self) -> str:
@@ -176,6 +198,36 @@ class Agent:
         self._on_request = handler
         return handler
 
+    def route(
+        self, pattern: str, *, when: str, to: str, deliver: Deliver = "all", name: str | None = None
+    ) -> None:
+        """Route the events on ``pattern`` for which the CEL expression ``when`` holds (over
+        the verified event's attributes and ``data``) to the logical subject ``to``: the
+        agent publishes a new signed event there (same type and data, its causation id the
+        original's), to every agent (``deliver="all"``) or to one (``"one"``). Routes on a
+        pattern are tried in the order declared; the first that holds wins. A bad
+        expression raises :class:`InvalidRule` here; one that fails on an event
+        dead-letters that event with the reason. Routes get their pattern's subscription to
+        themselves (no other handlers there)."""
+        check_pattern(pattern)
+        check_deliver(deliver)
+        known = self._routes[pattern].routes if pattern in self._routes else ()
+        rules = Rules([*known, Route(when, to, name, deliver)])
+        if pattern not in self._routes:
+            terminal = (*self.defaults.terminal, RuleFailed)
+            self.on(pattern, terminal=terminal)(functools.partial(self._route, pattern))
+        self._routes[pattern] = rules
+
+    async def _route(self, pattern: str, event: Event) -> None:
+        route = self._routes[pattern].match(event)
+        if route is None:
+            return
+        if not event.readable:
+            log.info("%s: %s is sealed for others; not routed", self.name, event.id)
+            return
+        routed = CustomEvent(route.to, event.type, event.data)
+        await self.publish(routed, deliver="one" if route.deliver == "one" else "all")
+
     def patterns(self) -> list[str]:
         """Every pattern this agent consumes: its handlers' and the default subscriptions."""
         found = list(self._handlers)
@@ -208,9 +260,12 @@ class Agent:
         *,
         partition_key: str | None = None,
         seal_to: Sequence[str | RecipientKey] = (),
+        deliver: Deliver = "all",
     ) -> PublishAck:
         """Publish as this agent; inside a handler, correlation and causation are set.
-        ``seal_to`` encrypts the data to those agents (names, ``capability:<name>``)."""
+        ``seal_to`` encrypts the data to those agents (names, ``capability:<name>``);
+        ``deliver="one"`` hands a capability event to one agent with it (see
+        :meth:`Bus.publish`)."""
         cause = _current_event.get()
         return await self.bus.publish(
             item,
@@ -220,11 +275,31 @@ class Agent:
             partition_key=partition_key,
             actor=self.actor,
             seal_to=seal_to,
+            deliver=deliver,
         )
 
-    async def request(self, target: str, item: Publishable, *, timeout: float = 5.0) -> Event:
-        """Ask agent ``target`` directly; returns its verified reply."""
-        return await self.bus.request(target, item, identity=self.identity, timeout=timeout)
+    async def request(
+        self,
+        target: str | Publishable,
+        item: Publishable | None = None,
+        *,
+        capability: str | None = None,
+        strategy: str | Strategy | StrategyFunction = "least-loaded",
+        timeout: float | None = None,
+    ) -> Event:
+        """Ask agent ``target`` directly (``request("summarizer", item)``) or one live agent
+        with a capability (``request(item, capability="summarize", strategy=...)``);
+        returns its verified reply (see :meth:`Bus.request`)."""
+        bus, me = self.bus, self.identity
+        if isinstance(target, str):
+            if item is None or capability is not None:
+                raise InvalidArgument("ask an agent, or a capability, not both", field="target")
+            return await bus.request(target, item, identity=me, timeout=timeout)
+        if item is not None or capability is None:
+            raise InvalidArgument("say which capability to ask (capability=...)", field="target")
+        return await bus.request(
+            target, identity=me, capability=capability, strategy=strategy, timeout=timeout
+        )
 
     def stop(self) -> None:
         """Ask :meth:`run` to return (gracefully)."""
@@ -269,6 +344,7 @@ class Agent:
                 transient=is_transport_error, on_failure=self._failed, logger=log,
             )  # fmt: skip
             heartbeat.start()
+            self._observe(bus)
             await self._announce_phase("started")
             self._life.running()
             yield self
@@ -281,20 +357,30 @@ class Agent:
             await self._shutdown(subscriptions, heartbeat, raised, drain_timeout)
 
     async def _subscribe(self, bus: Bus, subscriptions: list[Subscription]) -> None:
-        """Subscribe to every pattern (see :meth:`patterns`), watching each for failure."""
+        """Subscribe to every pattern (see :meth:`patterns`) and to each capability's
+        shared one-of-N work, watching each subscription for failure. On a bind-only bus a
+        handler pattern inside a granted one is delivered by that pattern's consumer."""
         folds = self._folds(bus)
+        plan: list[tuple[str, str, Handler, SubscribeOptions, bool]] = []
         for pattern in dict.fromkeys([*self.patterns(), *folds.values()]):
             if pattern in folds:
                 continue  # a broader consumer delivers its events
             inner = [narrower for narrower, outer in folds.items() if outer == pattern]
             options = self._shared_options(pattern, inner)
+            dispatch = self._dispatcher(pattern, inner)
+            plan.append((pattern, self.name, dispatch, options, bool(inner)))
+        work = self.defaults.but(ack_wait=WORK_ACK_WAIT, idempotent=True, batch=1)
+        plan += [
+            (work_pattern(c), WORK, self._work_dispatch, work, False) for c in self.capabilities
+        ]
+        for pattern, durable, dispatch, options, needed in plan:
             subscription = bus.subscribe(
                 pattern,
-                self._dispatcher(pattern, inner),
-                durable=self.name,
+                dispatch,
+                durable=durable,
                 options=options.but(actor=self.actor, sealing_key=self.sealing_key),
             )
-            if await self._started(subscription, pattern, needed=bool(inner)):
+            if await self._started(subscription, pattern, needed=needed):
                 subscription.on_failure(lambda sub, error: self._failed(error))
                 subscriptions.append(subscription)
 
@@ -331,6 +417,22 @@ class Agent:
                     "share its options"
                 )
         return options
+
+    def _observe(self, bus: Bus) -> None:
+        """Start watching the other agents' heartbeats (unless ``watch_failures`` is off);
+        a watch that cannot run is logged, never a reason for the agent to fail."""
+        if not self.watch_failures:
+            return
+        self.observer = FailureObserver(bus, self.identity, self.instance, self.failure_settings)
+
+        def stopped(error: BaseException) -> None:
+            log.error("%s: failure detection stopped: %r", self.name, error)
+
+        self._observing = Loop(
+            f"eventwire-failures:{self.name}", self.observer.run,
+            transient=is_transport_error, on_failure=stopped, logger=log,
+        )  # fmt: skip
+        self._observing.start()
 
     def _failed(self, error: BaseException) -> None:
         """A subscription or the heartbeat died for good: stop serving, loudly."""
@@ -377,6 +479,12 @@ class Agent:
         loop = asyncio.get_running_loop()
         timer = None if drain_timeout is None else loop.call_later(drain_timeout, self._abandon)
         try:
+            if self._observing is not None:
+                observing, self._observing = self._observing, None
+                if self.observer is not None:
+                    self.observer.close()
+                stop = functools.partial(observing.stop, cancel=True)
+                await steps.run("stopping the failure detector", stop)
             async with asyncio.TaskGroup() as group:
                 for sub in subscriptions:
                     group.create_task(steps.run(f"stopping {sub.durable}", sub.close))
@@ -432,6 +540,12 @@ class Agent:
             capabilities=self.capabilities,
             started_at=started,
             sealing_key=self.sealing_key.public,
+            load=self.load.load(capacity=self.defaults.max_in_flight),
+            circuits={
+                status.target: status.state
+                for status in self.bus.breakers.statuses()
+                if status.state is not CircuitState.CLOSED
+            },
         )
 
     async def _heartbeat(self, started: float) -> None:
@@ -458,23 +572,40 @@ class Agent:
             if handlers is None:
                 if any(matches(p, event.subject) for p in self._handlers):
                     return  # another handler's own subscription delivers it
-                if self._fallback is None:
-                    self.unhandled += 1
-                    log.info("%s: no handler for %s (%s)", self.name, event.subject, event.type)
-                    return
-                handlers = [self._fallback]
-            token = _current_event.set(event)
-            task = asyncio.current_task()
-            assert task is not None  # a consumer always runs handlers in a task
-            self._handling.add(task)
-            try:
-                for handler in handlers:
-                    await self._call(handler, event)
-            finally:
-                self._handling.discard(task)
-                _current_event.reset(token)
+                await self._unclaimed(event)
+                return
+            await self._run(event, handlers)
 
         return dispatch
+
+    async def _work_dispatch(self, event: Event) -> None:
+        """One-of-N work: the handlers of the capability subject it stands for."""
+        subject = broadcast_subject(event.subject) or event.subject
+        handlers = [h for p, hs in self._handlers.items() if matches(p, subject) for h in hs]
+        if handlers:
+            await self._run(event, handlers)
+        else:
+            await self._unclaimed(event)
+
+    async def _unclaimed(self, event: Event) -> None:
+        if self._fallback is None:
+            self.unhandled += 1
+            log.info("%s: no handler for %s (%s)", self.name, event.subject, event.type)
+            return
+        await self._run(event, [self._fallback])
+
+    async def _run(self, event: Event, handlers: list[Handler]) -> None:
+        token = _current_event.set(event)
+        task = asyncio.current_task()
+        assert task is not None  # a consumer always runs handlers in a task
+        self._handling.add(task)
+        try:
+            with self.load.track():
+                for handler in handlers:
+                    await self._call(handler, event)
+        finally:
+            self._handling.discard(task)
+            _current_event.reset(token)
 
     async def _call(self, handler: Handler, event: Event) -> None:
         """Run ``handler``; a failure is logged here (with its traceback) and raised on."""

@@ -4,9 +4,11 @@ operations agents use: publish, subscribe, request, and the registry."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 
 import nats
 import nats.errors
@@ -22,7 +24,8 @@ from eventwire_security import (
 )
 
 from ._auditing import Auditor
-from ._codec import Codec
+from ._calls import Caller, loads_of
+from ._codec import MSG_ID_HEADER, Codec
 from ._connection import check_connection_name, connect_nats
 from ._consumer import Subscription
 from ._direct import request, serve_requests
@@ -49,6 +52,14 @@ from ._seen import SeenIds
 from ._server import EmbeddedServer
 from ._streams import declared, ensure_declared, events_stream_name
 from ._subjects import DEFAULT_ROOT, check_partitions, check_token
+from ._work import (
+    check_deliver,
+    checked_capability,
+    serving,
+    until_served,
+    work_status,
+    work_subject,
+)
 
 if TYPE_CHECKING:
     import ssl
@@ -65,14 +76,18 @@ if TYPE_CHECKING:
 
     from ._audit_log import AuditLog
     from ._batches import Batch
+    from ._breaker import Breakers
+    from ._choose import Load, Strategy, StrategyFunction
     from ._codec import Rejection, SecurityStats, Signed
     from ._direct import RequestHandler
     from ._event import Event, Publishable
     from ._options import SubscribeKeywords, SubscribeOptions
     from ._partitions import PartitionedSubscription
     from ._registry import AgentInfo
+    from ._resiliency import Resiliency
     from ._resource import Steps
     from ._tls import TLS
+    from ._work import Deliver, WorkStatus
 
 log = logging.getLogger("eventwire.bus")
 DEFAULT_REGISTRY_TTL = 15.0
@@ -106,7 +121,8 @@ class Bus(StatefulResource):
     :class:`NotProvisioned` for what is missing; pass the agent's own ``inbox_prefix``
     (``eventwire_security.private_inbox_prefix``).
     With ``partitions`` = n the events stream assigns keyed events to n partitions
-    (:meth:`subscribe_partitioned`).
+    (:meth:`subscribe_partitioned`). ``resiliency`` sets the timeouts, retries and circuit
+    breakers of direct calls per target (:class:`~eventwire.Resiliency`).
 
     ``state`` is NEW, OPENING, RUNNING, CLOSING, then CLOSED (or FAILED: see
     :class:`~eventwire.ResourceState`); a bus that is not running raises
@@ -138,6 +154,7 @@ class Bus(StatefulResource):
         inbox_prefix: str | None = None,
         partitions: int = 0,
         tls: TLS | ssl.SSLContext | None = None,
+        resiliency: Resiliency | None = None,
     ) -> None:
         self.tenant = checked_name("tenant", tenant)
         self.partitions = check_partitions(partitions)
@@ -170,6 +187,7 @@ class Bus(StatefulResource):
         self._registry: KeyValue | None = None
         self._subscriptions: list[Subscription] = []
         self._responders: list[NatsSubscription] = []
+        self._calls = Caller(resiliency)
 
     @property
     def url(self) -> str:
@@ -355,6 +373,7 @@ class Bus(StatefulResource):
         actor: Actor | None = None,
         seal_to: Sequence[str | RecipientKey] = (),
         ttl: float | None = None,
+        deliver: Deliver = "all",
     ) -> PublishAck:
         """Sign ``item`` as ``identity`` and store it; returns once JetStream acknowledged it.
 
@@ -368,12 +387,21 @@ class Bus(StatefulResource):
         ``ttl`` (seconds) signs an expiry (``exp``): receivers refuse the event as
         ``expired`` once it is older than that. Without it an event never expires: it waits
         in the stream until its consumers come back, however long that takes.
+        ``deliver="one"`` (for a capability subject, e.g. a ``HelpRequested``) hands the
+        event to exactly one live agent with the capability instead of to every one (the
+        default, ``"all"``): it is published on ``capability.<name>.work.<verb>``, which the
+        capability's shared consumer serves; it waits there while nobody serves (see
+        :meth:`work_status`, :meth:`until_served`).
         """
         codec = self._running("publish").codec
-        self._check_publish(identity, actor, item.subject())
+        subject = item.subject()
+        if check_deliver(deliver) == "one":
+            subject = work_subject(subject)
+        self._check_publish(identity, actor, subject)
         signed = codec.sign(
             item,
             identity,
+            subject=subject,
             correlation_id=correlation_id,
             causation_id=causation_id,
             partition_key=partition_key,
@@ -396,6 +424,30 @@ class Bus(StatefulResource):
         except (nats.errors.Error, TimeoutError) as exc:
             raise publish_error(exc, signed.subject) from exc
         return PublishAck(signed.event_id, signed.subject, ack.stream, ack.seq, bool(ack.duplicate))
+
+    async def publish_report(
+        self, item: Publishable, *, identity: Identity, key: str
+    ) -> PublishAck:
+        """Publish an event that several observers may report alike (a failure): its
+        ``Nats-Msg-Id`` is ``key`` instead of the signature's hash, so the stream keeps
+        the first report and drops the others as duplicates."""
+        self._check_publish(identity, None, item.subject())
+        signed = self._running("publish").codec.sign(item, identity)
+        headers = {**signed.headers, MSG_ID_HEADER: key}
+        signed = dataclasses.replace(signed, msg_id=key, headers=headers)
+        return await self._send(signed, timeout=5.0, attempts=5)
+
+    async def work_status(self, capability: str) -> WorkStatus:
+        """Where ``capability``'s one-of-N work stands: pending, in progress, and how many
+        live agents serve it (``status.nobody_serving``)."""
+        live = await self.agents(capability=checked_capability(capability))
+        link = self._running("read the work status")
+        return await work_status(link.js, self.root, capability, serving(live))
+
+    async def until_served(self, capability: str, *, timeout: float = 5.0) -> WorkStatus:
+        """Wait up to ``timeout`` seconds for a live agent with ``capability``; its
+        :class:`WorkStatus`, or :class:`NobodyServing` (the work keeps waiting durably)."""
+        return await until_served(self.work_status, capability, timeout)
 
     async def publish_many(
         self,
@@ -567,12 +619,72 @@ class Bus(StatefulResource):
         subscription.use_batches(handler)
         return subscription
 
+    @overload
     async def request(
-        self, target: str, item: Publishable, *, identity: Identity, timeout: float = 5.0
+        self,
+        target: str,
+        item: Publishable,
+        *,
+        identity: Identity,
+        timeout: float | None = None,
+    ) -> Event: ...
+
+    @overload
+    async def request(
+        self,
+        target: Publishable,
+        *,
+        identity: Identity,
+        capability: str,
+        strategy: str | Strategy | StrategyFunction = "least-loaded",
+        timeout: float | None = None,
+    ) -> Event: ...
+
+    async def request(  # noqa: PLR0913 - public: two forms, see the overloads
+        self,
+        target: str | Publishable,
+        item: Publishable | None = None,
+        *,
+        identity: Identity,
+        capability: str | None = None,
+        strategy: str | Strategy | StrategyFunction = "least-loaded",
+        timeout: float | None = None,
     ) -> Event:
-        """Ask agent ``target`` directly and return its verified reply."""
+        """Ask an agent directly and return its verified reply: ``request("summarizer",
+        item, ...)`` asks that agent, ``request(item, capability="summarize", ...)`` one
+        live agent with the capability, chosen by ``strategy`` (``least-loaded``,
+        ``round-robin``, ``random`` or a function of the candidates), skipping agents whose
+        circuit is open. Each target agent has a circuit breaker; the timeout (default: the
+        resiliency policy's, else 5 s), retries and breaker settings come from the bus's
+        ``resiliency``. :class:`CircuitOpen` when the circuit is open,
+        :class:`NobodyServing` when no live agent has the capability."""
         link = self._running("send a request")
-        return await request(link.nc, link.codec, identity, target, item, timeout=timeout)
+
+        async def send(agent: str, seconds: float) -> Event:
+            assert message is not None
+            return await request(link.nc, link.codec, identity, agent, message, timeout=seconds)
+
+        if isinstance(target, str):
+            message = item
+            if item is None or capability is not None:
+                raise InvalidArgument("ask an agent, or a capability, not both", field="target")
+            return await self._calls.call(checked_name("target", target), send, timeout=timeout)
+        message = target
+        if item is not None or capability is None:
+            raise InvalidArgument("say which capability to ask (capability=...)", field="target")
+        checked_capability(capability)
+        loads = functools.partial(self._loads, capability)
+        return await self._calls.call_capability(
+            capability, loads, send, strategy=strategy, timeout=timeout
+        )
+
+    async def _loads(self, capability: str) -> dict[str, list[Load]]:
+        return loads_of(await self.agents(capability=capability))
+
+    @property
+    def breakers(self) -> Breakers:
+        """The circuit breakers of this bus's direct calls, one per target agent."""
+        return self._calls.breakers
 
     async def serve_requests(self, identity: Identity, handler: RequestHandler) -> NatsSubscription:
         """Answer direct requests to ``identity``'s agent with ``handler``'s return value."""
@@ -599,7 +711,8 @@ class Bus(StatefulResource):
         """Live agents of this tenant (verified entries), optionally those with a capability."""
         registry = await self.registry()
         link = self._running("list agents")
-        found = await list_agents(link.js, self.root, registry, link.codec)
+        interval = self._registry_ttl / 3  # the agents' heartbeat interval
+        found = await list_agents(link.js, self.root, registry, link.codec, interval=interval)
         if capability is None:
             return found
         return [info for info in found if capability in info.capabilities]

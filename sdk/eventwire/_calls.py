@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from ._choose import Choice, StrategyFunction
     from ._event import Event
+    from ._registry import AgentInfo
 
     Send = Callable[[str, float], Awaitable[Event]]
 
@@ -37,6 +38,15 @@ def counts_as_failure(exc: BaseException) -> bool:
     if isinstance(exc, RemoteError):
         return exc.code != REFUSED
     return isinstance(exc, RequestFailed | ConnectionFailed | TimeoutError)
+
+
+def loads_of(agents: Iterable[AgentInfo]) -> dict[str, list[Load]]:
+    """Each agent's instances' loads, leaving out instances suspected to have failed."""
+    found: dict[str, list[Load]] = {}
+    for info in agents:
+        if not info.suspected:
+            found.setdefault(info.name, []).append(info.load)
+    return found
 
 
 def aggregate(loads: Iterable[Load]) -> Load:

@@ -9,11 +9,13 @@ choice is explained in one debug log line (logger ``eventwire.routing``) and in
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import itertools
 import logging
 import random
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from ._breaker import CircuitOpen, CircuitState
@@ -53,6 +55,32 @@ class Load:
     def utilisation(self) -> float:
         """Work held per handler slot: 0 idle, 1 every slot busy, above 1 a queue."""
         return (self.in_flight + self.queue_depth) / max(1, self.capacity)
+
+
+class LoadMeter:
+    """An agent's own load: handlers running now, and a moving average of how long they
+    take (each new duration weighs ``alpha``). Reported in its registry heartbeat."""
+
+    def __init__(self, alpha: float = 0.2) -> None:
+        self.in_flight = 0
+        self.latency_ms = 0.0
+        self._alpha = alpha
+
+    @contextlib.contextmanager
+    def track(self) -> Iterator[None]:
+        """Count the block as one handler running; its duration updates the average."""
+        started = time.perf_counter()
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            ms = (time.perf_counter() - started) * 1000
+            average = self.latency_ms
+            self.latency_ms = ms if average == 0 else average + self._alpha * (ms - average)
+
+    def load(self, capacity: int, queue_depth: int = 0) -> Load:
+        return Load(self.in_flight, queue_depth, max(1, capacity), min(self.latency_ms, 1e8))
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -19,10 +20,15 @@ from eventwire_security import (
     verify_envelope,
 )
 
+from ._breaker import CircuitState
 from ._buckets import open_bucket
+from ._choose import Load
+from ._phi import phi
 from ._streams import registry_config
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from nats.js import JetStreamContext
     from nats.js.kv import KeyValue
 
@@ -31,6 +37,8 @@ if TYPE_CHECKING:
     from ._codec import Codec
 
 log = logging.getLogger("eventwire.registry")
+SUSPECT_PHI = 8.0  # phi at which a silent instance is shown as suspected
+_NO_CIRCUITS: Mapping[str, CircuitState] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +53,21 @@ class AgentInfo:
     started_at: datetime
     last_seen: datetime
     sealing_key: RecipientKey | None = None
+    load: Load = field(default_factory=Load)
+    circuits: Mapping[str, CircuitState] = field(default_factory=dict)
+    revision: int = 0
+    phi: float = 0.0
+
+    @property
+    def suspected(self) -> bool:
+        """Whether its heartbeat is late enough to suspect a failure (phi >= 8, with the
+        expected heartbeat interval as the prior; observers keep a history too)."""
+        return self.phi >= SUSPECT_PHI
+
+    @property
+    def open_circuits(self) -> tuple[str, ...]:
+        """The targets this instance's calls fail fast to (circuit open)."""
+        return tuple(t for t, s in self.circuits.items() if s is CircuitState.OPEN)
 
 
 async def open_registry(
@@ -62,8 +85,11 @@ async def announce(
     capabilities: tuple[str, ...],
     started_at: float,
     sealing_key: RecipientKey,
-) -> None:
-    """Put (or refresh) this instance's signed entry: a heartbeat."""
+    load: Load | None = None,
+    circuits: Mapping[str, CircuitState] | None = None,
+) -> int:
+    """Put (or refresh) this instance's signed entry: a heartbeat, with the instance's
+    ``load`` and the ``circuits`` of its calls that are not closed. Returns the revision."""
     principal = identity.principal
     claims = {
         "source": principal.source,
@@ -75,7 +101,16 @@ async def announce(
         # the agent's sealing key, so others can seal data to it (bound by the signature)
         "seal": sealing_key.to_jwk()["x"],
     }
-    await kv.put(f"{principal.agent}.{instance}", sign_claims(claims, identity))
+    if load is not None:
+        claims["load"] = {
+            "in_flight": load.in_flight,
+            "queue_depth": load.queue_depth,
+            "capacity": load.capacity,
+            "latency_ms": round(load.latency_ms, 3),
+        }
+    if circuits:
+        claims["circuits"] = {target: str(state) for target, state in circuits.items()}
+    return await kv.put(f"{principal.agent}.{instance}", sign_claims(claims, identity))
 
 
 async def withdraw(kv: KeyValue, agent: str, instance: str) -> None:
@@ -83,9 +118,10 @@ async def withdraw(kv: KeyValue, agent: str, instance: str) -> None:
 
 
 async def list_agents(
-    js: JetStreamContext, root: str, kv: KeyValue, codec: Codec
+    js: JetStreamContext, root: str, kv: KeyValue, codec: Codec, *, interval: float | None = None
 ) -> list[AgentInfo]:
     """Every live, correctly signed entry of this tenant; bad entries are counted and skipped.
+    With the heartbeat ``interval``, each gets its suspicion (``phi``) from its age.
 
     The keys come from one stream-info request (the subjects the bucket holds), not from
     nats-py's ``kv.keys()``, whose ordered consumer can come back short under load."""
@@ -99,13 +135,22 @@ async def list_agents(
             entry = await kv.get(key)
         except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
             continue  # withdrawn (purged), or expired since the listing
-        info = _parse_entry(entry.value or b"", codec)
+        info = parse_entry(entry.value or b"", codec, revision=entry.revision or 0)
+        if info is not None and interval is not None:
+            info = dataclasses.replace(info, phi=suspicion(info, interval))
         if info is not None:
             found.append(info)
     return sorted(found, key=lambda info: (info.name, info.started_at))
 
 
-def _parse_entry(token: bytes, codec: Codec) -> AgentInfo | None:
+def suspicion(info: AgentInfo, interval: float, now: float | None = None) -> float:
+    """The phi of an entry's age, its heartbeats expected every ``interval`` seconds."""
+    age = (time.time() if now is None else now) - info.last_seen.timestamp()
+    return phi(max(0.0, age), interval, max(interval / 4, 0.1))
+
+
+def parse_entry(token: bytes, codec: Codec, *, revision: int = 0) -> AgentInfo | None:
+    """The verified entry, or ``None`` (counted and logged) if it is refused or malformed."""
     try:
         envelope = verify_envelope(token, codec.keyring, max_bytes=codec.max_bytes)
         claims = envelope.claims
@@ -121,6 +166,9 @@ def _parse_entry(token: bytes, codec: Codec) -> AgentInfo | None:
             started_at=datetime.fromtimestamp(float(claims["started"]), UTC),
             last_seen=datetime.fromtimestamp(float(claims["iat"]), UTC),
             sealing_key=_recipient(claims.get("seal")),
+            load=Load(**claims["load"]) if "load" in claims else Load(),
+            circuits=_circuits(claims.get("circuits")),
+            revision=revision,
         )
     except EnvelopeError as exc:
         codec.stats.rejected[exc.reason] += 1
@@ -129,6 +177,14 @@ def _parse_entry(token: bytes, codec: Codec) -> AgentInfo | None:
         codec.stats.rejected["invalid-registry-entry"] += 1
         log.warning("registry entry malformed: %r", exc)
     return None
+
+
+def _circuits(value: object) -> Mapping[str, CircuitState]:
+    if value is None:
+        return _NO_CIRCUITS
+    if not isinstance(value, dict) or len(value) > 1000:
+        raise TypeError("circuits must be a map of at most 1000 targets")
+    return {str(target): CircuitState(state) for target, state in value.items()}
 
 
 def _recipient(x: object) -> RecipientKey | None:

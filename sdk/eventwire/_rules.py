@@ -25,8 +25,9 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._errors import ConfigError, EventwireError, InvalidEvent
+from ._errors import ConfigError, EventwireError, InvalidArgument, InvalidEvent
 from ._subjects import check_subject
+from ._work import check_deliver, work_subject
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -84,11 +85,13 @@ class RuleFailed(EventwireError):
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Route events for which ``when`` is true to the logical subject ``to``."""
+    """Route events for which ``when`` is true to the logical subject ``to``, to every
+    agent there (``deliver="all"``) or to one of them (``"one"``, a capability subject)."""
 
     when: str
     to: str
     name: str | None = None
+    deliver: str = "all"
 
 
 @functools.cache
@@ -173,6 +176,11 @@ def _compile(route: Route, index: int) -> _Compiled:
         check_subject(route.to, field="to")
     except InvalidEvent as exc:
         raise InvalidRule(label, when, f"not a logical subject: {exc}") from exc
+    try:
+        if check_deliver(route.deliver) == "one":
+            work_subject(route.to)
+    except InvalidArgument as exc:
+        raise InvalidRule(label, when, str(exc)) from exc
     try:
         program = _cel().compile(when)
     except (ValueError, RuntimeError) as exc:
