@@ -6,9 +6,11 @@ binds to, fetch -> ack), in one run on one server.
     python benchmarks/bench_routing.py [--count N] [--io MS] [--url URL]
 
 The events are stored first; worker processes are started and connected, then told to go
-at once; the time is from "go" to the last event acknowledged. Every worker reports how
-many events it handled: the totals must equal the count (each event handled once).
-Prints msgs/s, the ratios, and each worker's share; asserts nothing.
+at once. Each worker reports how many events it handled and when it handled its first and
+its last (``time.monotonic``, one clock for every process on the machine): the time is from
+the first event handled by any worker to the last, so start-up (an agent subscribing,
+registering, announcing) is not counted. The totals must equal the count (each event handled
+once). Prints msgs/s, the ratios, and each worker's share; asserts nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from typing import TYPE_CHECKING
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 
+import eventwire
+from eventwire import Agent, CustomEvent, EmbeddedServer, Event, Identity, Keyring, Principal
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
@@ -39,6 +44,12 @@ BATCH = 64
 class Run:
     seconds: float
     shares: list[int]
+
+    @classmethod
+    def of(cls, reports: list[dict[str, float]]) -> Run:
+        active = [r for r in reports if r["handled"]]
+        seconds = max(r["last"] for r in active) - min(r["first"] for r in active)
+        return cls(max(seconds, 1e-6), [int(r["handled"]) for r in reports])
 
 
 # -- raw nats-py -----------------------------------------------------------------------------
@@ -83,7 +94,7 @@ async def raw_worker(url: str, stream: str, consumer: str, io_wait: float) -> No
     await nc.flush()
     print("ready", flush=True)
     await go.wait()
-    handled = 0
+    meter = Meter()
     while not stop.is_set():
         try:
             msgs = await psub.fetch(BATCH, timeout=0.2)
@@ -93,9 +104,26 @@ async def raw_worker(url: str, stream: str, consumer: str, io_wait: float) -> No
             if io_wait:
                 await asyncio.sleep(io_wait)
             await msg.ack()
-            handled += 1
-    print(json.dumps({"handled": handled}), flush=True)
+            meter.tick()
+    meter.report()
     await nc.close()
+
+
+class Meter:
+    """A worker's count and the monotonic times of its first and last event."""
+
+    def __init__(self) -> None:
+        self.handled = 0
+        self.first = self.last = 0.0
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        self.first = self.first or now
+        self.last = now
+        self.handled += 1
+
+    def report(self) -> None:
+        print(json.dumps({"handled": self.handled, "first": self.first, "last": self.last}))
 
 
 async def _raw_drained(url: str, stream: str) -> None:
@@ -121,38 +149,44 @@ def _setter(event: asyncio.Event) -> Callable[[Msg], Awaitable[None]]:
 async def run_workers(
     url: str,
     argv: list[list[str]],
-    go_subject: str,
-    stop_subject: str,
+    root: str,
     drained: Callable[[], Awaitable[None]],
+    stdin: bytes | None = None,
 ) -> Run:
     """Start ``len(argv)`` worker processes, wait until each is ready, say go, wait until
     the work is drained, say stop, and collect every worker's count."""
     procs = [
         await asyncio.create_subprocess_exec(
-            sys.executable, __file__, *args, stdout=asyncio.subprocess.PIPE
+            sys.executable,
+            __file__,
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.PIPE,
         )
         for args in argv
     ]
     try:
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write(stdin or b"\n")
+            await proc.stdin.drain()
         for proc in procs:
             assert proc.stdout is not None
             line = await asyncio.wait_for(proc.stdout.readline(), 60)
             if line.strip() != b"ready":
                 raise RuntimeError(f"worker did not start: {line!r}")
         nc = await nats.connect(url)
-        started = time.perf_counter()
-        await nc.publish(go_subject, b"")
+        await nc.publish(f"{root}.go", b"")
         await nc.flush()
         await drained()
-        seconds = time.perf_counter() - started
-        await nc.publish(stop_subject, b"")
+        await nc.publish(f"{root}.stop", b"")
         await nc.flush()
         await nc.close()
-        shares = []
+        reports = []
         for proc in procs:
             out, _ = await asyncio.wait_for(proc.communicate(), 60)
-            shares.append(json.loads(out.decode().strip().splitlines()[-1])["handled"])
-        return Run(seconds, shares)
+            reports.append(json.loads(out.decode().strip().splitlines()[-1]))
+        return Run.of(reports)
     finally:
         for proc in procs:
             if proc.returncode is None:
@@ -165,13 +199,89 @@ async def raw_case(url: str, count: int, workers: int, io_wait: float) -> Run:
     stream, consumer = await raw_setup(url, count)
     argv = [["--worker", "raw", url, stream, consumer, str(io_wait)]] * workers
     try:
-        return await run_workers(
-            url, argv, f"{stream}.go", f"{stream}.stop", lambda: _raw_drained(url, stream)
-        )
+        return await run_workers(url, argv, stream, lambda: _raw_drained(url, stream))
     finally:
         nc = await nats.connect(url)
         await nc.jetstream().delete_stream(stream)
         await nc.close()
+
+
+# -- eventwire ------------------------------------------------------------------------------
+
+TENANT, CAPABILITY = "bench", "bench"
+
+
+async def eventwire_setup(url: str, count: int, seeds: dict[str, str]) -> str:
+    """A root whose events stream holds ``count`` one-of-N events for the capability."""
+    root = "e" + secrets.token_hex(4)
+    ids = identities(seeds)
+    async with eventwire.connect(url, tenant=TENANT, root=root, keyring=keyring(ids)) as bus:
+        items = [
+            CustomEvent(f"capability.{CAPABILITY}.work.help", "bench", i) for i in range(count)
+        ]
+        await bus.publish_many(items, identity=ids["producer"])
+    return root
+
+
+async def eventwire_worker(url: str, root: str, name: str, io_wait: float) -> None:
+    """An agent with the capability: told to go, it serves (binding to the shared work
+    consumer) until told to stop. Its key comes on stdin (a benchmark's shortcut)."""
+    ids = identities(json.loads(sys.stdin.readline()))
+    async with eventwire.connect(
+        url, tenant=TENANT, root=root, keyring=keyring(ids), registry_ttl=6.0
+    ) as bus:
+        agent = Agent(name, capabilities=[CAPABILITY], identity=ids[name])
+        agent.watch_failures = False
+        meter = Meter()
+
+        @agent.on(f"capability.{CAPABILITY}.help")
+        async def handle(event: Event) -> None:
+            if io_wait:
+                await asyncio.sleep(io_wait)
+            meter.tick()
+
+        go, stop = asyncio.Event(), asyncio.Event()
+        await bus.connection.subscribe(f"{root}.go", cb=_setter(go))
+        await bus.connection.subscribe(f"{root}.stop", cb=_setter(stop))
+        await bus.connection.flush()
+        print("ready", flush=True)
+        await go.wait()
+        async with agent.serve(bus):
+            await stop.wait()
+        meter.report()
+
+
+async def _eventwire_drained(url: str, root: str, seeds: dict[str, str]) -> None:
+    async with eventwire.connect(
+        url, tenant=TENANT, root=root, keyring=keyring(identities(seeds))
+    ) as bus:
+        while True:
+            status = await bus.work_status(CAPABILITY)
+            if status.consumer and not status.pending and not status.in_progress:
+                return
+            await asyncio.sleep(0.05)
+
+
+async def eventwire_case(url: str, count: int, workers: int, io_wait: float) -> Run:
+    names = [f"w{n}" for n in range(workers)]
+    seeds = {n: secrets.token_hex(32) for n in ["producer", *names]}
+    root = await eventwire_setup(url, count, seeds)
+    argv = [["--worker", "eventwire", url, root, name, str(io_wait)] for name in names]
+    return await run_workers(
+        url, argv, root, lambda: _eventwire_drained(url, root, seeds),
+        stdin=json.dumps(seeds).encode() + b"\n",
+    )  # fmt: skip
+
+
+def identities(seeds: dict[str, str]) -> dict[str, Identity]:
+    return {n: Identity(Principal(TENANT, n), bytes.fromhex(s)) for n, s in seeds.items()}
+
+
+def keyring(ids: dict[str, Identity]) -> Keyring:
+    ring = Keyring()
+    for identity in ids.values():
+        ring.add(identity.trusted())
+    return ring
 
 
 def report(label: str, count: int, runs: dict[int, Run], base: dict[int, Run] | None) -> None:
@@ -183,21 +293,26 @@ def report(label: str, count: int, runs: dict[int, Run], base: dict[int, Run] | 
 
 
 async def main(url: str | None, count: int, io_ms: float) -> None:
-    from eventwire import EmbeddedServer
-
     io_wait = io_ms / 1000
     async with EmbeddedServer() as server:
         target = url or server.url
         print(f"{count} events, handler awaits {io_ms:g} ms, one-of-N, consumption only")
-        raw = {n: await raw_case(target, count, n, io_wait) for n in WORKERS}
+        raw, ours = {}, {}
+        for n in WORKERS:  # interleaved, so drift on the machine hits both alike
+            raw[n] = await raw_case(target, count, n, io_wait)
+            ours[n] = await eventwire_case(target, count, n, io_wait)
         report("raw", count, raw, None)
+        report("eventwire", count, ours, raw)
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         kind, url, stream, consumer, io = sys.argv[2:7]
         if kind == "raw":
+            sys.stdin.readline()
             asyncio.run(raw_worker(url, stream, consumer, float(io)))
+        else:
+            asyncio.run(eventwire_worker(url, stream, consumer, float(io)))
         sys.exit(0)
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=3000)

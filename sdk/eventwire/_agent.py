@@ -48,7 +48,7 @@ from ._resource import Lifecycle, ResourceState, Steps
 from ._rules import Route, RuleFailed, Rules
 from ._subjects import check_pattern, check_token, default_patterns, matches
 from ._supervisor import Loop, is_transport_error
-from ._work import WORK, WORK_ACK_WAIT, broadcast_subject, check_deliver, work_pattern
+from ._work import WORK, WORK_ACK_WAIT, WORK_BATCH, broadcast_subject, check_deliver, work_pattern
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -369,7 +369,7 @@ class Agent:
             options = self._shared_options(pattern, inner)
             dispatch = self._dispatcher(pattern, inner)
             plan.append((pattern, self.name, dispatch, options, bool(inner)))
-        work = self.defaults.but(ack_wait=WORK_ACK_WAIT, idempotent=True, batch=1)
+        work = self.defaults.but(ack_wait=WORK_ACK_WAIT, idempotent=True, batch=WORK_BATCH)
         plan += [
             (work_pattern(c), WORK, self._work_dispatch, work, False) for c in self.capabilities
         ]

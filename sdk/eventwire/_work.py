@@ -44,6 +44,9 @@ Deliver = Literal["all", "one"]
 DEFAULT_DELIVER: Deliver = "all"
 WORK = "work"  # the token that marks a one-of-N subject, and the shared consumer's owner
 WORK_ACK_WAIT = 5.0  # seconds before a dead agent's unacknowledged event goes to another
+# Events an agent pulls ahead of its handlers: few, so work is not held by one agent while
+# others idle, and what waits is handled well within WORK_ACK_WAIT.
+WORK_BATCH = 8
 
 
 def check_deliver(value: object) -> Deliver:
