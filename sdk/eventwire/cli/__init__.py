@@ -10,6 +10,7 @@ import os
 
 import typer
 
+from ._agents import agents
 from ._audit import app as audit_app
 from ._bench import bench
 from ._boundary import Boundary
@@ -45,6 +46,7 @@ def _options(
 app.command(help="Run agents on an embedded server and print a verified timeline.")(demo)
 app.command(help="Measure eventwire against raw nats-py on the same server.")(bench)
 app.command("run")(run)
+app.command(help="List live agents: load, open circuits, heartbeats, suspicion.")(agents)
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")

@@ -39,11 +39,14 @@ __all__ = [
 ]
 
 
-def open_bus(url: str, *, tenant: str, root: str, name: str = CLI_NAME) -> Bus:
-    """A bus for one command (``async with``); it provisions what is missing, as any bus."""
+def open_bus(
+    url: str, *, tenant: str, root: str, name: str = CLI_NAME, registry_ttl: float = 15.0
+) -> Bus:
+    """A bus for one command (``async with``); it provisions what is missing, as any bus.
+    ``registry_ttl`` is the deployment's (the registry bucket is declared with it)."""
     return connect(
         url, tenant=tenant, root=root, name=name, connect_timeout=CONNECT_TIMEOUT,
-        tls=TLS.from_env(),
+        tls=TLS.from_env(), registry_ttl=registry_ttl,
     )  # fmt: skip
 
 
