@@ -20,7 +20,7 @@ import nats.js.errors
 
 from eventwire_security import dlq_stream_name, dlq_subject
 
-from ._codec import MSG_ID_HEADER, SIGNATURE_HEADER, Rejection, wire_headers
+from ._codec import SIGNATURE_HEADER, Rejection, wire_headers
 from ._errors import (
     NATS_ERRORS,
     DeadLetterError,
@@ -175,7 +175,7 @@ class DeadLetterQueue:
         msg_id = f"redrive:{self.stream}:{seq}"
         try:
             subject = republish_subject(self._root, letter.subject)
-            headers = {**_signature_headers(letter.headers), MSG_ID_HEADER: msg_id}
+            headers = wire_headers(_signature(letter.headers), msg_id)
             future = await self._publisher.publish(subject, letter.data, headers)
             ack = await future
         except NATS_ERRORS as exc:
@@ -230,14 +230,13 @@ def _parse(seq: int, data: bytes, headers: dict[str, str]) -> DeadLetter:
         raise DeadLetterError(f"entry {seq} is not a dead letter: {exc!r}") from None
 
 
-def _signature_headers(original: dict[str, str]) -> dict[str, str]:
-    """The headers an event is stored with, from a dead letter's copy of them."""
+def _signature(original: dict[str, str]) -> str:
+    """The detached signature an event was stored with, from a dead letter's copy of its
+    headers (the redrive sends it again, with the event's content type)."""
     signature = original.get(SIGNATURE_HEADER)
     if signature is None:
         raise DeadLetterError("the entry has no signature header: it is not a signed event")
-    headers = wire_headers(signature, "")
-    del headers[MSG_ID_HEADER]
-    return headers
+    return signature
 
 
 def _count(value: int, field: str, minimum: int | None = None) -> int:

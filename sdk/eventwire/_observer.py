@@ -53,7 +53,7 @@ async def _stop(watcher: KeyValue.KeyWatcher) -> None:
     """Stop a registry watch; on a lost connection nats-py's unsubscribe raises before it
     cancels the watch's heartbeat tasks, so cancel them here (no task outlives us)."""
     try:
-        await watcher.stop()  # type: ignore[no-untyped-call]
+        await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py: unannotated
     except nats.errors.Error:
         jsi = getattr(getattr(watcher._sub, "_sub", None), "_jsi", None)
         for name in ("_hbtask", "_fctask"):

@@ -209,7 +209,7 @@ class _Signals:
 
     def _restore(self) -> None:
         for sig, previous in self._previous.items():
-            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)  # type: ignore[arg-type]
+            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)  # type: ignore[arg-type]  # a handler signal.getsignal gave
         self._previous.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
