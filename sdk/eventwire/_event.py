@@ -6,9 +6,11 @@ surrogates are refused by the strict parse), and at most: :data:`MAX_ID_CHARS` f
 ``correlationid``, ``causationid`` and ``partitionkey``; :data:`MAX_TYPE_CHARS` for ``type``;
 :data:`MAX_SUBJECT_CHARS` for ``subject``; :data:`MAX_NAME_CHARS` for ``tenant`` and
 ``root`` (``source`` is ``tenant/agent``); :data:`MAX_TRACEPARENT_CHARS` for
-``traceparent``. ``iat`` and ``exp`` are integers from 0 to :data:`MAX_SECONDS`. ``data`` is
-any JSON value, bounded by the body's size. Claims that do not fit are refused as
-``invalid-event``; publishing refuses them the same way (:class:`InvalidEvent`).
+``traceparent``; ``dataschema`` is an absolute URI of at most :data:`MAX_DATASCHEMA_CHARS`
+(see :mod:`eventwire._kinds`). ``iat`` and ``exp`` are integers from 0 to
+:data:`MAX_SECONDS`. ``data`` is any JSON value, bounded by the body's size. Claims that do
+not fit are refused as ``invalid-event``; publishing refuses them the same way
+(:class:`InvalidEvent`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -33,7 +36,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from ._errors import InvalidEvent, SealedForOthers
 from ._ids import uuid7
-from ._kinds import KINDS, EventData
+from ._kinds import KINDS, MAX_DATASCHEMA_CHARS, EventData, check_dataschema
 from ._subjects import DEFAULT_ROOT, MAX_TOKENS
 
 if TYPE_CHECKING:
@@ -65,6 +68,11 @@ _Type = Annotated[str, _text(MAX_TYPE_CHARS)]
 _Subject = Annotated[str, _text(MAX_SUBJECT_CHARS)]
 _TraceParent = Annotated[str, _text(MAX_TRACEPARENT_CHARS)]
 _Seconds = Annotated[StrictInt, Field(ge=0, le=MAX_SECONDS)]
+_DataSchema = Annotated[
+    str,
+    StringConstraints(strict=True, min_length=1, max_length=MAX_DATASCHEMA_CHARS),
+    AfterValidator(check_dataschema),
+]
 _RFC3339 = re.compile(r"\A\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})\Z")
 
 
@@ -111,6 +119,7 @@ class Event(BaseModel):
     causationid: _Id | None = None
     traceparent: _TraceParent | None = None
     partitionkey: _Id | None = None
+    dataschema: _DataSchema | None = None
 
     # Slots, not pydantic private attributes: those cost ~10 us per event to set up.
     __slots__ = ("_kid", "_opened")
@@ -148,18 +157,45 @@ class Event(BaseModel):
         kind = KINDS.get(self.type)
         return None if kind is None or not self.readable else self.parse(kind)
 
-    def parse(self, kind: builtins.type[_K]) -> _K:
-        """Parse ``data`` as ``kind``; :class:`InvalidEvent` if it does not fit."""
+    def parse(self, kind: builtins.type[_K], *, strict: bool = False) -> _K:
+        """Parse ``data`` as ``kind``; :class:`InvalidEvent` if it does not fit.
+
+        Tolerant by default: fields ``kind`` does not define (a newer publisher's schema)
+        are kept in the result's ``extra``. ``strict=True`` refuses them with
+        :class:`InvalidEvent` (``field="data.<name>"``), which dead-letters the event at
+        once when raised by a handler. Claims are never tolerated: an event with an
+        unknown CloudEvents attribute was refused before any handler ran."""
         if not self.readable:
             raise SealedForOthers(self.id)
         if self.type != kind.event_type:
             raise InvalidEvent(
                 f"event type is {self.type!r}, not {kind.event_type!r}", field="type"
             )
+        data, extra = _split_known(kind, self.data)
+        if extra and strict:
+            names = ", ".join(sorted(extra))
+            schema = self.dataschema or "no dataschema"
+            detail = f"unknown field(s) {names} for {kind.__name__} (strict parse; {schema})"
+            raise InvalidEvent(detail, field=f"data.{min(extra)}")
         try:
-            return kind.model_validate(self.data)
+            parsed = kind.model_validate(data)
         except PydanticValidationError as exc:
             raise InvalidEvent(_first_error(exc), field="data") from None
+        if extra:
+            parsed._keep_extra(extra)
+        return parsed
+
+
+def _split_known(kind: type[EventData], data: JsonValue) -> tuple[JsonValue, dict[str, Any]]:
+    """``data`` with only the fields ``kind`` defines (by name or alias), and the rest."""
+    if not isinstance(data, dict):
+        return data, {}
+    fields = kind.model_fields
+    known = set(fields) | {f.alias for f in fields.values() if f.alias is not None}
+    extra = {name: value for name, value in data.items() if name not in known}
+    if not extra:
+        return data, {}
+    return {name: value for name, value in data.items() if name in known}, extra
 
 
 def _first_error(exc: PydanticValidationError) -> str:
@@ -211,6 +247,10 @@ def build_claims(
         if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl < 1e9:
             raise InvalidEvent(f"must be a number of seconds > 0, got {ttl!r}", field="ttl")
         claims["exp"] = claims["iat"] + math.ceil(ttl)  # whole seconds after iat
+    schema_of = getattr(item, "dataschema", None)  # kinds and CustomEvent; optional
+    schema = schema_of() if callable(schema_of) else None
+    if schema is not None:
+        claims["dataschema"] = check_dataschema(schema)
     for name, value, max_chars in (
         ("correlationid", correlation_id, MAX_ID_CHARS),
         ("causationid", causation_id, MAX_ID_CHARS),

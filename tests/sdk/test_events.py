@@ -315,6 +315,7 @@ def test_build_claims_shape() -> None:
         "root",
         "iat",
         "correlationid",
+        "dataschema",
     }
     assert claims["specversion"] == "1.0"
     assert claims["source"] == "acme/alice"
@@ -530,7 +531,7 @@ def test_event_from_claims_missing_data_is_an_error() -> None:
     assert str(info.value) == "data: Field required"
 
 
-@pytest.mark.parametrize("name", ["extra", "kid", "dataschema", "Source"])
+@pytest.mark.parametrize("name", ["extra", "kid", "dataref", "Source"])
 def test_event_from_claims_unknown_field(name: str) -> None:
     claims = {**_claims(), name: "x"}
     with pytest.raises(InvalidEvent) as info:
