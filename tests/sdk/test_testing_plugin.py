@@ -143,3 +143,24 @@ def test_importing_eventwire_does_not_import_pytest_or_the_plugin() -> None:
     modules = set(json.loads(out))
     assert "eventwire" in modules
     assert not {"pytest", "_pytest", "pytest_asyncio", "eventwire.testing"} & modules
+
+
+def test_without_pytest_asyncio_the_fixtures_say_what_to_install(pytester: pytest.Pytester) -> None:
+    """The entry point is installed with eventwire, the extra may not be: pytest still runs,
+    and a test asking for a fixture fails with the fix."""
+    pytester.makeini("[pytest]\nfilterwarnings = error")
+    pytester.mkpydir("pytest_asyncio").joinpath("__init__.py").write_text(
+        "raise ImportError('not installed here', name='pytest_asyncio')\n"
+    )
+    pytester.makepyfile(
+        test_missing="""
+        def test_plain():
+            assert True
+
+        def test_needs_the_bus(eventwire_bus):
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider", "-p", "no:asyncio")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*fixtures need pytest-asyncio: pip install 'eventwire*"])

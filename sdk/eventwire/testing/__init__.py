@@ -24,11 +24,9 @@ Fixtures: ``eventwire_server`` (session), ``eventwire_tenant``, ``eventwire_root
 
 from __future__ import annotations
 
-import importlib.util
-
 from ._harness import Harness, Identities, NotReceived
 
-if importlib.util.find_spec("pytest_asyncio") is not None:
+try:
     from ._fixtures import (
         eventwire_bus,
         eventwire_harness,
@@ -39,7 +37,9 @@ if importlib.util.find_spec("pytest_asyncio") is not None:
         eventwire_server,
         eventwire_tenant,
     )
-else:  # pytest without pytest-asyncio: say what to install, break nothing
+except ImportError as exc:  # pytest without pytest-asyncio: say what to install, break nothing
+    if exc.name != "pytest_asyncio":
+        raise
     from ._missing import (  # stand-ins of the same names
         eventwire_bus,
         eventwire_harness,
