@@ -15,6 +15,7 @@ not fit are refused as ``invalid-event``; publishing refuses them the same way
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import time
@@ -22,7 +23,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, TypeVar
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -54,6 +54,7 @@ MAX_SECONDS = 2**53  # iat / exp: JSON's exact integers, far beyond any real tim
 _NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f]+$"  # Unicode Cc: C0, DEL, C1
 _NO_CONTROL_RE = re.compile(r"\A[^\x00-\x1f\x7f-\x9f\ud800-\udfff]+\Z")  # and no surrogates
 _CONTROL = "String should have no control characters"
+_NOT_A_URI = "String should be an absolute URI without spaces or control characters"
 
 
 def _text(max_chars: int) -> StringConstraints:
@@ -68,10 +69,15 @@ _Type = Annotated[str, _text(MAX_TYPE_CHARS)]
 _Subject = Annotated[str, _text(MAX_SUBJECT_CHARS)]
 _TraceParent = Annotated[str, _text(MAX_TRACEPARENT_CHARS)]
 _Seconds = Annotated[StrictInt, Field(ge=0, le=MAX_SECONDS)]
+# An absolute URI: a scheme, then no spaces or control characters (as check_dataschema).
 _DataSchema = Annotated[
     str,
-    StringConstraints(strict=True, min_length=1, max_length=MAX_DATASCHEMA_CHARS),
-    AfterValidator(check_dataschema),
+    StringConstraints(
+        strict=True,
+        min_length=1,
+        max_length=MAX_DATASCHEMA_CHARS,
+        pattern=r"^[A-Za-z][A-Za-z0-9+.\-]*:[^\x00-\x20\x7f-\x9f]+$",
+    ),
 ]
 _RFC3339 = re.compile(r"\A\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})\Z")
 
@@ -190,18 +196,25 @@ def _split_known(kind: type[EventData], data: JsonValue) -> tuple[JsonValue, dic
     """``data`` with only the fields ``kind`` defines (by name or alias), and the rest."""
     if not isinstance(data, dict):
         return data, {}
-    fields = kind.model_fields
-    known = set(fields) | {f.alias for f in fields.values() if f.alias is not None}
-    extra = {name: value for name, value in data.items() if name not in known}
-    if not extra:
+    known = _field_names(kind)
+    if known.issuperset(data):
         return data, {}
+    extra = {name: value for name, value in data.items() if name not in known}
     return {name: value for name, value in data.items() if name in known}, extra
+
+
+@functools.cache
+def _field_names(kind: type[EventData]) -> frozenset[str]:
+    fields = kind.model_fields
+    return frozenset(fields) | {f.alias for f in fields.values() if f.alias is not None}
 
 
 def _first_error(exc: PydanticValidationError) -> str:
     error = exc.errors(include_url=False, include_input=False)[0]
     where = ".".join(str(part) for part in error["loc"])
-    message = _CONTROL if error["type"] == "string_pattern_mismatch" else error["msg"]
+    message = error["msg"]
+    if error["type"] == "string_pattern_mismatch":
+        message = _NOT_A_URI if where == "dataschema" else _CONTROL
     return f"{where}: {message}" if where else str(message)
 
 

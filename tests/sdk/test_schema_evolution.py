@@ -18,12 +18,14 @@ from eventwire import (
     Event,
     InvalidEvent,
     KnowledgeShared,
+    Rejection,
     RetryPolicy,
 )
 from eventwire_security.hazmat import encode_claims, sign_detached
-from tests.conftest import TENANT, make_identity, wait_until
+from tests.conftest import make_identity, wait_until
 
 if TYPE_CHECKING:
+    from eventwire.testing import Identities
     from eventwire_security import Identity
 
 V1 = "urn:eventwire:schema:io.eventwire.knowledge.shared:1"
@@ -154,13 +156,13 @@ def _forged_claims(bus: eventwire.Bus, **more: Any) -> dict[str, Any]:
     return {
         "specversion": "1.0",
         "id": event_id,
-        "source": f"{TENANT}/newer",
+        "source": f"{bus.tenant}/newer",
         "type": KnowledgeShared.event_type,
         "subject": "knowledge.ml",
         "time": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         "datacontenttype": "application/json",
         "data": {"topic": "ml", "content": "c"},
-        "tenant": TENANT,
+        "tenant": bus.tenant,
         "root": bus.root,
         "iat": int(time.time()),
         "correlationid": event_id,
@@ -186,11 +188,15 @@ async def _send_raw(bus: eventwire.Bus, signer: Identity, claims: dict[str, Any]
     ids=["unknown-claim", "unknown-version-claim", "dataschema-not-a-uri", "dataschema-int"],
 )
 async def test_unknown_or_bad_claims_are_still_refused(
-    bus: eventwire.Bus, more: dict[str, Any]
+    eventwire_bus: eventwire.Bus,
+    eventwire_identity: Identities,
+    eventwire_refused: list[Rejection],
+    more: dict[str, Any],
 ) -> None:
     """Only ``data`` is read tolerantly: an unknown CloudEvents attribute, signed by a
-    trusted key, is refused before any handler (``invalid-event``)."""
-    newer = make_identity("newer", bus.keyring)
+    trusted key, is refused before any handler (``invalid-event``). (The bus, key and
+    refusals come from the ``eventwire.testing`` plugin.)"""
+    bus, newer, refused = eventwire_bus, eventwire_identity("newer"), eventwire_refused
     handled: list[Event] = []
 
     async def handler(event: Event) -> None:
@@ -202,6 +208,11 @@ async def test_unknown_or_bad_claims_are_still_refused(
         await _send_raw(bus, newer, good)
         await wait_until(lambda: len(handled) == 1)
         await wait_until(lambda: bus.security.rejected["invalid-event"] == 1)
+    [refusal] = refused
+    assert refusal.reason == "invalid-event"
+    assert refusal.detail.startswith(next(iter(more)))  # names the claim
+    if more.get("dataschema") == "not a uri":
+        assert "absolute URI" in refusal.detail
     [event] = handled
     assert event.id == good["id"]
     assert event.parse(KnowledgeShared).extra == {"x": 1}
