@@ -165,3 +165,15 @@ async def test_bad_harness_input_is_a_typed_error(eventwire_harness: Harness) ->
     with pytest.raises(InvalidEvent) as pattern:
         await eventwire_harness.received("knowledge..x")
     assert pattern.value.field == "pattern"
+
+
+async def test_agents_of_the_harness_are_of_the_bus_tenant_and_sign_as_themselves(
+    eventwire_harness: Harness, eventwire_keyring: Keyring
+) -> None:
+    agent = eventwire_harness.agent("worker", capabilities=["index"], max_in_flight=2)
+    assert (agent.tenant, agent.capabilities) == ("default", ("index",))
+    assert agent.defaults.max_in_flight == 2
+    assert agent.identity.kid in eventwire_keyring
+    ack = await eventwire_harness.publish(KnowledgeShared(topic="a", content="c"), as_=agent)
+    [event] = await eventwire_harness.received("knowledge.a")
+    assert (event.id, event.signer_kid) == (ack.event_id, agent.identity.kid)

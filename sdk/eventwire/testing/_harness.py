@@ -23,8 +23,16 @@ from eventwire import (
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
     from types import TracebackType
+    from typing import Unpack
 
-    from eventwire import Bus, Publishable, PublishAck, RecipientKey, Subscription
+    from eventwire import (
+        Bus,
+        DeliveryKeywords,
+        Publishable,
+        PublishAck,
+        RecipientKey,
+        Subscription,
+    )
 
 _POLL = 0.02
 
@@ -111,10 +119,18 @@ class Harness:
         for subscription in subscriptions:
             await subscription.close()
 
-    def agent(self, name: str, *, capabilities: Sequence[str] = (), **keywords: object) -> Agent:
-        """An :class:`Agent` of the bus's tenant with ``eventwire_identity(name)`` (trusted)."""
+    def agent(
+        self,
+        name: str,
+        *,
+        capabilities: Sequence[str] = (),
+        roles: Sequence[str] = (),
+        **defaults: Unpack[DeliveryKeywords],
+    ) -> Agent:
+        """An :class:`Agent` of the bus's tenant with ``eventwire_identity(name)`` (trusted);
+        ``defaults`` are its delivery options (``max_in_flight=4``, ``retry=...``)."""
         identity = self.identities(name)
-        return Agent(name, capabilities=capabilities, identity=identity, **keywords)  # type: ignore[arg-type]  # DeliveryKeywords, checked by Agent
+        return Agent(name, capabilities=capabilities, identity=identity, roles=roles, **defaults)
 
     @contextlib.asynccontextmanager
     async def run(self, agent: Agent, *, drain_timeout: float | None = 5.0) -> AsyncIterator[Agent]:
