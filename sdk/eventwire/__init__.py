@@ -78,6 +78,7 @@ from ._errors import (
 )
 from ._event import Event, Publishable
 from ._failures import AgentFailed, Beat, Failure, FailureWatch, failure_msg_id
+from ._inspect import EventReader, StoredEvent, read_events
 from ._kinds import (
     AgentLifecycle,
     CustomEvent,
@@ -243,6 +244,7 @@ __all__ = [
     "ErrorReported",
     "Event",
     "EventData",
+    "EventReader",
     "EventTooLarge",
     "EventwireError",
     "Failure",
@@ -306,6 +308,7 @@ __all__ = [
     "ServerUnavailable",
     "SnapshotPolicy",
     "StatusUpdate",
+    "StoredEvent",
     "Strategy",
     "StreamConfigError",
     "SubscribeKeywords",
@@ -335,6 +338,7 @@ __all__ = [
     "keyring_of_entries",
     "provision_agent",
     "publish_keyring",
+    "read_events",
     "read_key_entry",
     "read_keyring_file",
     "read_keyring_token",

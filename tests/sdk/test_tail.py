@@ -1,0 +1,224 @@
+"""``eventwire tail`` and ``read_events``: stored events verified as a consumer would, read-only."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import nats
+import nats.js.errors
+import pytest
+
+import eventwire
+from eventwire import CustomEvent, Event, InvalidArgument, NotFound, read_events
+from eventwire_security import KeyEntry, seen_bucket
+from tests.conftest import TENANT, make_identity, wait_until
+from tests.sdk.test_cli import cli
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from nats.js import JetStreamContext
+
+    from eventwire import EmbeddedServer, Identity
+
+
+def key_file(tmp_path: Path, identity: Identity) -> str:
+    path = tmp_path / f"{identity.principal.agent}.json"
+    path.write_text(json.dumps(KeyEntry.from_trusted(identity.trusted()).to_json()))
+    return str(path)
+
+
+def json_lines(out: str) -> list[dict[str, Any]]:
+    return [json.loads(text) for text in out.splitlines() if text.startswith("{")]
+
+
+async def claim_keys(js: JetStreamContext, root: str) -> list[str]:
+    kv = await js.key_value(seen_bucket(root))
+    try:
+        return sorted(await kv.keys())
+    except nats.js.errors.NoKeysError:
+        return []
+
+
+async def test_tail_shows_forgeries_refused_and_consumes_nothing(
+    bus: eventwire.Bus, nats_server: EmbeddedServer, root: str, tmp_path: Path
+) -> None:
+    alice = make_identity("alice", bus.keyring)
+    mallory = make_identity("mallory")  # a key no keyring trusts
+    handled: list[str] = []
+
+    async def handle(event: Event) -> None:
+        handled.append(event.id)
+
+    async with bus.subscribe("custom.x", handle, durable="watcher") as sub:
+        first = await bus.publish(CustomEvent("custom.x", "x.made", {"n": 1}), identity=alice)
+        await wait_until(lambda: len(handled) == 1)
+    # the consumer is stopped: what follows waits for it (pending), and tail must not move it
+    good = await bus.publish(CustomEvent("custom.x", "x.made", {"n": 2}), identity=alice)
+    await bus.publish(CustomEvent("custom.x", "x.made", {"n": 3}), identity=mallory)
+    stored = await bus.jetstream.get_msg(bus.stream, good.seq)
+    tampered = (stored.data or b"").replace(b'"n":2', b'"n":9')
+    headers = {**(stored.headers or {}), "Nats-Msg-Id": "tampered-copy"}
+    nc = await nats.connect(nats_server.url)
+    try:
+        await nc.jetstream().publish(f"{root}.custom.x", tampered, headers=headers)
+    finally:
+        await nc.close()
+    before = await bus.jetstream.consumer_info(bus.stream, sub.durable)
+    claims_before = await claim_keys(bus.jetstream, root)
+
+    code, out = await cli(
+        "tail", "custom.>", "--url", nats_server.url, "--root", root, "--tenant", TENANT,
+        "--keyring", key_file(tmp_path, alice), "--json",
+    )  # fmt: skip
+
+    assert code == 0, out
+    rows = json_lines(out)
+    assert [row["seq"] for row in rows] == [first.seq, good.seq, good.seq + 1, good.seq + 2]
+    assert [row["verified"] for row in rows] == [True, True, False, False]
+    assert rows[1]["source"] == f"{TENANT}/alice"
+    assert rows[1]["kid"] == alice.kid
+    assert rows[1]["type"] == "x.made"
+    assert rows[2]["refusal"]["reason"] == "unknown-key"
+    assert rows[2]["kid"] == mallory.kid
+    assert rows[2]["claimed"]["source"] == f"{TENANT}/mallory"  # claimed, shown, not trusted
+    assert rows[3]["refusal"]["reason"] == "bad-signature"
+    after = await bus.jetstream.consumer_info(bus.stream, sub.durable)
+    assert after.num_pending == before.num_pending == 3
+    assert after.num_ack_pending == before.num_ack_pending == 0
+    assert after.delivered.stream_seq == before.delivered.stream_seq
+    assert await claim_keys(bus.jetstream, root) == claims_before
+
+
+async def test_tail_table_names_the_signer_and_the_refusal(
+    bus: eventwire.Bus, nats_server: EmbeddedServer, root: str, tmp_path: Path
+) -> None:
+    alice = make_identity("alice", bus.keyring)
+    await bus.publish(CustomEvent("custom.t", "t.made", {"n": 1}), identity=alice)
+    await bus.publish(CustomEvent("custom.t", "t.made", {"n": 2}), identity=make_identity("eve"))
+    code, out = await cli(
+        "tail", "--url", nats_server.url, "--root", root, "--tenant", TENANT,
+        "--keyring", key_file(tmp_path, alice),
+    )  # fmt: skip
+    assert code == 0, out
+    assert "2 events on >, 1 refused" in out
+    assert f"{TENANT}/alice ({alice.kid[:12]})" in out
+    assert "REFUSED unknown-key" in out
+    assert f"{TENANT}/eve?" in out  # what a refused event claims is marked unverified
+
+
+async def publish_numbered(
+    bus: eventwire.Bus, identity: Identity, subject: str, n: int
+) -> list[int]:
+    seqs = []
+    for index in range(n):
+        ack = await bus.publish(CustomEvent(subject, "n", index), identity=identity)
+        seqs.append(ack.seq)
+    return seqs
+
+
+async def test_tail_selects_by_pattern_last_seq_and_since(
+    bus: eventwire.Bus, nats_server: EmbeddedServer, root: str, tmp_path: Path
+) -> None:
+    alice = make_identity("alice", bus.keyring)
+    early = await publish_numbered(bus, alice, "custom.a", 3)
+    await publish_numbered(bus, alice, "custom.b", 2)
+    boundary = datetime.now(UTC)
+    late = await publish_numbered(bus, alice, "custom.a", 2)
+    where = ("--url", nats_server.url, "--root", root, "--tenant", TENANT, "--json")
+    keys = ("--keyring", key_file(tmp_path, alice))
+
+    async def seqs(*args: str) -> list[int]:
+        code, out = await cli("tail", *args, *where, *keys)
+        assert code == 0, out
+        rows = json_lines(out)
+        assert all(row["verified"] for row in rows), rows
+        return [row["seq"] for row in rows]
+
+    assert await seqs("custom.a") == early + late
+    assert await seqs("custom.a", "--last", "2") == late
+    assert await seqs("custom.a", "--last", "100") == early + late
+    assert await seqs("custom.a", "--seq", str(early[2])) == [early[2], *late]
+    assert await seqs("custom.a", "--since", boundary.isoformat()) == late
+    assert await seqs("custom.a", "--since", "5m") == early + late
+    assert await seqs("custom.zzz") == []
+    assert await seqs("custom.a", "--seq", str(late[-1] + 10)) == []
+
+
+async def test_tail_follow_prints_new_events(
+    bus: eventwire.Bus, nats_server: EmbeddedServer, root: str, tmp_path: Path
+) -> None:
+    alice = make_identity("alice", bus.keyring)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "from eventwire.cli import main; main()", "tail", "custom.f",
+        "--follow", "--json", "--url", nats_server.url, "--root", root, "--tenant", TENANT,
+        "--keyring", key_file(tmp_path, alice),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        ack = await bus.publish(CustomEvent("custom.f", "f", 1), identity=alice)
+        async with asyncio.timeout(15):
+            first = json.loads(await proc.stdout.readline())
+        ack2 = await bus.publish(CustomEvent("custom.f", "f", 2), identity=alice)
+        async with asyncio.timeout(15):
+            second = json.loads(await proc.stdout.readline())
+    finally:
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(15):
+            await proc.wait()
+    assert (first["seq"], first["id"], first["verified"]) == (ack.seq, ack.event_id, True)
+    assert (second["seq"], second["id"]) == (ack2.seq, ack2.event_id)
+    assert proc.returncode == 130
+
+
+async def test_read_events_api_refuses_bad_starts_and_missing_streams(
+    bus: eventwire.Bus, root: str
+) -> None:
+    with pytest.raises(InvalidArgument) as both:
+        read_events(bus.connection, root=root, seq=1, last=2)
+    assert both.value.field == "last"
+    with pytest.raises(InvalidArgument) as zero:
+        read_events(bus.connection, root=root, last=0)
+    assert zero.value.field == "last"
+    with pytest.raises(InvalidArgument) as negative:
+        read_events(bus.connection, root=root, since=timedelta(seconds=-1))
+    assert negative.value.field == "since"
+    with pytest.raises(InvalidArgument) as naive:
+        read_events(bus.connection, root=root, since=datetime(2026, 1, 1))
+    assert naive.value.field == "since"
+    with pytest.raises(eventwire.InvalidEvent):
+        read_events(bus.connection, root=root, pattern="not..a.pattern")
+    with pytest.raises(NotFound):
+        async with read_events(bus.connection, root="nosuchroot"):
+            pass
+
+
+async def test_read_events_api_yields_verified_events(bus: eventwire.Bus, root: str) -> None:
+    alice = make_identity("alice", bus.keyring)
+    acks = await publish_numbered(bus, alice, "custom.api", 3)
+    async with read_events(
+        bus.connection, tenant=TENANT, root=root, keyring=bus.keyring, pattern="custom.api"
+    ) as events:
+        found = [item async for item in events]
+    assert [item.seq for item in found] == acks
+    assert all(item.event is not None and item.event.source == f"{TENANT}/alice" for item in found)
+
+
+async def test_tail_bad_inputs_are_one_line_errors(nats_server: EmbeddedServer) -> None:
+    code, out = await cli("tail", "--url", nats_server.url, "--since", "5 parsecs")
+    assert code == 2
+    assert "neither a duration" in out
+    code, out = await cli("tail", "--url", nats_server.url, "--seq", "1", "--last", "2")
+    assert code == 1
+    assert out.startswith("error:")
+    assert "choose one of since, seq and last" in out
+    code, out = await cli("tail", "--url", nats_server.url, "--root", "nosuchroot")
+    assert code == 1
+    assert "no events stream 'nosuchroot-events'" in out
+    assert "Traceback" not in out
