@@ -78,7 +78,7 @@ from ._errors import (
 )
 from ._event import Event, Publishable
 from ._failures import AgentFailed, Beat, Failure, FailureWatch, failure_msg_id
-from ._inspect import EventReader, StoredEvent, read_events
+from ._inspect import EventReader, Flow, FlowNode, StoredEvent, read_events, trace_flow
 from ._kinds import (
     AgentLifecycle,
     CustomEvent,
@@ -252,6 +252,8 @@ __all__ = [
     "FailureWatch",
     "Feed",
     "FindingKind",
+    "Flow",
+    "FlowNode",
     "Forbidden",
     "HelpRequested",
     "HostNotFound",
@@ -345,6 +347,7 @@ __all__ = [
     "run_agents",
     "serve_agents",
     "serve_metrics",
+    "trace_flow",
     "work_subject",
     "write_key_entry",
     "write_keyring_file",

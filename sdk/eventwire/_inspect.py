@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
     from ._event import Event
 
-__all__ = ["EventReader", "StoredEvent", "read_events"]
+__all__ = ["EventReader", "Flow", "FlowNode", "StoredEvent", "read_events", "trace_flow"]
 
 # How long a follow-less read waits for the next message before it looks at the consumer
 # again (a read of what is stored ends when the consumer has nothing pending).
@@ -346,3 +346,127 @@ def read_events(  # noqa: PLR0913 - keywords only, see EventReader
         nc, tenant=tenant, root=root, keyring=keyring, pattern=pattern,
         since=since, seq=seq, last=last, follow=follow,
     )  # fmt: skip
+
+
+# -- flows: the causation tree of one correlation id -------------------------------------------
+
+# A flow's events are published after its first, whose id (a UUIDv7) is the correlation id:
+# its read starts this long before that id's time (clock skew between publishers).
+FLOW_SKEW = timedelta(minutes=5)
+
+
+@dataclass(slots=True)
+class FlowNode:
+    """One stored event of a flow: ``offset`` after the flow's first event (stream store
+    times, the server's clock), ``gap`` after its cause (None without a verified cause),
+    ``note`` why it is not under its cause. Refused events never have children."""
+
+    item: StoredEvent
+    offset: timedelta
+    gap: timedelta | None = None
+    note: str | None = None
+    children: list[FlowNode] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        out = self.item.to_json()
+        out.update(
+            offset_ms=round(self.offset.total_seconds() * 1000, 3),
+            gap_ms=None if self.gap is None else round(self.gap.total_seconds() * 1000, 3),
+            note=self.note,
+            children=[child.to_json() for child in self.children],
+        )
+        return out
+
+
+@dataclass(slots=True)
+class Flow:
+    """The causation tree of the events with one correlation id, from the stream."""
+
+    correlation: str
+    roots: list[FlowNode]
+
+    def walk(self) -> list[tuple[FlowNode, int]]:
+        """Every node with its depth, depth first, children in stream order."""
+        out: list[tuple[FlowNode, int]] = []
+        stack = [(node, 0) for node in reversed(self.roots)]
+        while stack:
+            node, depth = stack.pop()
+            out.append((node, depth))
+            stack.extend((child, depth + 1) for child in reversed(node.children))
+        return out
+
+    @property
+    def refused(self) -> int:
+        return sum(1 for node, _ in self.walk() if not node.item.verified)
+
+    def to_json(self) -> dict[str, Any]:
+        nodes = self.walk()
+        return {
+            "correlation": self.correlation,
+            "events": len(nodes),
+            "refused": self.refused,
+            "tree": [node.to_json() for node in self.roots],
+        }
+
+
+def _in_flow(item: StoredEvent, ident: str) -> bool:
+    return ident in (item.attribute("correlationid"), item.attribute("id"))
+
+
+def build_flow(correlation: str, items: list[StoredEvent]) -> Flow:
+    """The tree of ``items`` (stream order) whose correlation is ``correlation``: each
+    verified event under its verified cause; a refused one under the cause it claims
+    (never a parent); the rest at the top, with a note."""
+    members = [item for item in items if item.attribute("correlationid") == correlation]
+    if not members:
+        return Flow(correlation, [])
+    verified = {item.event.id: item for item in members if item.event is not None}
+    first = next((item for item in members if item.verified), members[0])
+    nodes = {id(item): FlowNode(item, item.stored - first.stored) for item in members}
+    roots: list[FlowNode] = []
+    for item in members:
+        node = nodes[id(item)]
+        cause_id = item.attribute("causationid")
+        cause = verified.get(cause_id) if cause_id is not None else None
+        if cause is None or cause is item:
+            if cause_id is not None and cause_id != item.attribute("id"):
+                node.note = "cause not found or refused"
+            roots.append(node)
+            continue
+        node.gap = item.stored - cause.stored
+        nodes[id(cause)].children.append(node)
+    return Flow(correlation, roots)
+
+
+async def _collect(nc: NatsClient, ident: str, **reader: Any) -> list[StoredEvent]:
+    since = uuid7_time(ident)
+    start = None if since is None else since - FLOW_SKEW
+    async with EventReader(nc, since=start, **reader) as events:
+        return [item async for item in events if _in_flow(item, ident)]
+
+
+async def trace_flow(
+    nc: NatsClient,
+    ident: str,
+    *,
+    tenant: str = "default",
+    root: str = DEFAULT_ROOT,
+    keyring: Keyring | None = None,
+) -> Flow:
+    """The flow of ``ident``, a correlation id or the id of one of its events, read from
+    the events stream and verified (:class:`EventReader`); refused events are in the tree
+    as refused. A UUIDv7 ``ident`` is read from its time on (less :data:`FLOW_SKEW`), any
+    other from the stream's start. :class:`NotFound` if no stored event has it."""
+    if not isinstance(ident, str) or not 0 < len(ident) <= 256:
+        raise InvalidArgument("an event or correlation id (1-256 chars)", field="ident")
+    reader: dict[str, Any] = {"tenant": tenant, "root": root, "keyring": keyring}
+    items = await _collect(nc, ident, **reader)
+    correlation = ident
+    named = [i for i in items if i.event is not None and i.event.id == ident]
+    if named and named[0].event is not None and named[0].event.correlationid != ident:
+        correlation = named[0].event.correlationid
+        items = await _collect(nc, correlation, **reader)
+    flow = build_flow(correlation, items)
+    if not flow.roots:
+        raise NotFound(f"no stored event has the id or correlation id {ident!r}")
+    return flow

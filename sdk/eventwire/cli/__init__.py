@@ -25,6 +25,7 @@ from ._streams import app as streams_app
 from ._tail import tail
 from ._tenant import app as tenant_app
 from ._tls import app as tls_app
+from ._trace import trace
 
 app = typer.Typer(
     name="eventwire",
@@ -57,6 +58,7 @@ app.add_typer(policy_app, name="policy")
 app.command(context_settings=SERVER_SETTINGS, options_metavar="[NATS-SERVER OPTIONS]")(server)
 app.add_typer(tls_app, name="tls")
 app.command(help="Print stored and arriving events, each verified (read-only).")(tail)
+app.command(help="Print the causation tree of a flow across agents, with timings.")(trace)
 
 
 @app.command()
