@@ -24,6 +24,7 @@ from ._aggregates import (
     Loaded,
     SnapshotPolicy,
 )
+from ._asyncapi import asyncapi_document
 from ._batches import Batch
 from ._breaker import (
     BreakerPolicy,
@@ -331,6 +332,7 @@ __all__ = [
     "WorkStatus",
     "WrongTenant",
     "__version__",
+    "asyncapi_document",
     "broadcast_subject",
     "connect",
     "failure_msg_id",

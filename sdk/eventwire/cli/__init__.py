@@ -11,6 +11,7 @@ import os
 import typer
 
 from ._agents import agents
+from ._asyncapi import asyncapi
 from ._audit import app as audit_app
 from ._bench import bench
 from ._boundary import Boundary
@@ -59,6 +60,7 @@ app.command(context_settings=SERVER_SETTINGS, options_metavar="[NATS-SERVER OPTI
 app.add_typer(tls_app, name="tls")
 app.command(help="Print stored and arriving events, each verified (read-only).")(tail)
 app.command(help="Print the causation tree of a flow across agents, with timings.")(trace)
+app.command(help="Write the AsyncAPI 3.0 document of an application's agents.")(asyncapi)
 
 
 @app.command()
