@@ -26,7 +26,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from eventwire_security import DEFAULT_MAX_BYTES, Keyring
 
 from ._codec import SIGNATURE_HEADER, Codec, Rejection
-from ._errors import InvalidArgument, NotFound, mapped_nats_errors
+from ._errors import ClosedResource, InvalidArgument, NotFound, mapped_nats_errors
 from ._subjects import DEFAULT_ROOT, check_pattern, check_token, consumer_filters, from_wire
 from ._subjects import KEYED as KEYED_TOKEN
 
@@ -280,7 +280,7 @@ class EventReader:
 
     async def __aiter__(self) -> AsyncIterator[StoredEvent]:
         if self._sub is None:
-            raise NotFound("the reader is not open: use `async with read_events(...)`")
+            raise ClosedResource("the reader is not open: use `async with read_events(...)`")
         last = self._start[2]
         while not self._done:
             msg = await self._next()
@@ -288,8 +288,8 @@ class EventReader:
                 continue
             pending = msg.metadata.num_pending or 0
             self._done = not self.follow and pending == 0
-            if last is not None and pending >= last and not self.follow:
-                continue  # not among the last n stored
+            if last is not None and pending >= last:
+                continue  # not among the last n stored when it was delivered
             yield self.inspect(msg)
 
     async def _next(self) -> Msg | None:

@@ -15,7 +15,7 @@ import pytest
 
 import eventwire
 from eventwire import CustomEvent, Event, InvalidArgument, NotFound, read_events
-from eventwire_security import KeyEntry, seen_bucket
+from eventwire_security import KeyEntry, SealingKey, seen_bucket
 from tests.conftest import TENANT, make_identity, wait_until
 from tests.sdk.test_cli import cli
 
@@ -222,3 +222,63 @@ async def test_tail_bad_inputs_are_one_line_errors(nats_server: EmbeddedServer) 
     assert code == 1
     assert "no events stream 'nosuchroot-events'" in out
     assert "Traceback" not in out
+
+
+async def test_tail_verifies_keyed_events_of_a_partitioned_stream_and_shows_sealing(
+    nats_server: EmbeddedServer, root: str, tmp_path: Path
+) -> None:
+    keyring = eventwire.Keyring()
+    alice = make_identity("alice", keyring)
+    async with eventwire.connect(
+        nats_server.url, tenant=TENANT, keyring=keyring, root=root, partitions=4
+    ) as partitioned:
+        keyed = await partitioned.publish(
+            CustomEvent("custom.k", "k", 1), identity=alice, partition_key="order-7"
+        )
+        sealed = await partitioned.publish(
+            CustomEvent("custom.k", "k", "secret"),
+            identity=alice,
+            seal_to=[SealingKey.generate().public],
+        )
+    code, out = await cli(
+        "tail", "custom.k", "--url", nats_server.url, "--root", root, "--tenant", TENANT,
+        "--keyring", key_file(tmp_path, alice),
+    )  # fmt: skip
+    assert code == 0, out
+    assert "2 events on custom.k, 0 refused" in out
+    code, out = await cli(
+        "tail", "custom.k", "--url", nats_server.url, "--root", root, "--tenant", TENANT,
+        "--keyring", key_file(tmp_path, alice), "--json",
+    )  # fmt: skip
+    rows = json_lines(out)
+    assert [(row["seq"], row["verified"]) for row in rows] == [
+        (keyed.seq, True),
+        (sealed.seq, True),
+    ]
+    assert rows[0]["wire_subject"].startswith(f"{root}.keyed.")
+    assert [row["sealed"] for row in rows] == [False, True]
+    assert "secret" not in out  # sealed data is never shown (nor opened)
+
+
+async def test_follow_with_last_starts_with_the_last_stored(bus: eventwire.Bus, root: str) -> None:
+    alice = make_identity("alice", bus.keyring)
+    stored = await publish_numbered(bus, alice, "custom.l", 4)
+    seen: list[int] = []
+    async with read_events(
+        bus.connection, tenant=TENANT, root=root, keyring=bus.keyring, pattern="custom.l",
+        last=2, follow=True,
+    ) as events:  # fmt: skip
+        async for item in events:
+            seen.append(item.seq)
+            if len(seen) == 2:
+                new = await publish_numbered(bus, alice, "custom.l", 1)
+            if len(seen) == 3:
+                break
+    assert seen == [*stored[2:], *new]
+
+
+async def test_a_reader_that_is_not_open_is_a_closed_resource(bus: eventwire.Bus) -> None:
+    reader = read_events(bus.connection, root=bus.root)
+    with pytest.raises(eventwire.ClosedResource):
+        async for _ in reader:
+            pass

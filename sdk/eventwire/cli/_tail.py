@@ -69,7 +69,7 @@ def cells(item: StoredEvent) -> list[str]:
     kid = item.kid or "-"
     if item.verified:
         signer = f"{item.attribute('source')} ({kid[:12]})"
-        verdict = "verified"
+        verdict = "verified (sealed)" if item.event and item.event.sealed else "verified"
     else:
         assert item.refusal is not None
         signer = f"{item.attribute('source') or '-'}? ({kid[:12]})"
