@@ -15,7 +15,7 @@ import pytest
 
 import eventwire
 from eventwire import CustomEvent, Event, InvalidArgument, NotFound, read_events
-from eventwire_security import KeyEntry, SealingKey, seen_bucket
+from eventwire_security import KeyEntry, KeyringDocument, SealingKey, seen_bucket
 from tests.conftest import TENANT, make_identity, wait_until
 from tests.sdk.test_cli import cli
 
@@ -282,3 +282,30 @@ async def test_a_reader_that_is_not_open_is_a_closed_resource(bus: eventwire.Bus
     with pytest.raises(eventwire.ClosedResource):
         async for _ in reader:
             pass
+
+
+async def test_tail_and_trace_trust_the_published_keyring_with_admin(
+    bus: eventwire.Bus, nats_server: EmbeddedServer, root: str, tmp_path: Path
+) -> None:
+    admin = make_identity("admin")
+    alice, bob = make_identity("alice", bus.keyring), make_identity("bob", bus.keyring)
+    document = KeyringDocument.create([KeyEntry.from_trusted(alice.trusted())])
+    admins = eventwire.Keyring.of(admin)
+    await eventwire.publish_keyring(bus.jetstream, root, document.sign(admin), admins=admins)
+    by_alice = await bus.publish(CustomEvent("custom.a", "a", 1), identity=alice)
+    await bus.publish(CustomEvent("custom.a", "a", 2), identity=bob)  # not in the document
+    where = ("--url", nats_server.url, "--root", root, "--tenant", TENANT)
+
+    code, out = await cli("tail", *where, "--admin", key_file(tmp_path, admin), "--json")
+    code_trace, out_trace = await cli(
+        "trace", by_alice.event_id, *where, "--admin", key_file(tmp_path, admin), "--json"
+    )
+
+    assert code == 0, out
+    rows = json_lines(out)
+    assert [(row["source"] if row["verified"] else row["refusal"]["reason"]) for row in rows] == [
+        f"{TENANT}/alice",
+        "unknown-key",
+    ]
+    assert code_trace == 0, out_trace
+    assert json.loads(out_trace)["tree"][0]["source"] == f"{TENANT}/alice"

@@ -8,6 +8,7 @@ type, size and the signer (source and kid), or the refusal reason of a message t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from datetime import datetime, timedelta
@@ -17,16 +18,19 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from eventwire import keyring_of_entries, read_events
+from eventwire import KeyringWatcher, keyring_of_entries, read_events
 
 from ._connect import nats_connection
 from ._dlq import printable
 from ._output import stdout
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from nats.aio.client import Client as NatsClient
     from rich.console import Console
 
-    from eventwire import StoredEvent
+    from eventwire import Keyring, StoredEvent
 
 Url = Annotated[str, typer.Option(envvar="EVENTWIRE_URL", help="NATS server URL.")]
 Root = Annotated[str, typer.Option(help="Subject root of the deployment.")]
@@ -37,6 +41,14 @@ Keyrings = Annotated[
         "--keyring",
         help="Public key entry (JSON file, `eventwire keys export-public`) of an agent whose "
         "events to trust; repeat. Events of other keys are shown refused (unknown-key).",
+    ),
+]
+Admins = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--admin",
+        help="Public key entry of a keyring admin: trust the signed keyring published in the "
+        "deployment's bucket (`eventwire keys keyring publish`), kept in step; repeat.",
     ),
 ]
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -62,6 +74,21 @@ def parse_since(value: str) -> timedelta | datetime:
     if at.tzinfo is None:
         raise typer.BadParameter(f"{value!r} has no timezone (add Z or +00:00)")
     return at
+
+
+@contextlib.asynccontextmanager
+async def trusted_keys(
+    nc: NatsClient, root: str, entries: list[str] | None, admins: list[str] | None
+) -> AsyncIterator[Keyring]:
+    """The keys to verify with: the ``--keyring`` entries, and with ``--admin`` the signed
+    keyring document of the deployment (verified against the admins, followed live)."""
+    keyring = keyring_of_entries(entries or ())
+    if not admins:
+        yield keyring
+        return
+    trusted_admins = keyring_of_entries(admins)
+    async with KeyringWatcher(nc.jetstream(), root, trusted_admins, keyring, create=False):
+        yield keyring
 
 
 def cells(item: StoredEvent) -> list[str]:
@@ -113,17 +140,19 @@ def tail(  # noqa: PLR0917 - typer reads options from the signature
     seq: Annotated[int | None, typer.Option(help="Start at this stream sequence.", min=1)] = None,
     last: Annotated[int | None, typer.Option(help="Only the last N stored.", min=1)] = None,
     keyring: Keyrings = None,
+    admin: Admins = None,
 ) -> None:
     """Print stored events matching PATTERN (then new ones with --follow), each verified
     as a consumer would verify it: signer, subject, type, size, or the refusal reason.
     Read-only: nothing is acknowledged, claimed or recorded."""
     start = None if since is None else parse_since(since)
-    trusted = keyring_of_entries(keyring or ())
+    keyring_of_entries([*(keyring or ()), *(admin or ())])  # bad files fail before connecting
 
     async def main() -> None:
         console = stdout()
         async with (
             nats_connection(url) as nc,
+            trusted_keys(nc, root, keyring, admin) as trusted,
             read_events(
                 nc, tenant=tenant, root=root, keyring=trusted, pattern=pattern,
                 since=start, seq=seq, last=last, follow=follow,

@@ -20,7 +20,7 @@ from eventwire import keyring_of_entries, trace_flow
 from ._connect import nats_connection
 from ._dlq import printable
 from ._output import print_json, stdout
-from ._tail import Keyrings, Root, Tenant  # noqa: TC001 - typer reads them at run time
+from ._tail import Admins, Keyrings, Root, Tenant, trusted_keys
 
 if TYPE_CHECKING:
     from datetime import timedelta
@@ -78,13 +78,14 @@ def trace(  # noqa: PLR0917 - typer reads options from the signature
         bool, typer.Option("--json", help="Print the tree as one JSON document.")
     ] = False,
     keyring: Keyrings = None,
+    admin: Admins = None,
 ) -> None:
     """Print the causation tree of the flow of ID|CORRELATION from the events stream, with
     per-event timings and signers; refused events shown as refused."""
-    trusted = keyring_of_entries(keyring or ())
+    keyring_of_entries([*(keyring or ()), *(admin or ())])  # bad files fail before connecting
 
     async def main() -> Flow:
-        async with nats_connection(url) as nc:
+        async with nats_connection(url) as nc, trusted_keys(nc, root, keyring, admin) as trusted:
             return await trace_flow(nc, ident, tenant=tenant, root=root, keyring=trusted)
 
     flow = asyncio.run(main())
