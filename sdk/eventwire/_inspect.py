@@ -47,6 +47,7 @@ __all__ = ["EventReader", "Flow", "FlowNode", "StoredEvent", "read_events", "tra
 # How long a follow-less read waits for the next message before it looks at the consumer
 # again (a read of what is stored ends when the consumer has nothing pending).
 _POLL = 1.0
+_MAX_IDS = 200_000  # ids a read remembers to spot a replay (the oldest are forgotten first)
 _CLAIMED_CHARS = 256  # what an unverified message claims is cut to this for display
 _PARTITIONS = re.compile(r"\{\{\s*partition\(\s*(\d+)")
 _CLAIMED = ("id", "type", "source", "subject", "correlationid", "causationid", "time")
@@ -314,6 +315,8 @@ class EventReader:
         result = self._codec.open(msg.data, msg.headers, msg.subject, stored.timestamp())
         if not isinstance(result, Rejection):
             first = self._ids.setdefault(result.id, seq)
+            if len(self._ids) > _MAX_IDS:
+                del self._ids[next(iter(self._ids))]
             if first == seq:
                 return StoredEvent(seq, msg.subject, stored, len(msg.data), event=result)
             detail = f"event {result.id} from {result.source} seen before at stream seq {first}"

@@ -309,3 +309,22 @@ async def test_tail_and_trace_trust_the_published_keyring_with_admin(
     ]
     assert code_trace == 0, out_trace
     assert json.loads(out_trace)["tree"][0]["source"] == f"{TENANT}/alice"
+
+
+async def test_tail_shows_a_replayed_copy_as_already_seen(
+    bus: eventwire.Bus, nats_server: EmbeddedServer, root: str, tmp_path: Path
+) -> None:
+    alice = make_identity("alice", bus.keyring)
+    original = await bus.publish(CustomEvent("custom.r", "r", 1), identity=alice)
+    stored = await bus.jetstream.get_msg(bus.stream, original.seq)
+    headers = {**(stored.headers or {}), "Nats-Msg-Id": "a-fresh-id-for-the-same-event"}
+    copy = await bus.jetstream.publish(f"{root}.custom.r", stored.data or b"", headers=headers)
+    code, out = await cli(
+        "tail", "custom.r", "--url", nats_server.url, "--root", root, "--tenant", TENANT,
+        "--keyring", key_file(tmp_path, alice), "--json",
+    )  # fmt: skip
+    assert code == 0, out
+    first, replay = json_lines(out)
+    assert (first["seq"], first["verified"]) == (original.seq, True)
+    assert (replay["seq"], replay["refusal"]["reason"]) == (copy.seq, "already-seen")
+    assert replay["kid"] == alice.kid
