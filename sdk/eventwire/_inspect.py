@@ -31,7 +31,7 @@ from ._subjects import DEFAULT_ROOT, check_pattern, check_token, consumer_filter
 from ._subjects import KEYED as KEYED_TOKEN
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Mapping
+    from collections.abc import AsyncIterator, Callable, Mapping
 
     from nats.aio.client import Client as NatsClient
     from nats.aio.msg import Msg
@@ -231,6 +231,8 @@ class EventReader:
         self._codec: Codec | None = None
         self._ids: dict[str, int] = {}  # event id -> the stream sequence it was met at
         self._done = False
+        # bodies that cannot matter to the caller are skipped unverified (trace_flow)
+        self.prefilter: Callable[[bytes], bool] | None = None
 
     async def __aenter__(self) -> Self:
         from ._streams import events_stream_name
@@ -291,6 +293,8 @@ class EventReader:
             self._done = not self.follow and pending == 0
             if last is not None and pending >= last:
                 continue  # not among the last n stored when it was delivered
+            if self.prefilter is not None and not self.prefilter(msg.data):
+                continue
             yield self.inspect(msg)
 
     async def _next(self) -> Msg | None:
@@ -441,10 +445,18 @@ def build_flow(correlation: str, items: list[StoredEvent]) -> Flow:
     return Flow(correlation, roots)
 
 
+def _may_name(ident: str) -> Callable[[bytes], bool]:
+    """Whether a body may carry ``ident`` as a claim: it holds its bytes, or escapes (a
+    signer may spell a string with \\u escapes: such bodies are verified and parsed)."""
+    needle = ident.encode()
+    return lambda body: needle in body or b"\\u" in body
+
+
 async def _collect(nc: NatsClient, ident: str, **reader: Any) -> list[StoredEvent]:
     since = uuid7_time(ident)
     start = None if since is None else since - FLOW_SKEW
     async with EventReader(nc, since=start, **reader) as events:
+        events.prefilter = _may_name(ident)
         return [item async for item in events if _in_flow(item, ident)]
 
 

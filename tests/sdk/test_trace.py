@@ -8,7 +8,16 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 import eventwire
-from eventwire import Agent, CustomEvent, Event, InvalidArgument, NotFound, trace_flow
+from eventwire import (
+    SIGNATURE_HEADER,
+    Agent,
+    CustomEvent,
+    Event,
+    InvalidArgument,
+    NotFound,
+    trace_flow,
+)
+from eventwire_security.hazmat import sign_detached
 from tests.conftest import TENANT, make_identity, wait_until
 from tests.sdk.test_cli import cli
 from tests.sdk.test_tail import key_file
@@ -129,3 +138,33 @@ async def test_trace_unknown_id_is_one_line(nats_server: EmbeddedServer, root: s
     assert code == 1
     assert out.startswith("error:")
     assert "Traceback" not in out
+
+
+async def test_trace_finds_an_event_that_spells_the_correlation_with_escapes(
+    bus: eventwire.Bus, root: str
+) -> None:
+    """The scan skips bodies without the id's bytes, unverified; a signer may escape the
+    id's characters in JSON, so such bodies are still verified and placed."""
+    alice = make_identity("alice", bus.keyring)
+    first = await bus.publish(CustomEvent("custom.e", "e", 1), identity=alice)
+    signed = await bus.publish(
+        CustomEvent("custom.e", "e", 2),
+        identity=alice,
+        correlation_id=first.event_id,
+        causation_id=first.event_id,
+    )
+    stored = await bus.jetstream.get_msg(bus.stream, signed.seq)
+    claims = json.loads(stored.data or b"")
+    claims["id"] = claims["id"][:-4] + "beef"
+    spelled = "".join(f"\\u{ord(ch):04x}" for ch in first.event_id)
+    text = json.dumps(claims, separators=(",", ":"))
+    body = text.replace(f'"{first.event_id}"', f'"{spelled}"').encode()
+    assert first.event_id.encode() not in body  # correlation and causation both escaped
+    headers = {SIGNATURE_HEADER: sign_detached(body, alice), "Nats-Msg-Id": "escaped"}
+    await bus.jetstream.publish(f"{root}.custom.e", body, headers=headers)
+
+    flow = await trace_flow(bus.connection, first.event_id, root=root, tenant=TENANT,
+                            keyring=bus.keyring)  # fmt: skip
+
+    ids = [(node.item.attribute("id"), node.item.verified) for node, _ in flow.walk()]
+    assert ids == [(first.event_id, True), (signed.event_id, True), (claims["id"], True)]
