@@ -22,7 +22,7 @@ from ._codec import CLOUDEVENTS_JSON, MSG_ID_HEADER, SIGNATURE_HEADER
 from ._errors import InvalidArgument
 from ._kinds import KINDS
 from ._subjects import DEFAULT_ROOT, FAMILIES, check_pattern, check_token, direct_subject
-from ._work import work_pattern
+from ._work import work_pattern, work_subject
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -269,6 +269,27 @@ class _Document:
             )  # fmt: skip
         if getattr(agent, "_on_request", None) is not None:
             self._direct(agent)
+        self._sends(agent)
+
+    def _sends(self, agent: Agent) -> None:
+        """What the SDK publishes for the agent: its lifecycle, and its routes' events."""
+        name = agent.name
+        lifecycle = self.channel("agent.lifecycle.*", "Events matching agent.lifecycle.*.")
+        self.operation(
+            f"{name}.lifecycle", "send", lifecycle,
+            f"{name} announces itself (agent.lifecycle.started / stopped; failed for a "
+            "silent peer it detected).",
+        )  # fmt: skip
+        routes: Mapping[str, Any] = getattr(agent, "_routes", {})
+        for pattern, rules in routes.items():
+            for route in rules.routes:
+                target = work_subject(route.to) if route.deliver == "one" else route.to
+                ident = self.channel(target, f"Events routed to {target}.")
+                self.operation(
+                    f"{name}.route.{ident}", "send", ident,
+                    f"{name} re-publishes {pattern} events where {route.when} holds "
+                    f"(signed by {name}, the original as cause).",
+                )  # fmt: skip
 
     def _direct(self, agent: Agent) -> None:
         logical = direct_subject(agent.tenant, agent.name)

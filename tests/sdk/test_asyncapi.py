@@ -76,6 +76,9 @@ def app() -> list[Agent]:
     @billing.on("custom.billing.*")
     async def bill(event: Event) -> None: ...
 
+    billing.route("custom.orders.*", when="data.cents > 100000", to="capability.audit.review",
+                  deliver="one")  # fmt: skip
+
     return [summarizer, billing]
 
 
@@ -104,6 +107,14 @@ def test_the_document_validates_and_has_the_agents_channels() -> None:
     assert "reply" in operations["summarizer.request"]
     assert "billing.receive.custom.billing.any" in operations
     assert "billing.request" not in operations  # billing answers no direct requests
+    assert operations["billing.lifecycle"]["action"] == "send"
+    assert operations["billing.lifecycle"]["channel"] == {"$ref": "#/channels/agent.lifecycle.any"}
+    routed = operations["billing.route.capability.audit.work.review"]
+    assert routed["action"] == "send"
+    assert (
+        channels["capability.audit.work.review"]["address"] == "acme.capability.audit.work.review"
+    )
+    assert "data.cents > 100000" in routed["summary"]
 
 
 def test_messages_carry_the_envelope_the_data_schema_and_the_signature_header() -> None:
