@@ -12,10 +12,17 @@ from typing import TYPE_CHECKING, Any
 import nats
 import nats.js.errors
 import pytest
+from nats.js.api import AckPolicy, ConsumerConfig
 
 import eventwire
 from eventwire import CustomEvent, Event, InvalidArgument, NotFound, read_events
-from eventwire_security import KeyEntry, KeyringDocument, SealingKey, seen_bucket
+from eventwire_security import (
+    KeyEntry,
+    KeyringDocument,
+    SealingKey,
+    audit_stream_name,
+    seen_bucket,
+)
 from tests.conftest import TENANT, make_identity, wait_until
 from tests.sdk.test_cli import cli
 
@@ -45,32 +52,43 @@ async def claim_keys(js: JetStreamContext, root: str) -> list[str]:
         return []
 
 
+async def footprint(bus: eventwire.Bus, durable: str) -> tuple[int, int, int, list[str], int]:
+    """What reading could change: the durable consumer's pending, ack-pending and delivered
+    counts, the replay claims, the audit records."""
+    info = await bus.jetstream.consumer_info(bus.stream, durable)
+    audit = await bus.jetstream.stream_info(audit_stream_name(bus.root))
+    claims = await claim_keys(bus.jetstream, bus.root)
+    pending = (info.num_pending or 0, info.num_ack_pending or 0)
+    return *pending, info.delivered.stream_seq or 0, claims, audit.state.messages or 0
+
+
+async def publish_tampered(url: str, bus: eventwire.Bus, seq: int) -> None:
+    """A copy of the event at ``seq`` with its body changed, published with plain nats-py."""
+    stored = await bus.jetstream.get_msg(bus.stream, seq)
+    tampered = (stored.data or b"").replace(b'"n":2', b'"n":9')
+    headers = {**(stored.headers or {}), "Nats-Msg-Id": "tampered-copy"}
+    nc = await nats.connect(url)
+    try:
+        await nc.jetstream().publish(stored.subject or "", tampered, headers=headers)
+    finally:
+        await nc.close()
+
+
 async def test_tail_shows_forgeries_refused_and_consumes_nothing(
     bus: eventwire.Bus, nats_server: EmbeddedServer, root: str, tmp_path: Path
 ) -> None:
     alice = make_identity("alice", bus.keyring)
     mallory = make_identity("mallory")  # a key no keyring trusts
-    handled: list[str] = []
-
-    async def handle(event: Event) -> None:
-        handled.append(event.id)
-
-    async with bus.subscribe("custom.x", handle, durable="watcher") as sub:
-        first = await bus.publish(CustomEvent("custom.x", "x.made", {"n": 1}), identity=alice)
-        await wait_until(lambda: len(handled) == 1)
-    # the consumer is stopped: what follows waits for it (pending), and tail must not move it
+    # a durable consumer whose agent is down: every event waits for it
+    watcher = ConsumerConfig(
+        durable_name="watcher", ack_policy=AckPolicy.EXPLICIT, filter_subject=f"{root}.custom.x"
+    )
+    await bus.jetstream.add_consumer(bus.stream, watcher)
+    first = await bus.publish(CustomEvent("custom.x", "x.made", {"n": 1}), identity=alice)
     good = await bus.publish(CustomEvent("custom.x", "x.made", {"n": 2}), identity=alice)
     await bus.publish(CustomEvent("custom.x", "x.made", {"n": 3}), identity=mallory)
-    stored = await bus.jetstream.get_msg(bus.stream, good.seq)
-    tampered = (stored.data or b"").replace(b'"n":2', b'"n":9')
-    headers = {**(stored.headers or {}), "Nats-Msg-Id": "tampered-copy"}
-    nc = await nats.connect(nats_server.url)
-    try:
-        await nc.jetstream().publish(f"{root}.custom.x", tampered, headers=headers)
-    finally:
-        await nc.close()
-    before = await bus.jetstream.consumer_info(bus.stream, sub.durable)
-    claims_before = await claim_keys(bus.jetstream, root)
+    await publish_tampered(nats_server.url, bus, good.seq)
+    before = await footprint(bus, "watcher")
 
     code, out = await cli(
         "tail", "custom.>", "--url", nats_server.url, "--root", root, "--tenant", TENANT,
@@ -81,18 +99,26 @@ async def test_tail_shows_forgeries_refused_and_consumes_nothing(
     rows = json_lines(out)
     assert [row["seq"] for row in rows] == [first.seq, good.seq, good.seq + 1, good.seq + 2]
     assert [row["verified"] for row in rows] == [True, True, False, False]
-    assert rows[1]["source"] == f"{TENANT}/alice"
-    assert rows[1]["kid"] == alice.kid
+    assert (rows[1]["source"], rows[1]["kid"]) == (f"{TENANT}/alice", alice.kid)
     assert rows[1]["type"] == "x.made"
-    assert rows[2]["refusal"]["reason"] == "unknown-key"
-    assert rows[2]["kid"] == mallory.kid
+    assert (rows[2]["refusal"]["reason"], rows[2]["kid"]) == ("unknown-key", mallory.kid)
     assert rows[2]["claimed"]["source"] == f"{TENANT}/mallory"  # claimed, shown, not trusted
     assert rows[3]["refusal"]["reason"] == "bad-signature"
-    after = await bus.jetstream.consumer_info(bus.stream, sub.durable)
-    assert after.num_pending == before.num_pending == 3
-    assert after.num_ack_pending == before.num_ack_pending == 0
-    assert after.delivered.stream_seq == before.delivered.stream_seq
-    assert await claim_keys(bus.jetstream, root) == claims_before
+    assert before[:3] == (4, 0, 0)  # four events wait, none delivered
+    assert await footprint(bus, "watcher") == before  # not consumed, claimed or audited
+    # a consumer that does take them: handles two, refuses two, claims and audits
+    handled: list[str] = []
+
+    async def handle(event: Event) -> None:
+        handled.append(event.id)
+
+    async with bus.subscribe("custom.x", handle, durable="checker") as checker:
+        await wait_until(lambda: checker.stats.delivered == 4)
+    assert (checker.stats.rejected, len(handled)) == (2, 2)
+    async with asyncio.timeout(10):  # the audit writer stores refusals in the background
+        while (await footprint(bus, "watcher"))[4] == before[4]:  # noqa: ASYNC110 - polls the server
+            await asyncio.sleep(0.05)
+    assert len((await footprint(bus, "watcher"))[3]) > len(before[3])
 
 
 async def test_tail_table_names_the_signer_and_the_refusal(
