@@ -354,3 +354,36 @@ async def test_tail_shows_a_replayed_copy_as_already_seen(
     assert (first["seq"], first["verified"]) == (original.seq, True)
     assert (replay["seq"], replay["refusal"]["reason"]) == (copy.seq, "already-seen")
     assert replay["kid"] == alice.kid
+
+
+async def test_what_a_forgery_claims_reaches_the_terminal_without_control_characters(
+    bus: eventwire.Bus, nats_server: EmbeddedServer, root: str
+) -> None:
+    body = json.dumps(
+        {"id": "x\x1b[2J", "source": "acme/\x1b]0;pwned\x07mallory", "type": "t\r\nfake line"}
+    ).encode()
+    nc = await nats.connect(nats_server.url)
+    try:
+        await nc.jetstream().publish(f"{root}.custom.evil", body, headers={"Ew-Signature": "x"})
+    finally:
+        await nc.close()
+    where = ("--url", nats_server.url, "--root", root, "--tenant", TENANT)
+    for args in (("--json",), (), ("--follow",)):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "from eventwire.cli import main; main()", "tail", *where, *args,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        async with asyncio.timeout(15):
+            out = (
+                await proc.stdout.readline() if args == ("--follow",) else await proc.stdout.read()
+            )
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(15):
+            await proc.wait()
+        assert b"\x1b" not in out
+        assert b"\x07" not in out
+        assert b"\r" not in out
+        assert b"\nfake line" not in out  # no line of its own
+        assert b"malformed" in out
