@@ -123,7 +123,10 @@ def line(item: StoredEvent) -> str:
 
 def tail(  # noqa: PLR0917 - typer reads options from the signature
     pattern: Annotated[
-        str, typer.Argument(help="Logical subject pattern, e.g. 'task.>' (default: all).")
+        str,
+        typer.Argument(
+            metavar="PATTERN", help="Logical subject pattern, e.g. 'task.>' (default: all)."
+        ),
     ] = ">",
     url: Url = "nats://127.0.0.1:4222",
     root: Root = "ew",
