@@ -24,6 +24,7 @@ from ._aggregates import (
     Loaded,
     SnapshotPolicy,
 )
+from ._asyncapi import asyncapi_document
 from ._batches import Batch
 from ._breaker import (
     BreakerPolicy,
@@ -78,6 +79,7 @@ from ._errors import (
 )
 from ._event import Event, Publishable
 from ._failures import AgentFailed, Beat, Failure, FailureWatch, failure_msg_id
+from ._inspect import EventReader, Flow, FlowNode, StoredEvent, read_events, trace_flow
 from ._kinds import (
     AgentLifecycle,
     CustomEvent,
@@ -243,6 +245,7 @@ __all__ = [
     "ErrorReported",
     "Event",
     "EventData",
+    "EventReader",
     "EventTooLarge",
     "EventwireError",
     "Failure",
@@ -250,6 +253,8 @@ __all__ = [
     "FailureWatch",
     "Feed",
     "FindingKind",
+    "Flow",
+    "FlowNode",
     "Forbidden",
     "HelpRequested",
     "HostNotFound",
@@ -306,6 +311,7 @@ __all__ = [
     "ServerUnavailable",
     "SnapshotPolicy",
     "StatusUpdate",
+    "StoredEvent",
     "Strategy",
     "StreamConfigError",
     "SubscribeKeywords",
@@ -326,6 +332,7 @@ __all__ = [
     "WorkStatus",
     "WrongTenant",
     "__version__",
+    "asyncapi_document",
     "broadcast_subject",
     "connect",
     "failure_msg_id",
@@ -335,12 +342,14 @@ __all__ = [
     "keyring_of_entries",
     "provision_agent",
     "publish_keyring",
+    "read_events",
     "read_key_entry",
     "read_keyring_file",
     "read_keyring_token",
     "run_agents",
     "serve_agents",
     "serve_metrics",
+    "trace_flow",
     "work_subject",
     "write_key_entry",
     "write_keyring_file",

@@ -11,6 +11,7 @@ import os
 import typer
 
 from ._agents import agents
+from ._asyncapi import asyncapi
 from ._audit import app as audit_app
 from ._bench import bench
 from ._boundary import Boundary
@@ -22,8 +23,10 @@ from ._run import run
 from ._server import SETTINGS as SERVER_SETTINGS
 from ._server import server
 from ._streams import app as streams_app
+from ._tail import tail
 from ._tenant import app as tenant_app
 from ._tls import app as tls_app
+from ._trace import trace
 
 app = typer.Typer(
     name="eventwire",
@@ -55,6 +58,9 @@ app.add_typer(tenant_app, name="tenant")
 app.add_typer(policy_app, name="policy")
 app.command(context_settings=SERVER_SETTINGS, options_metavar="[NATS-SERVER OPTIONS]")(server)
 app.add_typer(tls_app, name="tls")
+app.command(help="Print stored and arriving events, each verified (read-only).")(tail)
+app.command(help="Print the causation tree of a flow across agents, with timings.")(trace)
+app.command(help="Write the AsyncAPI 3.0 document of an application's agents.")(asyncapi)
 
 
 @app.command()
