@@ -91,6 +91,9 @@ from ._kinds import (
 from ._metrics import MetricsServer, serve_metrics
 from ._options import DeliveryKeywords, SubscribeKeywords, SubscribeOptions
 from ._partitions import PartitionedSubscription
+from ._patterns import Absence, Pattern, Sequence, Step, Threshold
+from ._patterns_detector import MATCHED, PatternDetector, PatternMatch
+from ._patterns_feed import ProcessingCounters, ProcessingStopped
 from ._phi import FailureDetectors, PhiAccrualDetector, PhiSettings, Suspicion
 from ._priority import Priority, PriorityGate
 from ._projections import Feed, Projection, ProjectionFailed
@@ -186,8 +189,10 @@ logging.getLogger("eventwire").addHandler(logging.NullHandler())
 __all__ = [
     "DEFAULT_REPLAY_WINDOW",
     "DEFAULT_RETRY",
+    "MATCHED",
     "SIGNATURE_HEADER",
     "TLS",
+    "Absence",
     "Actor",
     "Agent",
     "AgentExists",
@@ -272,12 +277,17 @@ __all__ = [
     "NotRunning",
     "OperationTimeout",
     "PartitionedSubscription",
+    "Pattern",
+    "PatternDetector",
+    "PatternMatch",
     "PhiAccrualDetector",
     "PhiSettings",
     "Policy",
     "Principal",
     "Priority",
     "PriorityGate",
+    "ProcessingCounters",
+    "ProcessingStopped",
     "Projection",
     "ProjectionFailed",
     "PublishAck",
@@ -300,12 +310,14 @@ __all__ = [
     "SealedForOthers",
     "SealingKey",
     "SecurityStats",
+    "Sequence",
     "ServerError",
     "ServerGone",
     "ServerRejected",
     "ServerUnavailable",
     "SnapshotPolicy",
     "StatusUpdate",
+    "Step",
     "Strategy",
     "StreamConfigError",
     "SubscribeKeywords",
@@ -318,6 +330,7 @@ __all__ = [
     "TaskCompleted",
     "TenantExists",
     "TenantUser",
+    "Threshold",
     "TimeoutPolicy",
     "TransportError",
     "TrustedKey",
