@@ -116,6 +116,8 @@ from ._tenants import (
     UnknownTenant,
 )
 from ._tls import TLS, TLSFailed
+from ._windows import Aggregation, Window
+from ._windows_stream import WINDOW_CLOSED, WindowedStream, WindowResult
 from ._work import WorkStatus, broadcast_subject, work_subject
 
 if TYPE_CHECKING:
@@ -192,6 +194,7 @@ __all__ = [
     "MATCHED",
     "SIGNATURE_HEADER",
     "TLS",
+    "WINDOW_CLOSED",
     "Absence",
     "Actor",
     "Agent",
@@ -202,6 +205,7 @@ __all__ = [
     "Aggregate",
     "AggregateCorrupted",
     "AggregateStore",
+    "Aggregation",
     "AuditCorrupted",
     "AuditFinding",
     "AuditLog",
@@ -336,6 +340,9 @@ __all__ = [
     "TrustedKey",
     "UnknownTenant",
     "Unprocessable",
+    "Window",
+    "WindowResult",
+    "WindowedStream",
     "WorkStatus",
     "WrongTenant",
     "__version__",

@@ -306,7 +306,7 @@ class KeyedFeed:
                 except nats.errors.TimeoutError:
                     msgs = []
                 await self._batch(msgs)
-        except (EventwireError, nats.errors.Error, OSError) as exc:
+        except Exception as exc:  # the bus, the server, a sink or a key function: stop, say why
             log.error(
                 "%s %s stopped: %r", self.settings.kind, self.settings.name, exc, exc_info=exc
             )
