@@ -167,13 +167,14 @@ class PatternDetector:
     a durable consumer of every subject the patterns read; state per ``key`` (default: the
     partition key, else the correlation id) on event time (``event_time``, default the
     signed ``time`` claim), stored in KV, signed as ``identity``; matches published signed
-    as ``identity`` (see the module's documentation) and given to ``on_match`` (called
-    before publishing: again after a crash, so make it idempotent). ``lateness``: seconds
+    as ``identity`` (see the module's documentation), then given to ``on_match`` (called
+    again for a match found again after a crash: make it idempotent). ``lateness``: seconds
     of out-of-order arrival tolerated (older events are counted late and dropped);
     ``idle``: seconds without any event after which the watermark follows the wall clock
     (absences fire although no later event comes; None: only later events move it).
     ``batch``: events pulled and held at most at once. ``start``: a new detector reads
-    ``"all"`` stored events or only ``"new"`` ones.
+    ``"all"`` stored events or only ``"new"`` ones. ``ack_wait``: seconds after which the
+    events a crashed detector held are delivered again.
     """
 
     def __init__(  # noqa: PLR0913 - keywords, each with a default
@@ -189,11 +190,12 @@ class PatternDetector:
         idle: float | None = 2.0,
         batch: int = 64,
         start: Start = "all",
+        ack_wait: float = 30.0,
         on_match: Callable[[PatternMatch], Awaitable[None]] | None = None,
     ) -> None:
         settings = FeedSettings(
             name=name, kind="pattern", identity=identity, key=key, event_time=event_time,
-            lateness=lateness, idle=idle, batch=batch, start=start,
+            lateness=lateness, idle=idle, batch=batch, start=start, ack_wait=ack_wait,
         )  # fmt: skip
         if on_match is not None and not callable(on_match):
             raise InvalidArgument("must be an async function of a PatternMatch", field="on_match")

@@ -10,13 +10,15 @@ publishes what the engine outputs. How a restart neither loses nor repeats anyth
    given its key and event time; one older than the watermark is *late*: counted, dropped.
 3. After the batch, the watermark advances the states (closing windows, firing absences).
 4. Outputs are published with a deterministic ``Nats-Msg-Id`` (``bus.publish_report``),
-   so one published again after a crash is dropped by the stream as a duplicate.
+   so one published again after a crash is dropped by the stream as a duplicate; then
+   the engine's callbacks (``on_match``, ``sink``) get them.
 5. The changed states are written, each a signed document in the KV bucket
    ``<root>-projections`` (key ``<kind>.<name>-<hash of the key>``) with the stream
    sequence of the last event applied to it; then a signed meta document with the
    sequence of the whole batch and the watermark; then idle states are deleted; then the
    batch is acknowledged. On redelivery an event at or below its key's (or the meta's)
-   sequence is skipped, so each event changes each state once.
+   sequence is skipped, so each event changes each state once. Messages a crashed loop
+   held come back after ``ack_wait`` seconds.
 
 Watermark: ``max event time seen - lateness``; it never goes back. Time must pass for
 windows to close and absences to fire even when no event comes: with ``idle`` set, after
@@ -129,6 +131,7 @@ class FeedSettings:
     idle: float | None = None
     batch: int = 64
     start: Start = "all"
+    ack_wait: float = 30.0
 
     def __post_init__(self) -> None:
         checked_name("name", self.name)
@@ -143,6 +146,7 @@ class FeedSettings:
         if self.idle is not None:
             seconds(self.idle, field="idle")
         count(self.batch, field="batch")
+        seconds(self.ack_wait, field="ack_wait")
         if self.start not in ("all", "new"):
             raise InvalidArgument(f"must be 'all' or 'new', got {self.start!r}", field="start")
 
@@ -289,7 +293,7 @@ class KeyedFeed:
             filter_subject=filters[0] if len(filters) == 1 else None,
             filter_subjects=filters if len(filters) > 1 else None,
             ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=30.0,
+            ack_wait=settings.ack_wait,
             max_ack_pending=settings.batch,
             deliver_policy=DeliverPolicy.ALL if settings.start == "all" else DeliverPolicy.NEW,
         )
@@ -332,8 +336,8 @@ class KeyedFeed:
         self.clock.tick()
         outputs += self._advance(dirty)
         if outputs:
-            await self.engine.emitted(outputs)
             await self._publish(outputs)
+            await self.engine.emitted(outputs)
         before = self.position
         await self._store(dirty, last)
         for msg in msgs:

@@ -175,14 +175,14 @@ class _WindowEngine:
 
 
 class WindowedStream:
-    """Aggregation the events on ``pattern`` per key in ``window`` s with ``aggregate``.
+    """Aggregate the events on ``pattern`` per key in ``window`` s with ``aggregate``.
 
     ``async with WindowedStream(bus, "custom.sensor.>", window=Window.tumbling(60),
     aggregate=Aggregation.avg("celsius"), identity=..., name="temps")``: a durable consumer
     (named after ``name``); each closed window is published as a signed event (see the
-    module's documentation) and given to ``sink`` first (awaited: a slow sink slows the
+    module's documentation), then given to ``sink`` (awaited: a slow sink slows the
     pull; called again for the same window after a crash, so make it idempotent).
-    ``key``, ``event_time``, ``lateness``, ``idle``, ``batch`` and ``start`` as for
+    ``key``, ``event_time``, ``lateness``, ``idle``, ``batch``, ``start``, ``ack_wait`` as for
     :class:`~eventwire.PatternDetector`; events older than the watermark are counted in
     ``counters.late`` and dropped, those the aggregate cannot take in ``unusable``.
     """
@@ -202,6 +202,7 @@ class WindowedStream:
         idle: float | None = 2.0,
         batch: int = 64,
         start: Start = "all",
+        ack_wait: float = 30.0,
         sink: Callable[[WindowResult], Awaitable[None]] | None = None,
     ) -> None:
         problem = pattern_problem(pattern, families=True)
@@ -215,7 +216,7 @@ class WindowedStream:
             raise InvalidArgument("must be an async function of a WindowResult", field="sink")
         settings = FeedSettings(
             name=name, kind="window", identity=identity, key=key, event_time=event_time,
-            lateness=lateness, idle=idle, batch=batch, start=start,
+            lateness=lateness, idle=idle, batch=batch, start=start, ack_wait=ack_wait,
         )  # fmt: skip
         self.name = name
         self._engine = _WindowEngine(name, pattern, window, aggregate, sink)

@@ -32,6 +32,8 @@ app = typer.Typer(
     add_completion=False,
     cls=Boundary,
 )
+
+
 @app.callback()
 def _options(
     debug: bool = typer.Option(
