@@ -59,7 +59,7 @@ from ._snapshots import (
 from ._subjects import consumer_filters
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Coroutine, Iterable
     from types import TracebackType
 
     from nats.aio.msg import Msg
@@ -197,6 +197,14 @@ class ProcessingCounters:
     refused: int = 0
     published: int = 0
     batches: list[int] = field(default_factory=list, repr=False)
+
+
+async def _all(steps: Iterable[Coroutine[Any, Any, object]]) -> None:
+    """Run ``steps`` concurrently, wait for every one, then raise the first failure."""
+    outcomes = await asyncio.gather(*steps, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 def _hashed(key: str) -> str:
@@ -411,20 +419,23 @@ class KeyedFeed:
     async def _store(self, dirty: set[str], last: int) -> None:
         assert self._bucket is not None
         identity, wm = self.settings.identity, self.clock.value
+        bucket = self._bucket
         idle = [key for key in dirty if self.engine.idle(self.states[key].state)]
+        writes = []
         for key in dirty.difference(idle):
             entry = self.states[key]
             document = Snapshot(0, entry.seq, 0.0, {"key": key, "state": entry.state})
-            await write_snapshot(self._bucket, self._place(_hashed(key)), document, identity)
+            writes.append(write_snapshot(bucket, self._place(_hashed(key)), document, identity))
+        await _all(writes)  # the states of different keys are independent: in parallel
         if last == self.position and not dirty:
             return
         meta = Snapshot(0, last, wm if math.isfinite(wm) else 0.0, None)
-        await write_snapshot(self._bucket, self._place(_META), meta, identity)
+        await write_snapshot(bucket, self._place(_META), meta, identity)  # after the states
         self.position = last
         for key in idle:
             del self.states[key]
-            with mapped_nats_errors("delete an idle state"):
-                await self._bucket.delete(self._place(_hashed(key)).key)
+        with mapped_nats_errors("delete idle states"):
+            await _all([bucket.delete(self._place(_hashed(key)).key) for key in idle])
 
     async def _notify(self) -> None:
         async with self._progress:

@@ -17,6 +17,7 @@ from eventwire import (
     CustomEvent,
     Event,
     InvalidArgument,
+    ProcessingStopped,
     Window,
     WindowedStream,
     WindowResult,
@@ -255,3 +256,38 @@ async def test_bad_stream_parameters_are_typed_errors(
     with pytest.raises(InvalidArgument) as raised:
         WindowedStream(bus, arguments.pop("pattern"), identity=make_identity("p"), **arguments)
     assert raised.value.field == field
+
+
+async def test_a_failing_sink_stops_the_stream_with_a_typed_error(
+    bus: Bus, keyring: Keyring
+) -> None:
+    me, sensor = make_identity("proc", keyring), make_identity("sensor", keyring)
+
+    async def broken(result: WindowResult) -> None:
+        raise RuntimeError("the sink is down")
+
+    async def until_stopped() -> None:
+        async with stream(bus, me, Window.tumbling(10), Aggregation.count(), sink=broken) as w:
+            await emit(bus, sensor, "a", 1)
+            last = await emit(bus, sensor, "a", 30)
+            async with asyncio.timeout(10):
+                await w.wait_for(last)
+
+    with pytest.raises(ProcessingStopped) as raised:
+        await until_stopped()
+    assert raised.value.name == "temps"
+    assert isinstance(raised.value.__cause__, RuntimeError)
+
+
+async def test_forged_events_are_refused_and_never_aggregated(bus: Bus, keyring: Keyring) -> None:
+    me, sensor = make_identity("proc", keyring), make_identity("sensor", keyring)
+    forger = make_identity("sensor")  # same name, a key nobody trusts
+    results = Results()
+    async with stream(bus, me, Window.tumbling(10), Aggregation.count(), sink=results) as windows:
+        await emit(bus, sensor, "a", 1)
+        await emit(bus, forger, "a", 2)
+        last = await emit(bus, sensor, "a", 30)
+        async with asyncio.timeout(10):
+            await windows.wait_for(last)
+        assert (windows.counters.refused, windows.counters.applied) == (1, 2)
+    assert results.table() == [("a", 0, 10, 1, 1)]
