@@ -313,11 +313,7 @@ class KeyedFeed:
     async def _run(self, sub: JetStreamContext.PullSubscription) -> None:
         try:
             while True:
-                try:
-                    msgs = await sub.fetch(self.settings.batch, timeout=_TICK)
-                except nats.errors.TimeoutError:
-                    msgs = []
-                await self._batch(msgs)
+                await self._batch(await self._fetch(sub))
         except Exception as exc:  # the bus, the server, a sink or a key function: stop, say why
             log.error(
                 "%s %s stopped: %r", self.settings.kind, self.settings.name, exc, exc_info=exc
@@ -329,6 +325,22 @@ class KeyedFeed:
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
+        """The next batch: none after a quiet tick; none, after a pause, while the
+        connection is down (the bus reconnects); :class:`ClosedResource` once it closed."""
+        try:
+            return await sub.fetch(self.settings.batch, timeout=_TICK)
+        except nats.errors.TimeoutError:
+            return []
+        except (nats.errors.Error, OSError) as exc:
+            if self.bus.connection.is_closed:
+                raise
+            log.warning(
+                "%s %s: fetch failed (%r), retrying", self.settings.kind, self.settings.name, exc
+            )
+            await asyncio.sleep(_TICK)
+            return []
 
     async def _batch(self, msgs: list[Msg]) -> None:
         outputs: list[Output] = []

@@ -129,3 +129,32 @@ async def stored_matches(bus: Bus) -> int:
 
 if __name__ == "__main__":
     asyncio.run(worker(sys.argv[1:7]))
+
+
+async def test_a_detector_keeps_going_across_a_server_crash(own_server: EmbeddedServer) -> None:
+    """The server is SIGKILLed mid-window and started again on its port and store: the
+    detector reconnects, resumes its consumer and completes the match once."""
+    keyring = Keyring()
+    web, me = make_identity("web", keyring), make_identity("security", keyring)
+    async with (
+        eventwire.connect(own_server.url, tenant=TENANT, keyring=keyring, root="crash") as bus,
+        detector(bus, me, _ignore) as cep,
+    ):
+        for _ in range(2):
+            seq = await login(bus, web, "failed")
+        async with asyncio.timeout(30):
+            await cep.wait_for(seq)
+        await own_server.kill()
+        await asyncio.sleep(0.3)
+        await own_server.start()
+        await login(bus, web, "failed")  # retried until the server answers
+        success = await login(bus, web, "succeeded")
+        async with asyncio.timeout(30):
+            await cep.wait_for(success)
+        assert cep.counters.published == 1
+        assert cep.counters.applied == 4
+        assert await stored_matches(bus) == 1
+
+
+async def _ignore(match: PatternMatch) -> None:
+    pass
