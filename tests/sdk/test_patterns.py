@@ -291,3 +291,36 @@ async def test_bad_detector_parameters_are_typed_errors(
     with pytest.raises(error) as raised:
         PatternDetector(bus, arguments.pop("patterns"), identity=me, **arguments)
     assert getattr(raised.value, "field", None) == field
+
+
+async def test_patterns_combine(bus: Bus, keyring: Keyring) -> None:
+    """A three-step sequence, a sequence ending in an absence, a threshold of sequences."""
+    me, app = make_identity("cep", keyring), make_identity("app", keyring)
+    a, b, c = (Step(f"custom.flow.{name}") for name in "abc")
+    patterns: dict[str, Pattern] = {
+        "abc": Sequence(a, b, c, within=10),
+        "a-then-b-unanswered": Sequence(a, Absence(b, not_followed_by=c, within=10), within=30),
+        "twice-ab": Threshold(Sequence(a, b, within=5), at_least=2, within=60),
+    }
+    script = {
+        "k1": [("a", 0), ("b", 2), ("c", 3)],  # abc
+        "k2": [("a", 0), ("c", 1), ("b", 2), ("c", 3)],  # abc (the early c is not a step)
+        "k3": [("a", 0), ("b", 2), ("c", 20)],  # a-then-b-unanswered (c came too late)
+        "k4": [("a", 0), ("b", 1), ("a", 10), ("b", 11)],  # twice-ab, a-then-b-unanswered
+        "k5": [("b", 5), ("c", 6)],  # nothing: no a
+    }
+    async with detector(bus, patterns, me) as cep:
+        for index, (key, steps) in enumerate(script.items()):  # one key after the other
+            for name, at in steps:
+                await emit(bus, app, f"custom.flow.{name}", key, T0 + 100 * index + at)
+        last = await emit(bus, app, "custom.flow.c", "tick", T0 + 1000)  # time passes
+        async with asyncio.timeout(10):
+            await cep.wait_for(last)
+    events = await collect_matches(bus, cep.counters.published)
+    found = sorted(
+        (str(e.data["pattern"]), str(e.data["key"])) for e in events if isinstance(e.data, dict)
+    )
+    assert found == [
+        ("a-then-b-unanswered", "k3"), ("a-then-b-unanswered", "k4"),
+        ("abc", "k1"), ("abc", "k2"), ("twice-ab", "k4"),
+    ]  # fmt: skip
