@@ -6,8 +6,10 @@ publishes what the engine outputs. How a restart neither loses nor repeats anyth
 
 1. A batch of at most ``batch`` messages is fetched (the consumer allows no more unacked:
    a slow engine or sink slows the pull; memory holds one batch and the open states).
-2. Each event is verified (refused ones are counted and audited by the bus and skipped),
-   given its key and event time; one older than the watermark is *late*: counted, dropped.
+2. Each event is verified (refused ones are counted and audited by the bus and skipped)
+   and, with the bus's replay protection, its id claimed at its stream sequence (a copy
+   published again is refused as ``already-seen``, never counted twice); then it is given
+   its key and event time; one older than the watermark is *late*: counted and dropped.
 3. After the batch, the watermark advances the states (closing windows, firing absences).
 4. Outputs are published with a deterministic ``Nats-Msg-Id`` (``bus.publish_report``),
    so one published again after a crash is dropped by the stream as a duplicate; then
@@ -45,9 +47,11 @@ from eventwire_security import EventwireError
 from eventwire_security._layout import consumer_name
 
 from ._aggregates import bus_codec
+from ._codec import Rejection
 from ._errors import InvalidArgument, checked_name, mapped_nats_errors
 from ._event import Event
 from ._patterns import count, seconds
+from ._seen import Claim, event_key
 from ._snapshots import (
     Snapshot,
     SnapshotPlace,
@@ -70,6 +74,7 @@ if TYPE_CHECKING:
 
     from ._bus import Bus
     from ._kinds import CustomEvent
+    from ._link import Link
 
 log = logging.getLogger("eventwire.patterns")
 State = dict[str, Any]
@@ -207,6 +212,11 @@ async def _all(steps: Iterable[Coroutine[Any, Any, object]]) -> None:
             raise outcome
 
 
+def bus_link(bus: Bus, doing: str) -> Link:
+    """What the open bus holds (its codec, its replay claims); ClosedResource if closed."""
+    return bus._running(doing)
+
+
 def _hashed(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:_HASH_CHARS]
 
@@ -224,6 +234,8 @@ class KeyedFeed:
         self._task: asyncio.Task[None] | None = None
         self._failure: ProcessingStopped | None = None
         self._progress = asyncio.Condition()
+        self._durable = ""
+        self._never = asyncio.Event()  # replay claims are never interrupted: a stop cancels
 
     @property
     def _js(self) -> JetStreamContext:
@@ -294,7 +306,9 @@ class KeyedFeed:
         filters = sorted(
             {f for p in patterns for f in consumer_filters(bus.root, p, bus.partitions)}
         )
-        durable = consumer_name(settings.name, f"{settings.kind}:{','.join(patterns)}")
+        self._durable = durable = consumer_name(
+            settings.name, f"{settings.kind}:{','.join(patterns)}"
+        )
         config = ConsumerConfig(
             durable_name=durable,
             description=f"eventwire {settings.kind} {settings.name}",
@@ -345,14 +359,9 @@ class KeyedFeed:
     async def _batch(self, msgs: list[Msg]) -> None:
         outputs: list[Output] = []
         dirty: set[str] = set()
-        last = self.position
-        for msg in msgs:
-            seq = msg.metadata.sequence.stream
-            if seq <= self.position:
-                self.counters.duplicates += 1
-                continue
-            outputs += self._take(msg, seq, dirty)
-            last = max(last, seq)
+        last = max([self.position, *(msg.metadata.sequence.stream for msg in msgs)])
+        for seq, event in await self._opened(msgs):
+            outputs += self._take(event, seq, dirty)
         self.clock.tick()
         outputs += self._advance(dirty)
         if outputs:
@@ -367,14 +376,42 @@ class KeyedFeed:
             self.counters.batches.append(len(msgs))
             await self._notify()
 
-    def _take(self, msg: Msg, seq: int, dirty: set[str]) -> list[Output]:
-        codec = bus_codec(self.bus, "read events")
-        meta = msg.metadata
-        result = codec.open(msg.data, msg.headers, msg.subject, meta.timestamp.timestamp())
-        if not isinstance(result, Event):
-            codec.record(result)
-            self.counters.refused += 1
-            return []
+    async def _opened(self, msgs: list[Msg]) -> list[tuple[int, Event]]:
+        """The batch's new messages, verified (refusals counted and audited by the bus),
+        without replays: with the bus's replay protection each event id is claimed at its
+        stream sequence (as subscriptions do, see ``_seen``); one claimed at another
+        sequence is a copy published again, refused as ``already-seen``."""
+        link = bus_link(self.bus, "read events")
+        opened: list[tuple[int, Msg, Event]] = []
+        for msg in msgs:
+            seq = msg.metadata.sequence.stream
+            if seq <= self.position:
+                self.counters.duplicates += 1
+                continue
+            stored = msg.metadata.timestamp.timestamp()
+            result = link.codec.open(msg.data, msg.headers, msg.subject, stored)
+            if isinstance(result, Event):
+                opened.append((seq, msg, result))
+            else:
+                link.codec.record(result)
+                self.counters.refused += 1
+        if link.seen is None or not opened:
+            return [(seq, event) for seq, _, event in opened]
+        claims = [(event_key(event), seq) for seq, _, event in opened]
+        verdicts = await link.seen.claim_until_answered(
+            self._durable, claims, within=10.0, interrupted=lambda: self._never
+        )
+        kept = []
+        for (seq, msg, event), verdict in zip(opened, verdicts, strict=True):
+            if verdict is Claim.REPLAY:
+                detail = f"event {event.id} from {event.source} seen before stream seq {seq}"
+                link.codec.record(Rejection("already-seen", detail, msg.subject, event.signer_kid))
+                self.counters.refused += 1
+            else:
+                kept.append((seq, event))
+        return kept
+
+    def _take(self, result: Event, seq: int, dirty: set[str]) -> list[Output]:
         try:
             key, at = self.settings.key(result), float(self.settings.event_time(result))
         except Exception:

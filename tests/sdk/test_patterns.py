@@ -324,3 +324,24 @@ async def test_patterns_combine(bus: Bus, keyring: Keyring) -> None:
         ("a-then-b-unanswered", "k3"), ("a-then-b-unanswered", "k4"),
         ("abc", "k1"), ("abc", "k2"), ("twice-ab", "k4"),
     ]  # fmt: skip
+
+
+async def test_a_replayed_copy_is_refused_and_never_counted(bus: Bus, keyring: Keyring) -> None:
+    """An attacker publishes captured bytes again under a fresh message id: two failures
+    and a copy of one are not three."""
+    me, user = make_identity("cep", keyring), make_identity("web", keyring)
+    three = {"three": Threshold(FAILED, at_least=3, within=60)}
+    async with detector(bus, three, me) as cep:
+        await emit(bus, user, "custom.auth.login.failed", "alice", T0)
+        seq = await emit(bus, user, "custom.auth.login.failed", "alice", T0 + 1)
+        stored = await bus.jetstream.get_msg(bus.stream, seq)
+        headers = {**(stored.headers or {}), "Nats-Msg-Id": "replayed"}
+        replay = await bus.jetstream.publish(
+            stored.subject or "", stored.data or b"", headers=headers
+        )
+        assert replay.duplicate is not True
+        async with asyncio.timeout(10):
+            await cep.wait_for(replay.seq)
+        assert (cep.counters.applied, cep.counters.refused) == (2, 1)
+        assert cep.counters.published == 0
+    assert bus.security.rejected == {"already-seen": 1}
