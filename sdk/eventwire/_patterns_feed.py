@@ -6,10 +6,12 @@ publishes what the engine outputs. How a restart neither loses nor repeats anyth
 
 1. A batch of at most ``batch`` messages is fetched (the consumer allows no more unacked:
    a slow engine or sink slows the pull; memory holds one batch and the open states).
-2. Each event is verified (refused ones are counted and audited by the bus and skipped)
-   and, with the bus's replay protection, its id claimed at its stream sequence (a copy
-   published again is refused as ``already-seen``, never counted twice); then it is given
-   its key and event time; one older than the watermark is *late*: counted and dropped.
+2. Each event is verified (refused ones are counted and audited by the bus and skipped);
+   with a bus policy, one the identity's agent may not consume is refused as
+   ``policy-denied``; with the bus's replay protection, its id is claimed at its stream
+   sequence (a copy published again is refused as ``already-seen``, never counted twice).
+   Then it is given its key and event time; one older than the watermark is *late*:
+   counted and dropped.
 3. After the batch, the watermark advances the states (closing windows, firing absences).
 4. Outputs are published with a deterministic ``Nats-Msg-Id`` (``bus.publish_report``),
    so one published again after a crash is dropped by the stream as a duplicate; then
@@ -43,7 +45,7 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from eventwire_security import EventwireError
+from eventwire_security import Actor, EventwireError
 from eventwire_security._layout import consumer_name
 
 from ._aggregates import bus_codec
@@ -236,6 +238,7 @@ class KeyedFeed:
         self._progress = asyncio.Condition()
         self._durable = ""
         self._never = asyncio.Event()  # replay claims are never interrupted: a stop cancels
+        self._may_consume: Callable[[str], bool] = lambda subject: True
 
     @property
     def _js(self) -> JetStreamContext:
@@ -249,6 +252,10 @@ class KeyedFeed:
     async def __aenter__(self) -> Self:
         config = projections_config(self.bus.root, replicas=self.bus.replicas)
         self._bucket = await open_snapshots(self._js, config, create=self.bus.provisions)
+        if self.bus.policy is not None:  # the identity's agent reads as itself
+            principal = self.settings.identity.principal
+            compiled = self.bus.policy.for_actor(Actor(principal.tenant, principal.agent))
+            self._may_consume = compiled.may_consume
         await self._restore()
         sub = await self._subscribe()
         self._task = asyncio.get_running_loop().create_task(self._run(sub))
@@ -390,6 +397,9 @@ class KeyedFeed:
                 continue
             stored = msg.metadata.timestamp.timestamp()
             result = link.codec.open(msg.data, msg.headers, msg.subject, stored)
+            if isinstance(result, Event) and not self._may_consume(result.subject):
+                detail = f"{self.settings.identity.principal.source} may not consume it"
+                result = Rejection("policy-denied", detail, msg.subject, result.signer_kid)
             if isinstance(result, Event):
                 opened.append((seq, msg, result))
             else:

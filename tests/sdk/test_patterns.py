@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+import eventwire
 from eventwire import (
     MATCHED,
     Absence,
@@ -19,19 +20,21 @@ from eventwire import (
     Event,
     InvalidArgument,
     InvalidEvent,
+    Keyring,
     Pattern,
     PatternDetector,
     PatternMatch,
+    Policy,
     Sequence,
     Step,
     Threshold,
 )
-from tests.conftest import make_identity, wait_until
+from tests.conftest import TENANT, make_identity, wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from eventwire import Bus, Identity, Keyring
+    from eventwire import Bus, EmbeddedServer, Identity
 
 T0 = 1_800_000_000.0
 FAILED = Step("custom.auth.login.failed")
@@ -345,3 +348,42 @@ async def test_a_replayed_copy_is_refused_and_never_counted(bus: Bus, keyring: K
         assert (cep.counters.applied, cep.counters.refused) == (2, 1)
         assert cep.counters.published == 0
     assert bus.security.rejected == {"already-seen": 1}
+
+
+POLICY = Policy.from_toml(
+    """
+version = 1
+[[rule]]
+principal = "agent:web"
+publish = ["custom.auth.>"]
+[[rule]]
+principal = "agent:cep"
+publish = ["custom.pattern.>"]
+consume = ["custom.auth.public.>"]
+"""
+)
+
+
+async def test_with_a_policy_the_detector_reads_only_what_its_agent_may_consume(
+    nats_server: EmbeddedServer, root: str
+) -> None:
+    keyring = Keyring()
+    me, user = make_identity("cep", keyring), make_identity("web", keyring)
+    twice = {"twice": Threshold(Step("custom.auth.>"), at_least=2, within=60)}
+    async with (
+        eventwire.connect(
+            nats_server.url, tenant=TENANT, root=root, keyring=keyring, policy=POLICY
+        ) as bus,
+        detector(bus, twice, me) as cep,
+    ):
+        await emit(bus, user, "custom.auth.public.login", "alice", T0)
+        seq = await emit(bus, user, "custom.auth.secret.login", "alice", T0 + 1)
+        async with asyncio.timeout(10):
+            await cep.wait_for(seq)
+        assert (cep.counters.applied, cep.counters.refused) == (1, 1)
+        assert cep.counters.published == 0
+        seq = await emit(bus, user, "custom.auth.public.login", "alice", T0 + 2)
+        async with asyncio.timeout(10):
+            await cep.wait_for(seq)
+        assert cep.counters.published == 1  # allowed to publish its matches
+    assert bus.security.rejected == {"policy-denied": 1}
