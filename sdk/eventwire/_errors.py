@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from ._resource import ResourceState
 
 
+
+
 class InvalidEvent(EventwireError, ValueError):
     """An event, subject or pattern is not valid. ``field`` names what is wrong where known."""
 

@@ -32,8 +32,6 @@ app = typer.Typer(
     add_completion=False,
     cls=Boundary,
 )
-
-
 @app.callback()
 def _options(
     debug: bool = typer.Option(
