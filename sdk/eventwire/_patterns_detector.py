@@ -218,7 +218,7 @@ class PatternDetector:
         return self._feed.position
 
     @property
-    def keys(self) -> int:
+    def active_keys(self) -> int:
         """How many keys hold a partial match (kept in memory and in KV)."""
         return len(self._feed.states)
 

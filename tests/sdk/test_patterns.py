@@ -177,9 +177,9 @@ async def test_a_detector_closed_mid_window_resumes_and_matches_once(
             first.append(await emit(bus, user, "custom.auth.login.failed", "alice", T0 + offset))
         async with asyncio.timeout(10):
             await cep.wait_for(first[-1])
-        assert cep.keys == 1
+        assert cep.active_keys == 1
     async with detector(bus, {"takeover": FRAUD}, me) as cep:
-        assert cep.keys == 1  # the partial match, read back from KV
+        assert cep.active_keys == 1  # the partial match, read back from KV
         assert cep.position == first[-1]
         await emit(bus, user, "custom.auth.login.failed", "alice", T0 + 20)
         last = await emit(bus, user, "custom.auth.login.succeeded", "alice", T0 + 25)
@@ -187,7 +187,7 @@ async def test_a_detector_closed_mid_window_resumes_and_matches_once(
             await cep.wait_for(last)
         assert cep.counters.published == 1
         assert cep.counters.applied == 2  # nothing read twice
-        assert cep.keys == 0
+        assert cep.active_keys == 0
     [event] = await collect_matches(bus, 1)
     assert isinstance(event.data, dict)
     events = event.data["events"]
@@ -243,7 +243,7 @@ async def test_absence_fires_on_the_wall_clock_when_no_event_comes(
     )
     async with PatternDetector(bus, {"unpaid": unpaid}, identity=me, name="cep", idle=0.5) as cep:
         await bus.publish(CustomEvent("custom.order.placed", "placed", {}), identity=shop)
-        await wait_until(lambda: cep.counters.published == 1 and cep.keys == 0)
+        await wait_until(lambda: cep.counters.published == 1 and cep.active_keys == 0)
     assert await stored_matches(bus) == {f"{bus.root}.custom.pattern.cep.unpaid": 1}
 
 

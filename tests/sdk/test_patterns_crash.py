@@ -112,11 +112,11 @@ async def test_killed_between_publishing_and_storing_a_match_publishes_it_once(
         again.append(match)
 
     async with detector(bus, me, keep) as resumed:
-        assert resumed.keys == 1  # the three failures, from KV
+        assert resumed.active_keys == 1  # the three failures, from KV
         async with asyncio.timeout(30):
             await resumed.wait_for(success)  # redelivered after ACK_WAIT
         assert resumed.counters.applied == 1
-        assert resumed.keys == 0
+        assert resumed.active_keys == 0
     assert [list(match.event_ids) for match in again] == [matched_by_the_dead]
     assert await stored_matches(bus) == 1  # published again, stored once
 
