@@ -93,6 +93,9 @@ from ._kinds import (
 from ._metrics import MetricsServer, serve_metrics
 from ._options import DeliveryKeywords, SubscribeKeywords, SubscribeOptions
 from ._partitions import PartitionedSubscription
+from ._patterns import Absence, Pattern, Sequence, Step, Threshold
+from ._patterns_detector import MATCHED, PatternDetector, PatternMatch
+from ._patterns_feed import ProcessingCounters, ProcessingStopped
 from ._phi import FailureDetectors, PhiAccrualDetector, PhiSettings, Suspicion
 from ._priority import Priority, PriorityGate
 from ._projections import Feed, Projection, ProjectionFailed
@@ -115,6 +118,8 @@ from ._tenants import (
     UnknownTenant,
 )
 from ._tls import TLS, TLSFailed
+from ._windows import Aggregation, Window
+from ._windows_stream import WINDOW_CLOSED, WindowedStream, WindowResult
 from ._work import WorkStatus, broadcast_subject, work_subject
 
 if TYPE_CHECKING:
@@ -188,8 +193,11 @@ logging.getLogger("eventwire").addHandler(logging.NullHandler())
 __all__ = [
     "DEFAULT_REPLAY_WINDOW",
     "DEFAULT_RETRY",
+    "MATCHED",
     "SIGNATURE_HEADER",
     "TLS",
+    "WINDOW_CLOSED",
+    "Absence",
     "Actor",
     "Agent",
     "AgentExists",
@@ -199,6 +207,7 @@ __all__ = [
     "Aggregate",
     "AggregateCorrupted",
     "AggregateStore",
+    "Aggregation",
     "AuditCorrupted",
     "AuditFinding",
     "AuditLog",
@@ -277,12 +286,17 @@ __all__ = [
     "NotRunning",
     "OperationTimeout",
     "PartitionedSubscription",
+    "Pattern",
+    "PatternDetector",
+    "PatternMatch",
     "PhiAccrualDetector",
     "PhiSettings",
     "Policy",
     "Principal",
     "Priority",
     "PriorityGate",
+    "ProcessingCounters",
+    "ProcessingStopped",
     "Projection",
     "ProjectionFailed",
     "PublishAck",
@@ -305,12 +319,14 @@ __all__ = [
     "SealedForOthers",
     "SealingKey",
     "SecurityStats",
+    "Sequence",
     "ServerError",
     "ServerGone",
     "ServerRejected",
     "ServerUnavailable",
     "SnapshotPolicy",
     "StatusUpdate",
+    "Step",
     "StoredEvent",
     "Strategy",
     "StreamConfigError",
@@ -324,11 +340,15 @@ __all__ = [
     "TaskCompleted",
     "TenantExists",
     "TenantUser",
+    "Threshold",
     "TimeoutPolicy",
     "TransportError",
     "TrustedKey",
     "UnknownTenant",
     "Unprocessable",
+    "Window",
+    "WindowResult",
+    "WindowedStream",
     "WorkStatus",
     "WrongTenant",
     "__version__",

@@ -426,13 +426,21 @@ class Bus(StatefulResource):
         return PublishAck(signed.event_id, signed.subject, ack.stream, ack.seq, bool(ack.duplicate))
 
     async def publish_report(
-        self, item: Publishable, *, identity: Identity, key: str
+        self,
+        item: Publishable,
+        *,
+        identity: Identity,
+        key: str,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
     ) -> PublishAck:
         """Publish an event that several observers may report alike (a failure): its
         ``Nats-Msg-Id`` is ``key`` instead of the signature's hash, so the stream keeps
         the first report and drops the others as duplicates."""
         self._check_publish(identity, None, item.subject())
-        signed = self._running("publish").codec.sign(item, identity)
+        signed = self._running("publish").codec.sign(
+            item, identity, correlation_id=correlation_id, causation_id=causation_id
+        )
         headers = {**signed.headers, MSG_ID_HEADER: key}
         signed = dataclasses.replace(signed, msg_id=key, headers=headers)
         return await self._send(signed, timeout=5.0, attempts=5)
