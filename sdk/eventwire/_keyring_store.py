@@ -25,7 +25,6 @@ file still holds the bytes read.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import json
 import logging
@@ -52,6 +51,7 @@ from ._buckets import open_bucket
 from ._errors import BusyResource, EventwireError, TransportError
 from ._streams import keyring_config
 from ._supervisor import Loop, is_transport_error
+from ._watch import stop_watch
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable
@@ -291,8 +291,7 @@ class KeyringWatcher:
     async def _stop_watch(self) -> None:
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
-            with contextlib.suppress(nats.errors.Error):
-                await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py: unannotated
+            await stop_watch(watcher)
 
     async def _catch_up(self, watcher: KeyValue.KeyWatcher) -> None:
         """Check the history in order and apply only the last version accepted.

@@ -22,13 +22,13 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-import nats.errors
 from nats.js.kv import KV_DEL, KV_PURGE
 
 from ._errors import EventwireError
 from ._failures import AgentFailed, Beat, FailureWatch, failure_msg_id
 from ._phi import PhiSettings
 from ._registry import parse_entry
+from ._watch import stop_watch
 
 if TYPE_CHECKING:
     from nats.js.kv import KeyValue
@@ -47,19 +47,6 @@ def settings_for(interval: float) -> PhiSettings:
         acceptable_pause=interval,
         min_std_deviation=max(interval / 10, 0.05),
     )
-
-
-async def _stop(watcher: KeyValue.KeyWatcher) -> None:
-    """Stop a registry watch; on a lost connection nats-py's unsubscribe raises before it
-    cancels the watch's heartbeat tasks, so cancel them here (no task outlives us)."""
-    try:
-        await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py: unannotated
-    except nats.errors.Error:
-        jsi = getattr(getattr(watcher._sub, "_sub", None), "_jsi", None)
-        for name in ("_hbtask", "_fctask"):
-            task = getattr(jsi, name, None)
-            if isinstance(task, asyncio.Task):
-                task.cancel()
 
 
 class FailureObserver:
@@ -105,7 +92,7 @@ class FailureObserver:
         except StopAsyncIteration:
             return  # the watch was stopped
         finally:
-            await _stop(watcher)
+            await stop_watch(watcher)
 
     def _seen(self, entry: KeyValue.Entry) -> None:
         if entry.operation in (KV_DEL, KV_PURGE):

@@ -63,6 +63,7 @@ from ._snapshots import (
     write_snapshot,
 )
 from ._subjects import consumer_filters
+from ._watch import stop_watch
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Iterable
@@ -289,7 +290,7 @@ class KeyedFeed:
                         break
                     keys.append(entry.key)
             finally:
-                await watcher.stop()  # type: ignore[no-untyped-call] # nats-py leaves it untyped
+                await stop_watch(watcher)
         keyring = bus_codec(self.bus, "restore states").keyring
         for kv_key in keys:
             ident = kv_key.removeprefix(prefix)
