@@ -134,6 +134,22 @@ if TYPE_CHECKING:
         write_keyring_file,
     )
     from ._provision import provision_agent
+    from ._workflow_context import WorkflowContext
+    from ._workflow_control import WorkflowHandle, Workflows, WorkflowStatus
+    from ._workflow_defs import (
+        StepFailed,
+        StepRetry,
+        UntrustedHistory,
+        WaitTimedOut,
+        WorkflowAlreadyStarted,
+        WorkflowDefinition,
+        WorkflowError,
+        WorkflowFinished,
+        WorkflowNotFound,
+        workflow,
+    )
+    from ._workflow_runner import Orchestrator
+    from ._workflow_steps import StepRejected, StepWorker
 else:
     # Names for admin tools and tests, imported on first use (PEP 562) so that
     # ``import eventwire`` stays light; type checkers see the imports above.
@@ -162,6 +178,23 @@ else:
         "write_key_entry": "_keyring_store",
         "write_keyring_file": "_keyring_store",
         "provision_agent": "_provision",
+        "WorkflowHandle": "_workflow_control",
+        "WorkflowStatus": "_workflow_control",
+        "Workflows": "_workflow_control",
+        "WorkflowContext": "_workflow_context",
+        "StepFailed": "_workflow_defs",
+        "StepRetry": "_workflow_defs",
+        "UntrustedHistory": "_workflow_defs",
+        "WaitTimedOut": "_workflow_defs",
+        "WorkflowAlreadyStarted": "_workflow_defs",
+        "WorkflowDefinition": "_workflow_defs",
+        "WorkflowError": "_workflow_defs",
+        "WorkflowFinished": "_workflow_defs",
+        "WorkflowNotFound": "_workflow_defs",
+        "workflow": "_workflow_defs",
+        "Orchestrator": "_workflow_runner",
+        "StepRejected": "_workflow_steps",
+        "StepWorker": "_workflow_steps",
     }
 
     def __getattr__(name: str) -> object:
@@ -271,6 +304,7 @@ __all__ = [
     "NotProvisioned",
     "NotRunning",
     "OperationTimeout",
+    "Orchestrator",
     "PartitionedSubscription",
     "PhiAccrualDetector",
     "PhiSettings",
@@ -306,6 +340,10 @@ __all__ = [
     "ServerUnavailable",
     "SnapshotPolicy",
     "StatusUpdate",
+    "StepFailed",
+    "StepRejected",
+    "StepRetry",
+    "StepWorker",
     "Strategy",
     "StreamConfigError",
     "SubscribeKeywords",
@@ -323,7 +361,18 @@ __all__ = [
     "TrustedKey",
     "UnknownTenant",
     "Unprocessable",
+    "UntrustedHistory",
+    "WaitTimedOut",
     "WorkStatus",
+    "WorkflowAlreadyStarted",
+    "WorkflowContext",
+    "WorkflowDefinition",
+    "WorkflowError",
+    "WorkflowFinished",
+    "WorkflowHandle",
+    "WorkflowNotFound",
+    "WorkflowStatus",
+    "Workflows",
     "WrongTenant",
     "__version__",
     "broadcast_subject",
@@ -342,6 +391,7 @@ __all__ = [
     "serve_agents",
     "serve_metrics",
     "work_subject",
+    "workflow",
     "write_key_entry",
     "write_keyring_file",
 ]
