@@ -109,13 +109,14 @@ class Effects:
         self.done: Counter[str] = Counter()
         self.undone: Counter[str] = Counter()
         self.order: list[str] = []
+        self.refuse: set[str] = set()  # items the workers refuse (a failure for good)
 
     def worker(self, bus: Bus, name: str) -> StepWorker:
         steps = StepWorker(bus)
 
         @steps.action("do", input=Order)
         async def do(order: Order) -> Done:
-            if order.fail_at:
+            if order.fail_at or order.item in self.refuse:
                 raise StepRejected(f"{order.item} refused")
             self.done[order.item] += 1
             self.order.append(f"do {order.item}")
