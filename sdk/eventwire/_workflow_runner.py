@@ -54,9 +54,11 @@ def task_subject(workflow_id: str) -> str:
 class Orchestrator:
     """Runs ``workflows`` (definitions) as ``identity`` on ``bus``; an async context manager.
     ``max_in_flight`` workflows advance at once; compensations retry per
-    ``compensation_retry`` and are dead-lettered (``compensation-failed``) after it."""
+    ``compensation_retry`` and are dead-lettered (``compensation-failed``) after it. The
+    commands of an instance that died are taken up by another after ``ack_wait`` seconds
+    (running ones are kept in progress meanwhile)."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - public: the essentials, then optional keywords
         self,
         bus: Bus,
         identity: Identity,
@@ -64,10 +66,11 @@ class Orchestrator:
         *,
         max_in_flight: int = 32,
         compensation_retry: StepRetry | None = None,
+        ack_wait: float = 5.0,
     ) -> None:
         self.bus, self.identity = bus, identity
         self.definitions = {each.name: each for each in workflows}
-        self.max_in_flight = max_in_flight
+        self.max_in_flight, self.ack_wait = max_in_flight, ack_wait
         self.compensation_retry = compensation_retry or StepRetry(attempts=5)
         self.store = HistoryStore(bus, identity)
         self.timers = Timers(bus)
@@ -81,7 +84,7 @@ class Orchestrator:
             await stack.enter_async_context(
                 self.bus.subscribe(
                     TASK_PATTERN, self._on_command, durable="wf-orchestrator",
-                    max_in_flight=self.max_in_flight, retry=_COMMANDS, ack_wait=30,
+                    max_in_flight=self.max_in_flight, retry=_COMMANDS, ack_wait=self.ack_wait,
                 )
             )  # fmt: skip
             await stack.enter_async_context(self._timer_loop())
@@ -96,7 +99,7 @@ class Orchestrator:
     @contextlib.asynccontextmanager
     async def _timer_loop(self) -> AsyncIterator[None]:
         async with asyncio.TaskGroup() as group:
-            task = group.create_task(self.timers.consume(self.advance))
+            task = group.create_task(self.timers.consume(self.advance, ack_wait=self.ack_wait))
             try:
                 yield
             finally:

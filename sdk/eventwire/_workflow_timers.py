@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import nats.errors
 import nats.js.errors
+from nats.js.api import ConsumerConfig
 
 from ._errors import ServerRejected, mapped_nats_errors
 
@@ -92,13 +93,16 @@ class Timers:
                 f"{root}.wftimer.at.{workflow_id}.{op}", b"", stream=self.stream, headers=headers
             )
 
-    async def consume(self, wake: Callable[[str], Awaitable[None]]) -> None:
+    async def consume(self, wake: Callable[[str], Awaitable[None]], *, ack_wait: float) -> None:
         """Call ``wake(workflow_id)`` for each due timer, until cancelled. A wake-up that
         fails is delivered again a second later."""
         await self.ensure()
         subject = f"{self.bus.root}.wftimer.due.>"
         with mapped_nats_errors("consume workflow timers"):
-            sub = await self._js.pull_subscribe(subject, durable="wf-timers", stream=self.stream)
+            sub = await self._js.pull_subscribe(
+                subject, durable="wf-timers", stream=self.stream,
+                config=ConsumerConfig(ack_wait=ack_wait),
+            )  # fmt: skip
         try:
             while True:
                 try:

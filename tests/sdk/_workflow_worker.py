@@ -146,7 +146,7 @@ async def main(args: list[str]) -> None:
     log = Path(out).open("a", buffering=1)  # noqa: SIM115, ASYNC230 - open until killed
     async with (
         eventwire.connect(url, tenant=tenant, root=root, keyring=keyring) as bus,
-        Orchestrator(bus, identity, WORKFLOWS, max_in_flight=64),
+        Orchestrator(bus, identity, WORKFLOWS, max_in_flight=64, ack_wait=1.5),
     ):
         log.write("ready\n")
         await asyncio.Event().wait()
