@@ -112,5 +112,12 @@ async def test_retry_runs_a_compensated_workflow_again(bus: eventwire.Bus) -> No
     assert effects.undone == {"w1:r-1": 1, "w2:r-2": 1}
 
 
+async def until_steps(control: Workflows, workflow_id: str, expected: dict[int, str]) -> None:
+    """Wait until the workflow's steps are in the ``expected`` states."""
+    async with asyncio.timeout(20):
+        while await steps(control, workflow_id) != expected:
+            await _tick()
+
+
 async def _tick() -> None:
     await asyncio.sleep(0.05)

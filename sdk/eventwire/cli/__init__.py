@@ -24,6 +24,7 @@ from ._server import server
 from ._streams import app as streams_app
 from ._tenant import app as tenant_app
 from ._tls import app as tls_app
+from ._workflows import app as workflows_app
 
 app = typer.Typer(
     name="eventwire",
@@ -55,6 +56,7 @@ app.add_typer(tenant_app, name="tenant")
 app.add_typer(policy_app, name="policy")
 app.command(context_settings=SERVER_SETTINGS, options_metavar="[NATS-SERVER OPTIONS]")(server)
 app.add_typer(tls_app, name="tls")
+app.add_typer(workflows_app, name="workflows")
 
 
 @app.command()
