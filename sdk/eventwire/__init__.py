@@ -148,6 +148,7 @@ if TYPE_CHECKING:
         WorkflowNotFound,
         workflow,
     )
+    from ._workflow_history import TimelineEntry
     from ._workflow_runner import Orchestrator
     from ._workflow_steps import StepRejected, StepWorker
 else:
@@ -192,6 +193,7 @@ else:
         "WorkflowFinished": "_workflow_defs",
         "WorkflowNotFound": "_workflow_defs",
         "workflow": "_workflow_defs",
+        "TimelineEntry": "_workflow_history",
         "Orchestrator": "_workflow_runner",
         "StepRejected": "_workflow_steps",
         "StepWorker": "_workflow_steps",
@@ -356,6 +358,7 @@ __all__ = [
     "TaskCompleted",
     "TenantExists",
     "TenantUser",
+    "TimelineEntry",
     "TimeoutPolicy",
     "TransportError",
     "TrustedKey",
