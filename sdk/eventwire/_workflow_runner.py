@@ -202,8 +202,28 @@ class Orchestrator:
         await run.settled()
         await self.store.append(history, "completed", {"output": data})
 
+    async def _resolve_in_flight(self, history: History) -> None:
+        """Steps scheduled but without an outcome (their orchestrator died, or another
+        appended first) may have acted: ask again with the same key to learn the outcome."""
+        state = history.state
+        for op, record in sorted(state.steps.items()):
+            if record.status != "scheduled" or record.compensate is None:
+                continue
+            call = StepCall(
+                record.target, record.action, record.input, self.compensation_retry, 5.0
+            )
+            try:
+                result = await self._call(call, f"{history.workflow_id}:{state.epoch}:{op}")
+            except CallFailed as exc:
+                await self.store.append(
+                    history, "step-failed", {"op": op, "reason": exc.reason, "detail": exc.detail}
+                )
+                continue
+            await self.store.append(history, "step-completed", {"op": op, "result": result})
+
     async def _compensate(self, history: History) -> None:
         """Undo the completed steps in reverse order of completion; then the final event."""
+        await self._resolve_in_flight(history)
         state = history.state
         undone = failed = 0
         for op in reversed(state.done_order):

@@ -54,6 +54,7 @@ class StepWorker:
         self._actions: dict[str, tuple[type[BaseModel], Callable[[Any], Awaitable[BaseModel]]]] = {}
         self._bucket: KeyValue | None = None
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._users: defaultdict[str, int] = defaultdict(int)
 
     def action(
         self, name: str, *, input: type[M]
@@ -79,14 +80,17 @@ class StepWorker:
         if not isinstance(data, dict) or not isinstance(raw, str):
             return _rejected("not a workflow step request")
         key = hashlib.sha256(raw.encode()).hexdigest()[:48]
-        async with self._locks[key]:
-            try:
+        self._users[key] += 1
+        try:
+            async with self._locks[key]:
                 outcome = await self._recorded(key)
                 if outcome is None:
                     outcome = await self._run(data)
                     await self._record(key, outcome)
-            finally:
-                self._locks.pop(key, None)
+        finally:
+            self._users[key] -= 1
+            if not self._users[key]:
+                del self._users[key], self._locks[key]
         if "rejected" in outcome:
             return _rejected(str(outcome["rejected"]))
         return CustomEvent("custom.workflow.result", RESULT_TYPE, {"result": outcome["result"]})
