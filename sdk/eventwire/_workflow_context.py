@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from pydantic import JsonValue
 
     from ._workflow_history import History, HistoryStore
+    from ._workflow_seal import Sealer
 
     Caller = Callable[["StepCall", str], Awaitable[Any]]
     Scheduler = Callable[[str, int, float], Awaitable[None]]
@@ -51,23 +52,35 @@ class CallFailed(Exception):
 class StepCall:
     """One step or compensation request: who, what, with which data, how patiently."""
 
-    __slots__ = ("action", "data", "retry", "target", "timeout")
+    __slots__ = ("action", "data", "retry", "sealed", "target", "timeout")
 
-    def __init__(
-        self, target: str, action: str, data: JsonValue, retry: StepRetry, timeout: float
+    def __init__(  # noqa: PLR0913 - a plain record
+        self,
+        target: str,
+        action: str,
+        data: JsonValue,
+        retry: StepRetry,
+        timeout: float,
+        *,
+        sealed: bool = False,
     ) -> None:
         self.target, self.action, self.data = target, action, data
-        self.retry, self.timeout = retry, timeout
+        self.retry, self.timeout, self.sealed = retry, timeout, sealed
 
 
 class Run:
     """One replay of a workflow function over ``history``; appends through ``store``."""
 
     def __init__(
-        self, history: History, store: HistoryStore, call: Caller, schedule: Scheduler
+        self,
+        history: History,
+        store: HistoryStore,
+        call: Caller,
+        schedule: Scheduler,
+        sealer: Sealer,
     ) -> None:
         self.history, self.store = history, store
-        self.call, self.schedule = call, schedule
+        self.call, self.schedule, self.sealer = call, schedule, sealer
         self.ops = 0
         self._active = 0
         self._idle = asyncio.Event()
@@ -116,7 +129,7 @@ class Run:
                     workflow_id=self.workflow_id, step=op, reason="nondeterministic", detail=detail
                 )
             if record is not None and record.status == "completed":
-                return output.model_validate(record.result)
+                return output.model_validate(self._open(op, "result", record.result))
             if record is not None and record.status != "scheduled":
                 raise StepFailed(
                     workflow_id=self.workflow_id,
@@ -125,8 +138,9 @@ class Run:
                     detail=record.error or "",
                 )
             if record is None:
+                data = self._sealed(call, op, "input", call.data)
                 scheduled: JsonValue = {
-                    "op": op, "target": call.target, "action": call.action, "input": call.data,
+                    "op": op, "target": call.target, "action": call.action, "input": data,
                     "compensate": compensate, "timeout": call.timeout,
                 }  # fmt: skip
                 await self.append("step-scheduled", scheduled)
@@ -142,11 +156,17 @@ class Run:
             reason = "invalid-result"
             detail = f"not a {output.__name__}: {exc.errors()[0]['msg']} ({exc.error_count()})"
         else:
-            data = result.model_dump(mode="json")
+            data = self._sealed(call, op, "result", result.model_dump(mode="json"))
             await self.append("step-completed", {"op": op, "result": data})
             return result
         await self.append("step-failed", {"op": op, "reason": reason, "detail": detail})
         raise StepFailed(workflow_id=self.workflow_id, step=op, reason=reason, detail=detail)
+
+    def _sealed(self, call: StepCall, op: int, what: str, value: JsonValue) -> JsonValue:
+        return self.sealer.seal(self.workflow_id, op, what, value) if call.sealed else value
+
+    def _open(self, op: int, what: str, value: JsonValue) -> JsonValue:
+        return self.sealer.open(self.workflow_id, op, what, value)
 
     async def sleep(self, op: int, seconds: float) -> None:
         async with self.operation():
@@ -215,18 +235,20 @@ class WorkflowContext:
         retry: StepRetry | None = None,
         timeout: float = 5.0,
         compensate: str | None = None,
+        sealed: bool = False,
     ) -> Awaitable[M]:
         """Ask agent ``target`` (a :class:`StepWorker` answering its direct requests) to do
         ``action`` with ``request``; returns its result as ``output``. Retried per
         ``retry`` (each attempt waits ``timeout`` s); :class:`StepFailed` once it failed for
         good. ``compensate`` names the target's action that undoes it (it gets the step's
-        result), run if the workflow later fails or is cancelled."""
+        result), run if the workflow later fails or is cancelled. ``sealed``: the input and
+        result are stored sealed in the history (see ``_workflow_seal``)."""
         if not isinstance(request, BaseModel):
             raise InvalidArgument("must be a pydantic model instance", field="request")
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
             raise InvalidArgument("must be a number > 0", field="timeout")
         data = request.model_dump(mode="json")
-        call = StepCall(target, action, data, retry or StepRetry(), float(timeout))
+        call = StepCall(target, action, data, retry or StepRetry(), float(timeout), sealed=sealed)
         return self._run.step(self._run.next_op(), call, output, compensate)
 
     def sleep(self, seconds: float) -> Awaitable[None]:

@@ -25,15 +25,16 @@ from ._retry import RetryPolicy
 from ._workflow_context import CallFailed, Run, StepCall, Suspended, WorkflowContext
 from ._workflow_defs import COMMAND_TYPE, STEP_TYPE, StepRetry, WorkflowDefinition
 from ._workflow_history import History, HistoryMoved, HistoryStore
+from ._workflow_seal import Sealer, is_sealed
 from ._workflow_timers import Timers
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterable
+    from collections.abc import AsyncIterator, Iterable, Sequence
     from types import TracebackType
 
     from pydantic import JsonValue
 
-    from eventwire_security import Identity
+    from eventwire_security import Identity, RecipientKey
 
     from ._bus import Bus
     from ._event import Event
@@ -56,7 +57,8 @@ class Orchestrator:
     ``max_in_flight`` workflows advance at once; compensations retry per
     ``compensation_retry`` and are dead-lettered (``compensation-failed``) after it. The
     commands of an instance that died are taken up by another after ``ack_wait`` seconds
-    (running ones are kept in progress meanwhile)."""
+    (running ones are kept in progress meanwhile). Sealed steps' data is sealed to the
+    orchestrator and to ``readers`` (X25519 recipient keys)."""
 
     def __init__(  # noqa: PLR0913 - public: the essentials, then optional keywords
         self,
@@ -67,6 +69,7 @@ class Orchestrator:
         max_in_flight: int = 32,
         compensation_retry: StepRetry | None = None,
         ack_wait: float = 5.0,
+        readers: Sequence[RecipientKey] = (),
     ) -> None:
         self.bus, self.identity = bus, identity
         self.definitions = {each.name: each for each in workflows}
@@ -74,6 +77,7 @@ class Orchestrator:
         self.compensation_retry = compensation_retry or StepRetry(attempts=5)
         self.store = HistoryStore(bus, identity)
         self.timers = Timers(bus)
+        self.sealer = Sealer(identity, readers)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._users: defaultdict[str, int] = defaultdict(int)
         self._stack = contextlib.AsyncExitStack()
@@ -182,7 +186,7 @@ class Orchestrator:
             await self.store.append(history, "retried", {"by": by, "command": command.id})
 
     async def _run(self, history: History, definition: WorkflowDefinition[Any, Any]) -> None:
-        run = Run(history, self.store, self._call, self.timers.schedule)
+        run = Run(history, self.store, self._call, self.timers.schedule, self.sealer)
         ctx = WorkflowContext(run)
         try:
             output = await definition(ctx, definition.input.model_validate(history.state.input))
@@ -209,9 +213,8 @@ class Orchestrator:
         for op, record in sorted(state.steps.items()):
             if record.status != "scheduled" or record.compensate is None:
                 continue
-            call = StepCall(
-                record.target, record.action, record.input, self.compensation_retry, 5.0
-            )
+            data = self.sealer.open(history.workflow_id, op, "input", record.input)
+            call = StepCall(record.target, record.action, data, self.compensation_retry, 5.0)
             try:
                 result = await self._call(call, f"{history.workflow_id}:{state.epoch}:{op}")
             except CallFailed as exc:
@@ -219,6 +222,8 @@ class Orchestrator:
                     history, "step-failed", {"op": op, "reason": exc.reason, "detail": exc.detail}
                 )
                 continue
+            if is_sealed(record.input):
+                result = self.sealer.seal(history.workflow_id, op, "result", result)
             await self.store.append(history, "step-completed", {"op": op, "result": result})
 
     async def _compensate(self, history: History) -> None:
@@ -232,9 +237,8 @@ class Orchestrator:
                 undone += record.status == "compensated"
                 failed += record.status == "compensation-failed"
                 continue
-            call = StepCall(
-                record.target, record.compensate, record.result, self.compensation_retry, 5.0
-            )
+            data = self.sealer.open(history.workflow_id, op, "result", record.result)
+            call = StepCall(record.target, record.compensate, data, self.compensation_retry, 5.0)
             try:
                 await self._call(call, f"{history.workflow_id}:{state.epoch}:{op}:undo")
             except CallFailed as exc:

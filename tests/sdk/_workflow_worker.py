@@ -99,7 +99,15 @@ async def catcher(ctx: WorkflowContext, order: Order) -> Receipt:
     return Receipt(refs=[])
 
 
-WORKFLOWS = [saga, fanout, wrongtype, approval, catcher]
+@workflow("secret", input=Order, output=Receipt)
+async def secret(ctx: WorkflowContext, order: Order) -> Receipt:
+    mine = Order(item=f"code-{order.item}")  # the input is not sealed, the step's data is
+    kept = await ctx.step("w1", "do", mine, output=Done, compensate="undo", sealed=True)
+    await ctx.step("w2", "do", Order(item="public", fail_at=order.fail_at), output=Done)
+    return Receipt(refs=[kept.ref.split(":")[0]])  # the output is not sealed either
+
+
+WORKFLOWS = [saga, fanout, wrongtype, approval, catcher, secret]
 
 
 class Effects:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from typing import TYPE_CHECKING
 
 import pytest
@@ -18,7 +19,16 @@ from eventwire import (
     Workflows,
 )
 from tests.conftest import make_identity
-from tests.sdk._workflow_worker import WORKFLOWS, Done, Effects, Order, fanout, saga, wrongtype
+from tests.sdk._workflow_worker import (
+    WORKFLOWS,
+    Done,
+    Effects,
+    Order,
+    fanout,
+    saga,
+    secret,
+    wrongtype,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -132,3 +142,18 @@ async def test_history_signed_by_another_identity_is_refused(bus: eventwire.Bus)
         with pytest.raises(UntrustedHistory) as caught:
             await skeptic.status("trust-1")
     assert caught.value.source.endswith("/orchestrator")
+
+
+async def test_sealed_step_data_stays_sealed_in_history(bus: eventwire.Bus) -> None:
+    async with running(bus) as (control, effects, _):
+        done = await control.start(secret, "seal-1", Order(item="4711"))
+        assert (await done.result(timeout=20)).refs == ["w1"]
+        await control.start(secret, "seal-2", Order(item="4712", fail_at=1))
+        status = await control.wait("seal-2", timeout=20)
+        timelines = [await control.timeline(each) for each in ("seal-1", "seal-2")]
+    assert status.state == "compensated"
+    assert effects.done == {"code-4711": 1, "code-4712": 1, "public": 1}
+    assert effects.undone == {"w1:code-4712": 1}  # the compensation got the opened result
+    stored = json.dumps([[entry.data for entry in timeline] for timeline in timelines])
+    assert "code-47" not in stored
+    assert stored.count('"$sealed"') == 4  # input and result of each sealed step
