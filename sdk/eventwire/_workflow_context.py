@@ -237,7 +237,8 @@ class WorkflowContext:
         compensate: str | None = None,
         sealed: bool = False,
     ) -> Awaitable[M]:
-        """Ask agent ``target`` (a :class:`StepWorker` answering its direct requests) to do
+        """Ask agent ``target`` (a :class:`StepWorker` answering its direct requests; or
+        ``"capability:<name>"``: one live agent with it, chosen anew on each attempt) to do
         ``action`` with ``request``; returns its result as ``output``. Retried per
         ``retry`` (each attempt waits ``timeout`` s); :class:`StepFailed` once it failed for
         good. ``compensate`` names the target's action that undoes it (it gets the step's

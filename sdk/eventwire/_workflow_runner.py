@@ -43,6 +43,7 @@ __all__ = ["TASK_PATTERN", "Orchestrator", "task_subject"]
 
 log = logging.getLogger("eventwire.workflows")
 TASK_PATTERN = "custom.workflow.task.*"
+CAPABILITY = "capability:"  # a step target naming a capability, not an agent
 REJECTED = "step-rejected"  # the code of a worker's signed refusal (no retry)
 _COMMANDS = RetryPolicy(max_deliveries=50, initial_delay=0.2, max_delay=5)
 _MAX_RELOADS = 100
@@ -253,6 +254,14 @@ class Orchestrator:
             history, _final(state.reason, undone, failed), {"reason": state.reason}
         )
 
+    async def _request(self, call: StepCall, item: CustomEvent) -> Event:
+        """Ask the step's agent, or one live agent with its capability (``capability:x``)."""
+        me, seconds = self.identity, call.timeout
+        capability = call.target.removeprefix(CAPABILITY)
+        if capability != call.target:
+            return await self.bus.request(item, identity=me, capability=capability, timeout=seconds)
+        return await self.bus.request(call.target, item, identity=me, timeout=seconds)
+
     async def _call(self, call: StepCall, key: str) -> JsonValue:
         """Send the request (retried per its policy) and return the result in the reply."""
         item = CustomEvent(
@@ -263,9 +272,7 @@ class Orchestrator:
         last = "no attempt"
         for attempt in range(1, call.retry.attempts + 1):
             try:
-                reply = await self.bus.request(
-                    call.target, item, identity=self.identity, timeout=call.timeout
-                )
+                reply = await self._request(call, item)
             except RemoteError as exc:
                 if exc.code == REJECTED:
                     raise CallFailed("rejected", str(exc)) from None

@@ -107,7 +107,13 @@ async def secret(ctx: WorkflowContext, order: Order) -> Receipt:
     return Receipt(refs=[kept.ref.split(":")[0]])  # the output is not sealed either
 
 
-WORKFLOWS = [saga, fanout, wrongtype, approval, catcher, secret]
+@workflow("bycapability", input=Order, output=Receipt)
+async def bycapability(ctx: WorkflowContext, order: Order) -> Receipt:
+    done = await ctx.step("capability:booking", "do", order, output=Done)
+    return Receipt(refs=[done.ref])
+
+
+WORKFLOWS = [saga, fanout, wrongtype, approval, catcher, secret, bycapability]
 
 
 class Effects:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from eventwire import (
+    Agent,
     InvalidArgument,
     Orchestrator,
     StepRetry,
@@ -24,6 +25,7 @@ from tests.sdk._workflow_worker import (
     Done,
     Effects,
     Order,
+    bycapability,
     fanout,
     saga,
     secret,
@@ -157,3 +159,14 @@ async def test_sealed_step_data_stays_sealed_in_history(bus: eventwire.Bus) -> N
     stored = json.dumps([[entry.data for entry in timeline] for timeline in timelines])
     assert "code-47" not in stored
     assert stored.count('"$sealed"') == 4  # input and result of each sealed step
+
+
+async def test_step_asks_a_capability(bus: eventwire.Bus) -> None:
+    async with running(bus) as (control, effects, _):
+        booker = Agent(
+            "booker", capabilities=["booking"], identity=make_identity("booker", bus.keyring)
+        )
+        booker.on_request(effects.worker(bus, "booker").handle)
+        async with booker.serve(bus):
+            handle = await control.start(bycapability, "cap-1", Order(item="k"))
+            assert (await handle.result(timeout=20)).refs == ["booker:k"]
