@@ -10,8 +10,10 @@ process, requests with the same key wait for each other.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
+import time
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -39,6 +41,7 @@ __all__ = ["StepRejected", "StepWorker"]
 
 M = TypeVar("M", bound=BaseModel)
 _KEEP = 7 * 24 * 3600.0
+BUSY = "step-busy"  # the code of the answer while another instance runs the step
 
 
 class StepRejected(EventwireError):
@@ -47,10 +50,14 @@ class StepRejected(EventwireError):
 
 class StepWorker:
     """The step actions of one agent: ``@steps.action("book", input=Trip)``; answer with
-    ``agent.on_request(steps.handle)`` (or ``bus.serve_requests(identity, steps.handle)``)."""
+    ``agent.on_request(steps.handle)`` (or ``bus.serve_requests(identity, steps.handle)``).
+    Before running an action the worker claims its key in KV, so two instances never run
+    one step at once (the second answers "busy" and the orchestrator retries); a claim older
+    than ``claim_timeout`` seconds is taken to be its holder's death and taken over."""
 
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: Bus, *, claim_timeout: float = 300.0) -> None:
         self.bus = bus
+        self.claim_timeout = claim_timeout
         self._actions: dict[str, tuple[type[BaseModel], Callable[[Any], Awaitable[BaseModel]]]] = {}
         self._bucket: KeyValue | None = None
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -83,10 +90,9 @@ class StepWorker:
         self._users[key] += 1
         try:
             async with self._locks[key]:
-                outcome = await self._recorded(key)
-                if outcome is None:
-                    outcome = await self._run(data)
-                    await self._record(key, outcome)
+                outcome = await self._outcome(key, data)
+        except _Busy:
+            return ErrorReported(severity="info", message="step in progress", code=BUSY)
         finally:
             self._users[key] -= 1
             if not self._users[key]:
@@ -94,6 +100,38 @@ class StepWorker:
         if "rejected" in outcome:
             return _rejected(str(outcome["rejected"]))
         return CustomEvent("custom.workflow.result", RESULT_TYPE, {"result": outcome["result"]})
+
+    async def _outcome(self, key: str, data: dict[str, Any]) -> dict[str, Any]:
+        """The recorded outcome, or claim the key, run the action and record its outcome.
+        A claim older than ``claim_timeout`` (its holder died) may be taken over."""
+        bucket = await self._kv()
+        found = await self._recorded(bucket, key)
+        if found is not None and "running" not in found[0]:
+            return found[0]
+        if found is not None and time.time() - float(found[0]["running"]) < self.claim_timeout:
+            raise _Busy
+        revision = await self._claim(bucket, key, None if found is None else found[1])
+        try:
+            outcome = await self._run(data)
+        except BaseException:
+            with contextlib.suppress(Exception):  # let a retry run it again
+                await bucket.delete(key, last=revision)
+            raise
+        with mapped_nats_errors("record a step outcome"):
+            await bucket.put(key, json.dumps(outcome).encode())
+        return outcome
+
+    async def _claim(self, bucket: KeyValue, key: str, last: int | None) -> int:
+        claim = json.dumps({"running": time.time()}).encode()
+        try:
+            with mapped_nats_errors("claim a step"):
+                if last is None:
+                    return await bucket.create(key, claim)
+                return await bucket.update(key, claim, last=last)
+        except EventwireError as exc:
+            if isinstance(exc.__cause__, nats.js.errors.KeyWrongLastSequenceError):
+                raise _Busy from None  # another instance claimed it first
+            raise
 
     async def _run(self, data: dict[str, Any]) -> dict[str, Any]:
         found = self._actions.get(str(data.get("action")))
@@ -121,8 +159,7 @@ class StepWorker:
                 self._bucket = await open_bucket(self.bus.jetstream, config, create=True)
         return self._bucket
 
-    async def _recorded(self, key: str) -> dict[str, Any] | None:
-        bucket = await self._kv()
+    async def _recorded(self, bucket: KeyValue, key: str) -> tuple[dict[str, Any], int] | None:
         try:
             with mapped_nats_errors("read a step outcome"):
                 entry = await bucket.get(key)
@@ -130,12 +167,11 @@ class StepWorker:
             if isinstance(exc.__cause__, nats.js.errors.KeyNotFoundError):
                 return None
             raise
-        return json.loads(entry.value or b"null")  # type: ignore[no-any-return] # our JSON
+        return json.loads(entry.value or b"null"), int(entry.revision or 0)
 
-    async def _record(self, key: str, outcome: dict[str, Any]) -> None:
-        bucket = await self._kv()
-        with mapped_nats_errors("record a step outcome"):
-            await bucket.put(key, json.dumps(outcome).encode())
+
+class _Busy(Exception):
+    """Another instance is running this step now."""
 
 
 def _rejected(message: str) -> ErrorReported:

@@ -21,6 +21,7 @@ from eventwire import (
     Orchestrator,
     StepFailed,
     StepRejected,
+    StepRetry,
     StepWorker,
     TrustedKey,
     WorkflowContext,
@@ -113,7 +114,14 @@ async def bycapability(ctx: WorkflowContext, order: Order) -> Receipt:
     return Receipt(refs=[done.ref])
 
 
-WORKFLOWS = [saga, fanout, wrongtype, approval, catcher, secret, bycapability]
+@workflow("impatient", input=Order, output=Receipt)
+async def impatient(ctx: WorkflowContext, order: Order) -> Receipt:
+    retry = StepRetry(attempts=20, delay=0.1, backoff=1)
+    done = await ctx.step("w4", "slow", order, output=Done, timeout=0.1, retry=retry)
+    return Receipt(refs=[done.ref])
+
+
+WORKFLOWS = [saga, fanout, wrongtype, approval, catcher, secret, bycapability, impatient]
 
 
 class Effects:

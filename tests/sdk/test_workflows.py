@@ -27,6 +27,7 @@ from tests.sdk._workflow_worker import (
     Order,
     bycapability,
     fanout,
+    impatient,
     saga,
     secret,
     wrongtype,
@@ -170,3 +171,15 @@ async def test_step_asks_a_capability(bus: eventwire.Bus) -> None:
         async with booker.serve(bus):
             handle = await control.start(bycapability, "cap-1", Order(item="k"))
             assert (await handle.result(timeout=20)).refs == ["booker:k"]
+
+
+async def test_step_slower_than_its_timeout_runs_once_across_instances(
+    bus: eventwire.Bus,
+) -> None:
+    async with running(bus) as (control, effects, _):
+        w4 = make_identity("w4", bus.keyring)
+        for _ in range(2):  # two instances sharing the agent's requests, each its own worker
+            await bus.serve_requests(w4, effects.worker(bus, "w4").handle)
+        handle = await control.start(impatient, "slow-1", Order(item="s"))
+        assert (await handle.result(timeout=20)).refs == ["w4:s"]
+    assert effects.done == {"s": 1}
