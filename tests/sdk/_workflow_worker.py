@@ -151,6 +151,8 @@ class Effects:
 
         @steps.action("undo", input=Done)
         async def undo(done: Done) -> Done:
+            if done.ref in self.refuse:
+                raise RuntimeError(f"cannot undo {done.ref}")  # retried, then dead-lettered
             self.undone[done.ref] += 1
             self.order.append(f"undo {done.ref}")
             return done

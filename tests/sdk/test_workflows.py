@@ -183,3 +183,17 @@ async def test_step_slower_than_its_timeout_runs_once_across_instances(
         handle = await control.start(impatient, "slow-1", Order(item="s"))
         assert (await handle.result(timeout=20)).refs == ["w4:s"]
     assert effects.done == {"s": 1}
+
+
+async def test_compensation_that_keeps_failing_is_dead_lettered(bus: eventwire.Bus) -> None:
+    async with running(bus) as (control, effects, _):
+        effects.refuse.add("w1:u-1")
+        await control.start(saga, "undo-1", Order(item="u", fail_at=3))
+        status = await control.wait("undo-1", timeout=20)
+        timeline = await control.timeline("undo-1")
+    assert status.state == "failed-compensation"
+    assert status.steps == {1: "compensation-failed", 2: "compensated", 3: "failed"}
+    [letter] = [entry.data for entry in timeline if entry.kind == "compensation-failed"]
+    assert isinstance(letter, dict)
+    assert "cannot undo w1:u-1" in str(letter["reason"])
+    assert effects.undone == {"w2:u-2": 1}
