@@ -22,6 +22,8 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import ConsumerConfig
 
+from eventwire_security import EventwireError
+
 from ._errors import ServerRejected, mapped_nats_errors
 
 if TYPE_CHECKING:
@@ -94,8 +96,17 @@ class Timers:
             )
 
     async def consume(self, wake: Callable[[str], Awaitable[None]], *, ack_wait: float) -> None:
-        """Call ``wake(workflow_id)`` for each due timer, until cancelled. A wake-up that
-        fails is delivered again a second later."""
+        """Call ``wake(workflow_id)`` for each due timer (a fetched batch at once), until
+        cancelled. A wake-up that fails is delivered again a second later; a consumer that
+        cannot be made (no server) is tried again every second, with a warning."""
+        while True:
+            try:
+                await self._consume(wake, ack_wait)
+            except EventwireError as exc:
+                log.warning("workflow timers: %s; trying again in 1 s", exc)
+                await asyncio.sleep(1)
+
+    async def _consume(self, wake: Callable[[str], Awaitable[None]], ack_wait: float) -> None:
         await self.ensure()
         subject = f"{self.bus.root}.wftimer.due.>"
         with mapped_nats_errors("consume workflow timers"):
@@ -113,8 +124,7 @@ class Timers:
                     log.warning("workflow timers: %s; pulling again", exc)
                     await asyncio.sleep(0.5)
                     continue
-                for message in messages:
-                    await self._deliver(message, wake)
+                await asyncio.gather(*(self._deliver(message, wake) for message in messages))
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()

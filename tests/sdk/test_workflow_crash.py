@@ -63,8 +63,11 @@ async def test_workflows_survive_orchestrator_kills(
     await process.start(nats_server, root, boss, [user, *workers])
     ids = [f"c{n}" for n in range(COUNT)]
     failing = set(ids[::5])  # every fifth fails at step 3 and is compensated
+    sleeping = set(ids[::7])  # every seventh sleeps 1 s on a durable timer before step 3
     await asyncio.gather(*(
-        control.start(saga, each, Order(item=each, fail_at=3 if each in failing else 0))
+        control.start(saga, each, Order(
+            item=each, fail_at=3 if each in failing else 0, sleep=1.0 if each in sleeping else 0
+        ))
         for each in ids
     ))  # fmt: skip
     chance = random.Random(14)
@@ -85,3 +88,5 @@ async def test_workflows_survive_orchestrator_kills(
     for each in ids:  # every event verifies and is signed by the orchestrator
         timeline = await control.timeline(each)
         assert {entry.source for entry in timeline} == {boss.principal.source}
+        fired = [entry for entry in timeline if entry.kind == "timer-fired"]
+        assert len(fired) == (each in sleeping)  # each timer woke its workflow once
