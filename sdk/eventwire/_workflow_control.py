@@ -152,11 +152,14 @@ class Workflows:
         self, workflow_id: str, *, timeout: float = 30.0, poll: float = 0.05
     ) -> WorkflowStatus:
         """Wait until the workflow has finished; :class:`TimeoutError` after ``timeout``."""
+        check_workflow_id(workflow_id)
         async with asyncio.timeout(timeout):
             while True:
-                history = await self.histories.load(check_workflow_id(workflow_id))
-                if history.state.finished:
-                    return _status(history)
+                kind = await self.histories.last_kind(workflow_id)
+                if kind is None or kind in FINISHED:
+                    history = await self.histories.load(workflow_id)
+                    if history.state.finished:
+                        return _status(history)
                 await asyncio.sleep(poll)
 
 

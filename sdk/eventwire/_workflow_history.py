@@ -19,6 +19,7 @@ from eventwire_security import EventwireError
 from eventwire_security._layout import to_wire
 
 from ._aggregates import AggregateStore, bus_codec
+from ._codec import Rejection
 from ._errors import mapped_nats_errors
 from ._kinds import CustomEvent
 from ._workflow_defs import FINISHED, TYPE_PREFIX, UntrustedHistory, WorkflowNotFound
@@ -288,6 +289,23 @@ class HistoryStore:
         source = self.identity.principal.source
         entry = TimelineEntry(len(history.state.timeline) + 1, "", kind, source, "", data)
         history.state.timeline.append(entry)
+
+    async def last_kind(self, workflow_id: str) -> str | None:
+        """The kind of the history's last event (None: no history), verified and signed by a
+        trusted source, read without replaying the history (to poll for the end)."""
+        wire = to_wire(self.bus.root, self.subject(workflow_id))
+        try:
+            with mapped_nats_errors(f"read the last event of {wire}"):
+                message = await self.bus.jetstream.get_last_msg(self._aggregates()._stream, wire)
+        except EventwireError as exc:
+            if isinstance(exc.__cause__, nats.js.errors.NotFoundError):
+                return None
+            raise
+        codec = bus_codec(self.bus, "read a workflow")
+        event = codec.open(message.data or b"", message.headers, wire)
+        if isinstance(event, Rejection) or event.source not in self.trusted:
+            return None  # the full load says why
+        return event.type.removeprefix(TYPE_PREFIX)
 
     async def ids(self) -> list[str]:
         """The ids of every workflow with a history, sorted."""
