@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["StepRejected", "StepWorker"]
 
-M = TypeVar("M", bound=BaseModel)
+F = TypeVar("F", bound="Callable[[Any], Awaitable[BaseModel]]")
 _KEEP = 7 * 24 * 3600.0
 BUSY = "step-busy"  # the code of the answer while another instance runs the step
 
@@ -63,18 +63,14 @@ class StepWorker:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._users: defaultdict[str, int] = defaultdict(int)
 
-    def action(
-        self, name: str, *, input: type[M]
-    ) -> Callable[[Callable[[M], Awaitable[BaseModel]]], Callable[[M], Awaitable[BaseModel]]]:
+    def action(self, name: str, *, input: type[BaseModel]) -> Callable[[F], F]:
         """Register ``name``: an async function of an ``input`` model returning a model."""
         if not isinstance(name, str) or not name:
             raise InvalidArgument("must be a non-empty string", field="name")
         if not (isinstance(input, type) and issubclass(input, BaseModel)):
             raise InvalidArgument("must be a pydantic model class", field="input")
 
-        def register(
-            function: Callable[[M], Awaitable[BaseModel]],
-        ) -> Callable[[M], Awaitable[BaseModel]]:
+        def register(function: F) -> F:
             self._actions[name] = (input, function)
             return function
 

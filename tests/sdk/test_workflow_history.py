@@ -14,6 +14,8 @@ from tests.sdk._workflow_worker import Order, saga
 from tests.sdk.test_workflow_control import orchestrator, team
 
 if TYPE_CHECKING:
+    from pydantic import JsonValue
+
     import eventwire
 
 
@@ -21,9 +23,14 @@ async def test_step_in_flight_is_resolved_then_compensated_on_cancel(bus: eventw
     async with team(bus) as (control, effects, boss):
         store = HistoryStore(bus, boss)
         history = await store.load("h-1")  # as a dead orchestrator left it: step 1 sent
-        started = {"workflow": "saga", "input": {"item": "h"}, "by": "x", "command": "c0"}
+        started: JsonValue = {
+            "workflow": "saga",
+            "input": {"item": "h"},
+            "by": "x",
+            "command": "c0",
+        }
         await store.append(history, "started", started)
-        step = {"op": 1, "target": "w1", "action": "do", "input": {"item": "h-1"},
+        step: JsonValue = {"op": 1, "target": "w1", "action": "do", "input": {"item": "h-1"},
                 "compensate": "undo", "timeout": 5.0}  # fmt: skip
         await store.append(history, "step-scheduled", step)
         async with orchestrator(bus, boss):
