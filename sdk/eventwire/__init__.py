@@ -141,6 +141,23 @@ if TYPE_CHECKING:
         write_keyring_file,
     )
     from ._provision import provision_agent
+    from ._workflow_context import WorkflowContext
+    from ._workflow_control import WorkflowHandle, Workflows, WorkflowStatus
+    from ._workflow_defs import (
+        StepFailed,
+        StepRetry,
+        UntrustedHistory,
+        WaitTimedOut,
+        WorkflowAlreadyStarted,
+        WorkflowDefinition,
+        WorkflowError,
+        WorkflowFinished,
+        WorkflowNotFound,
+        workflow,
+    )
+    from ._workflow_history import TimelineEntry
+    from ._workflow_runner import Orchestrator
+    from ._workflow_steps import StepRejected, StepWorker
 else:
     # Names for admin tools and tests, imported on first use (PEP 562) so that
     # ``import eventwire`` stays light; type checkers see the imports above.
@@ -169,6 +186,24 @@ else:
         "write_key_entry": "_keyring_store",
         "write_keyring_file": "_keyring_store",
         "provision_agent": "_provision",
+        "WorkflowHandle": "_workflow_control",
+        "WorkflowStatus": "_workflow_control",
+        "Workflows": "_workflow_control",
+        "WorkflowContext": "_workflow_context",
+        "StepFailed": "_workflow_defs",
+        "StepRetry": "_workflow_defs",
+        "UntrustedHistory": "_workflow_defs",
+        "WaitTimedOut": "_workflow_defs",
+        "WorkflowAlreadyStarted": "_workflow_defs",
+        "WorkflowDefinition": "_workflow_defs",
+        "WorkflowError": "_workflow_defs",
+        "WorkflowFinished": "_workflow_defs",
+        "WorkflowNotFound": "_workflow_defs",
+        "workflow": "_workflow_defs",
+        "TimelineEntry": "_workflow_history",
+        "Orchestrator": "_workflow_runner",
+        "StepRejected": "_workflow_steps",
+        "StepWorker": "_workflow_steps",
     }
 
     def __getattr__(name: str) -> object:
@@ -285,6 +320,7 @@ __all__ = [
     "NotProvisioned",
     "NotRunning",
     "OperationTimeout",
+    "Orchestrator",
     "PartitionedSubscription",
     "Pattern",
     "PatternDetector",
@@ -327,6 +363,10 @@ __all__ = [
     "SnapshotPolicy",
     "StatusUpdate",
     "Step",
+    "StepFailed",
+    "StepRejected",
+    "StepRetry",
+    "StepWorker",
     "StoredEvent",
     "Strategy",
     "StreamConfigError",
@@ -341,15 +381,27 @@ __all__ = [
     "TenantExists",
     "TenantUser",
     "Threshold",
+    "TimelineEntry",
     "TimeoutPolicy",
     "TransportError",
     "TrustedKey",
     "UnknownTenant",
     "Unprocessable",
+    "UntrustedHistory",
+    "WaitTimedOut",
     "Window",
     "WindowResult",
     "WindowedStream",
     "WorkStatus",
+    "WorkflowAlreadyStarted",
+    "WorkflowContext",
+    "WorkflowDefinition",
+    "WorkflowError",
+    "WorkflowFinished",
+    "WorkflowHandle",
+    "WorkflowNotFound",
+    "WorkflowStatus",
+    "Workflows",
     "WrongTenant",
     "__version__",
     "asyncapi_document",
@@ -371,6 +423,7 @@ __all__ = [
     "serve_metrics",
     "trace_flow",
     "work_subject",
+    "workflow",
     "write_key_entry",
     "write_keyring_file",
 ]

@@ -27,6 +27,7 @@ from ._tail import tail
 from ._tenant import app as tenant_app
 from ._tls import app as tls_app
 from ._trace import trace
+from ._workflows import app as workflows_app
 
 app = typer.Typer(
     name="eventwire",
@@ -61,6 +62,7 @@ app.add_typer(tls_app, name="tls")
 app.command(help="Print stored and arriving events, each verified (read-only).")(tail)
 app.command(help="Print the causation tree of a flow across agents, with timings.")(trace)
 app.command(help="Write the AsyncAPI 3.0 document of an application's agents.")(asyncapi)
+app.add_typer(workflows_app, name="workflows")
 
 
 @app.command()
