@@ -78,6 +78,7 @@ from ._errors import (
 )
 from ._event import Event, Publishable
 from ._failures import AgentFailed, Beat, Failure, FailureWatch, failure_msg_id
+from ._health import Health, HealthSettings, HealthSignal, Reason, agents_health
 from ._kinds import (
     AgentLifecycle,
     CustomEvent,
@@ -251,6 +252,9 @@ __all__ = [
     "Feed",
     "FindingKind",
     "Forbidden",
+    "Health",
+    "HealthSettings",
+    "HealthSignal",
     "HelpRequested",
     "HostNotFound",
     "Identity",
@@ -283,6 +287,7 @@ __all__ = [
     "PublishAck",
     "PublishFailed",
     "Publishable",
+    "Reason",
     "RecipientKey",
     "Rejection",
     "RemoteError",
@@ -326,6 +331,7 @@ __all__ = [
     "WorkStatus",
     "WrongTenant",
     "__version__",
+    "agents_health",
     "broadcast_subject",
     "connect",
     "failure_msg_id",
