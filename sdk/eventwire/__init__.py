@@ -24,6 +24,7 @@ from ._aggregates import (
     Loaded,
     SnapshotPolicy,
 )
+from ._anomaly import Anomaly, AnomalyDetector, AnomalySettings
 from ._batches import Batch
 from ._breaker import (
     BreakerPolicy,
@@ -198,6 +199,9 @@ __all__ = [
     "Aggregate",
     "AggregateCorrupted",
     "AggregateStore",
+    "Anomaly",
+    "AnomalyDetector",
+    "AnomalySettings",
     "AuditCorrupted",
     "AuditFinding",
     "AuditLog",
