@@ -80,6 +80,7 @@ from ._errors import (
 from ._event import Event, Publishable
 from ._failures import AgentFailed, Beat, Failure, FailureWatch, failure_msg_id
 from ._health import Health, HealthSettings, HealthSignal, Reason, agents_health
+from ._healthz import HealthServer, serve_health
 from ._kinds import (
     AgentLifecycle,
     CustomEvent,
@@ -257,6 +258,7 @@ __all__ = [
     "FindingKind",
     "Forbidden",
     "Health",
+    "HealthServer",
     "HealthSettings",
     "HealthSignal",
     "HelpRequested",
@@ -350,6 +352,7 @@ __all__ = [
     "read_keyring_token",
     "run_agents",
     "serve_agents",
+    "serve_health",
     "serve_metrics",
     "work_subject",
     "write_key_entry",
