@@ -4,9 +4,11 @@ probes' answers, and the agents' health seen from outside (the registry and cons
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 from typing import TYPE_CHECKING
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 import eventwire
 from eventwire import (
@@ -217,3 +219,39 @@ async def test_agents_health_from_the_registry_and_consumers(bus: eventwire.Bus)
 def test_a_bad_signal_is_refused(threshold: float, limit: float, weight: float) -> None:
     with pytest.raises(InvalidArgument, match="threshold < limit"):
         HealthSignal(threshold, limit, weight)
+
+
+async def test_health_sets_the_gauges_scraped_over_http(bus: eventwire.Bus) -> None:
+    alice = make_identity("alice", bus.keyring)
+    release = asyncio.Event()
+
+    async def slow(event: Event) -> None:
+        await release.wait()
+
+    with eventwire.serve_metrics(0) as endpoint:
+        async with bus.subscribe("custom.g", slow, durable="gauged", batch=1) as sub:
+            await bus.publish_many([CustomEvent("custom.g", "g")] * 5, identity=alice)
+            await wait_until(lambda: sub.stats.delivered >= 1)
+            for _ in range(5):
+                bus.breakers.breaker("gone").record_failure()
+            await bus.health()
+            await agents_health(bus)
+            release.set()
+        text = await asyncio.to_thread(_scrape, endpoint.url)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    pending = samples["eventwire_consumer_pending_events", (("consumer", sub.durable),)]
+    ack_pending = samples["eventwire_consumer_ack_pending_events", (("consumer", sub.durable),)]
+    assert pending + ack_pending == 5
+    assert ack_pending >= 1
+    assert samples["eventwire_circuit_open", (("target", "gone"),)] == 1
+    assert samples["eventwire_registry_agents", ()] == 0
+    assert samples["eventwire_health_score", (("subject", f"bus {TENANT}/{bus.root}"),)] < 1
+
+
+def _scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return str(response.read().decode())
