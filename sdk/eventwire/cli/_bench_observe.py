@@ -32,13 +32,12 @@ TARGET = 1.1
 _BLOCKED = ("opentelemetry", "prometheus_client")
 
 # The child interpreter: chooses what eventwire will find at import, then runs one case.
-_CHILD = f"""
+_CHILD = """
 import asyncio, json, sys
 args = json.loads(sys.argv[1])
-if not args["on"]:
-    for name in {_BLOCKED!r}:
-        sys.modules[name] = None  # unimportable: eventwire runs without the extras
-else:
+for name in args.pop("block"):
+    sys.modules[name] = None  # unimportable: eventwire runs without that extra
+if args["on"]:
     try:
         from opentelemetry import trace
         from opentelemetry.sdk.trace import TracerProvider
@@ -54,7 +53,7 @@ else:
         provider.add_span_processor(BatchSpanProcessor(Dropped()))
         trace.set_tracer_provider(provider)
     except ImportError:
-        pass  # the API alone: OpenTelemetry's no-op tracer
+        pass  # the API alone (or none): OpenTelemetry's no-op tracer
 from eventwire.cli._bench_observe import child_run
 print(json.dumps(asyncio.run(child_run(**args))))
 """
@@ -119,8 +118,22 @@ async def child_run(
     return {"seconds": seconds, "tracing": tracing, "metrics": metrics}
 
 
-async def _child(url: str, size: int, count: int, *, window: int, batch: int, on: bool) -> Any:
-    args = {"url": url, "size": size, "count": count, "window": window, "batch": batch, "on": on}
+async def run_child(
+    url: str,
+    size: int,
+    count: int,
+    *,
+    window: int,
+    batch: int,
+    on: bool,
+    block: tuple[str, ...] | None = None,
+) -> Any:
+    """One run in a fresh interpreter: ``on`` installs a recording tracer provider and
+    publishes inside a span; ``block`` makes modules unimportable (default: both extras
+    when off, none when on)."""
+    blocked = list(block if block is not None else (() if on else _BLOCKED))
+    args = {"url": url, "size": size, "count": count, "window": window, "batch": batch}
+    args |= {"on": on, "block": blocked}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", _CHILD, json.dumps(args),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -157,7 +170,7 @@ async def observability_overhead(
             for on in (False, True):
                 state = "on" if on else "off"
                 progress(f"{OBSERVABILITY} {state} {size} B x {count} ({trial}/{repeat})")
-                run = await _child(url, size, count, window=window, batch=batch, on=on)
+                run = await run_child(url, size, count, window=window, batch=batch, on=on)
                 trials[on].append(float(run["seconds"]))
                 flags = (bool(run["tracing"]), bool(run["metrics"]))
                 if not on and any(flags):
