@@ -18,16 +18,19 @@ async def test_off_and_on_runs_report_a_slowdown(nats_server: EmbeddedServer) ->
         nats_server.url, (256,), 200, window=64, batch=64, repeat=2, progress=seen.append
     )
     assert (overhead.size, overhead.count) == (256, 200)
-    assert len(overhead.off_trials) == len(overhead.on_trials) == 2
-    assert all(seconds > 0 for seconds in (*overhead.off_trials, *overhead.on_trials))
+    trials = (overhead.off_trials, overhead.on_trials, overhead.sampled_trials)
+    assert [len(each) for each in trials] == [2, 2, 2]
+    assert all(seconds > 0 for each in trials for seconds in each)
     assert (overhead.tracing, overhead.metrics) == (True, True)  # the test extra has both
     assert overhead.ratio == overhead.on_seconds / overhead.off_seconds
-    assert [line.split(" (")[0] for line in seen] == ["observability off 256 B x 200",
-        "observability on 256 B x 200"] * 2  # fmt: skip
+    assert [line.split(" (")[0] for line in seen] == [
+        f"observability {mode} 256 B x 200" for mode in ("off", "on", "sampled")
+    ] * 2
     results = BenchResults("nats://x", False, [], [], [], [overhead])
     [record] = records(results)
     assert record["case"] == "observability"
     assert record["target"] == TARGET
     assert record["slowdown"] == round(overhead.ratio, 3)
-    assert {"off_msgs_per_s", "on_msgs_per_s", "off_seconds", "on_seconds"} <= set(record)
+    assert {"off_msgs_per_s", "on_msgs_per_s", "slowdown_best", "slowdown_sampled"} <= set(record)
+    assert record["sampled_ratio"] == 0.01
     assert observability_table(results).row_count == 1
