@@ -118,6 +118,15 @@ class HealthSettings:
     window: float = 60.0
     min_events: int = 10
 
+    def __post_init__(self) -> None:
+        window, least = self.window, self.min_events
+        if isinstance(window, bool) or not isinstance(window, int | float) or not window > 0:
+            raise InvalidArgument(f"must be a positive number, got {window!r}", field="window")
+        if isinstance(least, bool) or not isinstance(least, int) or least < 1:
+            raise InvalidArgument(
+                f"must be an int of at least 1, got {least!r}", field="min_events"
+            )
+
 
 DEFAULT_SETTINGS = HealthSettings()
 

@@ -255,3 +255,11 @@ async def test_health_sets_the_gauges_scraped_over_http(bus: eventwire.Bus) -> N
 def _scrape(url: str) -> str:
     with urllib.request.urlopen(url, timeout=10) as response:
         return str(response.read().decode())
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("window", 0), ("window", True), ("min_events", 0), ("min_events", 1.5)]
+)
+def test_bad_settings_are_refused(field: str, value: object) -> None:
+    with pytest.raises(InvalidArgument, match=field):
+        HealthSettings(**{field: value})  # type: ignore[arg-type]
