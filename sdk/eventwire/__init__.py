@@ -24,6 +24,7 @@ from ._aggregates import (
     Loaded,
     SnapshotPolicy,
 )
+from ._anomaly import Anomaly, AnomalyDetector, AnomalySettings
 from ._asyncapi import asyncapi_document
 from ._batches import Batch
 from ._breaker import (
@@ -79,6 +80,8 @@ from ._errors import (
 )
 from ._event import Event, Publishable
 from ._failures import AgentFailed, Beat, Failure, FailureWatch, failure_msg_id
+from ._health import Health, HealthSettings, HealthSignal, Reason, agents_health
+from ._healthz import HealthServer, serve_health
 from ._inspect import EventReader, Flow, FlowNode, StoredEvent, read_events, trace_flow
 from ._kinds import (
     AgentLifecycle,
@@ -243,6 +246,9 @@ __all__ = [
     "AggregateCorrupted",
     "AggregateStore",
     "Aggregation",
+    "Anomaly",
+    "AnomalyDetector",
+    "AnomalySettings",
     "AuditCorrupted",
     "AuditFinding",
     "AuditLog",
@@ -300,6 +306,10 @@ __all__ = [
     "Flow",
     "FlowNode",
     "Forbidden",
+    "Health",
+    "HealthServer",
+    "HealthSettings",
+    "HealthSignal",
     "HelpRequested",
     "HostNotFound",
     "Identity",
@@ -338,6 +348,7 @@ __all__ = [
     "PublishAck",
     "PublishFailed",
     "Publishable",
+    "Reason",
     "RecipientKey",
     "Rejection",
     "RemoteError",
@@ -404,6 +415,7 @@ __all__ = [
     "Workflows",
     "WrongTenant",
     "__version__",
+    "agents_health",
     "asyncapi_document",
     "broadcast_subject",
     "connect",
@@ -420,6 +432,7 @@ __all__ = [
     "read_keyring_token",
     "run_agents",
     "serve_agents",
+    "serve_health",
     "serve_metrics",
     "trace_flow",
     "work_subject",

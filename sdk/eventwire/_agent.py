@@ -40,6 +40,7 @@ from ._errors import (
     WrongTenant,
     checked_name,
 )
+from ._health import agent_health
 from ._kinds import AgentLifecycle, CustomEvent
 from ._observer import FailureObserver
 from ._options import SubscribeOptions
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
     from ._consumer import Subscription
     from ._direct import RequestHandler
     from ._event import Event, Publishable
+    from ._health import Health, HealthSettings
     from ._options import DeliveryKeywords
     from ._phi import PhiSettings
     from ._work import Deliver
@@ -133,6 +135,8 @@ class Agent:
         self.observer: FailureObserver | None = None
         self._observing: Loop | None = None
         self._routes: dict[str, Rules] = {}
+        self._subscriptions: list[Subscription] = []  # while serving (health)
+        self.last_beat: float | None = None  # when the last registry heartbeat landed
 
     @property
     def tenant(self) -> str:
@@ -301,6 +305,11 @@ class Agent:
             target, identity=me, capability=capability, strategy=strategy, timeout=timeout
         )
 
+    async def health(self, settings: HealthSettings | None = None) -> Health:
+        """This agent's health score, status, reasons, liveness and readiness (see
+        :mod:`eventwire._health` for the formula)."""
+        return await agent_health(self, self._subscriptions, settings)
+
     def stop(self) -> None:
         """Ask :meth:`run` to return (gracefully)."""
         self._stop.set()
@@ -331,6 +340,7 @@ class Agent:
         self._bus = bus
         self._stop.clear()
         subscriptions: list[Subscription] = []
+        self._subscriptions = subscriptions
         heartbeat: Loop | None = None
         raised: BaseException | None = None
         try:
@@ -547,6 +557,7 @@ class Agent:
                 if status.state is not CircuitState.CLOSED
             },
         )
+        self.last_beat = time.time()
 
     async def _heartbeat(self, started: float) -> None:
         """Refresh the registry entry every ``registry_ttl / 3`` seconds; a failed beat is

@@ -39,6 +39,7 @@ from ._errors import (
     checked_name,
     mapped_nats_errors,
 )
+from ._health import bus_health
 from ._idempotency import DEFAULT_WINDOW, ProcessedIds
 from ._link import Link, close_connection
 from ._observe import count_refused, current_traceparent, observed_publish
@@ -81,6 +82,7 @@ if TYPE_CHECKING:
     from ._codec import Rejection, SecurityStats, Signed
     from ._direct import RequestHandler
     from ._event import Event, Publishable
+    from ._health import Health, HealthSettings
     from ._options import SubscribeKeywords, SubscribeOptions
     from ._partitions import PartitionedSubscription
     from ._registry import AgentInfo
@@ -710,6 +712,11 @@ class Bus(StatefulResource):
                 create=self._provision,
             )
         return self._registry
+
+    async def health(self, settings: HealthSettings | None = None) -> Health:
+        """This bus's health score, status, reasons, liveness and readiness (see
+        :mod:`eventwire._health` for the formula); it does not raise for a closed bus."""
+        return await bus_health(self, settings)
 
     @property
     def registry_ttl(self) -> float:

@@ -64,6 +64,28 @@ class Metrics:
         self.dead_lettered = p.Counter(
             "eventwire_events_dead_lettered_total", "Events moved to the DLQ.", ["reason"]
         )
+        # gauges, set when health is computed (agent.health(), bus.health(), /healthz)
+        self.consumer_pending = p.Gauge(
+            "eventwire_consumer_pending_events",
+            "Events stored and not yet delivered to the consumer (its lag).",
+            ["consumer"],
+        )
+        self.consumer_ack_pending = p.Gauge(
+            "eventwire_consumer_ack_pending_events",
+            "Events delivered to the consumer and not yet acknowledged.",
+            ["consumer"],
+        )
+        self.registry_size = p.Gauge(
+            "eventwire_registry_agents", "Live agent instances in the registry."
+        )
+        self.breaker_open = p.Gauge(
+            "eventwire_circuit_open",
+            "Whether the circuit of direct calls to a target is open (1) or not (0).",
+            ["target"],
+        )
+        self.health_score = p.Gauge(
+            "eventwire_health_score", "The last health score (0 to 1).", ["subject"]
+        )
 
 
 class MetricsServer:

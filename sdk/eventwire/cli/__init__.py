@@ -17,6 +17,7 @@ from ._bench import bench
 from ._boundary import Boundary
 from ._demo import demo
 from ._dlq import app as dlq_app
+from ._health import health
 from ._keys import app as keys_app
 from ._policy import app as policy_app
 from ._run import run
@@ -51,6 +52,7 @@ app.command(help="Run agents on an embedded server and print a verified timeline
 app.command(help="Measure eventwire against raw nats-py on the same server.")(bench)
 app.command("run")(run)
 app.command(help="List live agents: load, open circuits, heartbeats, suspicion.")(agents)
+app.command(help="Health scores of the bus and of each live agent, with reasons.")(health)
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")

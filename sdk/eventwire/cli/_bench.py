@@ -25,6 +25,7 @@ from ._bench_latency import (
     import_times,
     raw_request_reply,
 )
+from ._bench_observe import Overhead, observability_overhead
 from ._bench_report import (
     EVENTWIRE,
     EVENTWIRE_REPLAY,
@@ -73,6 +74,7 @@ class BenchConfig:
     import_runs: int = 5
     modules: tuple[str, ...] = ("nats", "eventwire")
     repeat: int = DEFAULT_REPEAT
+    observability: bool = True
 
     @classmethod
     def of(
@@ -83,14 +85,16 @@ class BenchConfig:
         count: int | None,
         requests: int | None,
         repeat: int = DEFAULT_REPEAT,
+        observability: bool = True,
     ) -> BenchConfig:
         if count is None:
             count = QUICK_COUNT if quick else DEFAULT_COUNT
         if requests is None:
             requests = QUICK_REQUESTS if quick else DEFAULT_REQUESTS
         return cls(
-            url=url, count=count, requests=requests, import_runs=3 if quick else 5, repeat=repeat
-        )
+            url=url, count=count, requests=requests, import_runs=3 if quick else 5, repeat=repeat,
+            observability=observability,
+        )  # fmt: skip
 
 
 def _silent(_: str) -> None:
@@ -109,7 +113,19 @@ async def run_bench(config: BenchConfig, progress: Callable[[str], None] = _sile
         js = nc.jetstream(publish_async_max_pending=config.window)
         throughput = await _throughput(config, url, js, progress)
         latency = await _latency(config, url, nc, js, progress)
-    return BenchResults(redact_url(url), config.url is None, throughput, latency, imports)
+        observed = await _observability(config, url, progress)
+    return BenchResults(redact_url(url), config.url is None, throughput, latency, imports, observed)
+
+
+async def _observability(
+    config: BenchConfig, url: str, progress: Callable[[str], None]
+) -> list[Overhead]:
+    if not config.observability or config.count <= 0:
+        return []
+    return await observability_overhead(
+        url, config.sizes, config.count, window=config.window, batch=config.batch,
+        repeat=config.repeat, progress=progress,
+    )  # fmt: skip
 
 
 async def _throughput(
@@ -197,9 +213,19 @@ def bench(
             f"(default {DEFAULT_REPEAT}).",
         ),
     ] = DEFAULT_REPEAT,
+    observability: Annotated[
+        bool,
+        typer.Option(
+            help="Also run eventwire with tracing and metrics on against off (fresh "
+            "interpreters), and print the slowdown (target <= 1.1x)."
+        ),
+    ] = True,
 ) -> None:
     """Measure eventwire against raw nats-py and hand-signed PyNaCl on the same server."""
-    config = BenchConfig.of(url=url, quick=quick, count=count, requests=requests, repeat=repeat)
+    config = BenchConfig.of(
+        url=url, quick=quick, count=count, requests=requests, repeat=repeat,
+        observability=observability,
+    )  # fmt: skip
     err = Console(stderr=True)
 
     def progress(message: str) -> None:

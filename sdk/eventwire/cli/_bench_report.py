@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from ._bench_observe import Overhead
 
 RAW = "raw"
 HAND_SIGNED = "hand-signed"
@@ -62,6 +64,7 @@ class BenchResults:
     throughput: list[Throughput]
     latency: list[Latency]
     imports: list[ImportTime]
+    observability: list[Overhead] = field(default_factory=list)
 
     def rate(self, case: str, size: int) -> float | None:
         for row in self.throughput:
@@ -127,6 +130,7 @@ def records(results: BenchResults) -> list[dict[str, Any]]:
         }
         for row in results.imports
     )
+    found.extend(row.record() for row in results.observability)
     return found
 
 
@@ -194,6 +198,30 @@ def imports_table(results: BenchResults) -> Table:
     return table
 
 
+def observability_table(results: BenchResults) -> Table:
+    """eventwire with tracing and metrics off and on: times and the slowdown."""
+    table = Table(
+        title="Tracing and metrics: off vs on (eventwire pipeline, fresh interpreters)",
+        title_justify="left",
+    )
+    columns = ("size", "off msgs/s", "on msgs/s", "slowdown", "fastest runs", "1 % sampled")
+    for name in (*columns, "target"):
+        table.add_column(name, justify="right")
+    for row in results.observability:
+        record = row.record()
+        mark = "ok" if record["slowdown"] <= record["target"] else "ABOVE TARGET"
+        table.add_row(
+            size_label(row.size),
+            f"{record['off_msgs_per_s']:,.0f}",
+            f"{record['on_msgs_per_s']:,.0f}",
+            f"{record['slowdown']:.3f}x",
+            f"{record['slowdown_best']:.3f}x",
+            f"{record['slowdown_sampled']:.3f}x",
+            f"<= {record['target']}x {mark}",
+        )
+    return table
+
+
 def verdict(results: BenchResults) -> str:
     """One line per size: eventwire against hand-signed and raw, and the target."""
     parts = []
@@ -214,5 +242,7 @@ def render(results: BenchResults, console: Console) -> None:
         console.print(verdict(results))
     if results.latency:
         console.print(latency_table(results))
+    if results.observability:
+        console.print(observability_table(results))
     if results.imports:
         console.print(imports_table(results))
