@@ -90,6 +90,8 @@ from ._kinds import (
 )
 from ._metrics import MetricsServer, serve_metrics
 from ._options import DeliveryKeywords, SubscribeKeywords, SubscribeOptions
+from ._ordering import EventTimeOrder, LatePolicy, OrderStats
+from ._ordering_causal import CausalOrder, CausalStats, CausalTimeout
 from ._partitions import PartitionedSubscription
 from ._phi import FailureDetectors, PhiAccrualDetector, PhiSettings, Suspicion
 from ._priority import Priority, PriorityGate
@@ -113,6 +115,7 @@ from ._tenants import (
     UnknownTenant,
 )
 from ._tls import TLS, TLSFailed
+from ._vclock import Clock, compare_clocks
 from ._work import WorkStatus, broadcast_subject, work_subject
 
 if TYPE_CHECKING:
@@ -213,6 +216,9 @@ __all__ = [
     "BusyResource",
     "Caller",
     "Candidate",
+    "CausalOrder",
+    "CausalStats",
+    "CausalTimeout",
     "CertificateError",
     "CertificateFiles",
     "Change",
@@ -222,6 +228,7 @@ __all__ = [
     "CircuitOpen",
     "CircuitState",
     "ClientCertificate",
+    "Clock",
     "ClosedResource",
     "ConcurrencyConflict",
     "ConfigError",
@@ -243,6 +250,7 @@ __all__ = [
     "ErrorReported",
     "Event",
     "EventData",
+    "EventTimeOrder",
     "EventTooLarge",
     "EventwireError",
     "Failure",
@@ -262,6 +270,7 @@ __all__ = [
     "KeyringRefusal",
     "KeyringWatcher",
     "KnowledgeShared",
+    "LatePolicy",
     "Load",
     "Loaded",
     "MetricsServer",
@@ -271,6 +280,7 @@ __all__ = [
     "NotProvisioned",
     "NotRunning",
     "OperationTimeout",
+    "OrderStats",
     "PartitionedSubscription",
     "PhiAccrualDetector",
     "PhiSettings",
@@ -327,6 +337,7 @@ __all__ = [
     "WrongTenant",
     "__version__",
     "broadcast_subject",
+    "compare_clocks",
     "connect",
     "failure_msg_id",
     "find_nats_server",
