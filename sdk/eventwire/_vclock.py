@@ -52,7 +52,8 @@ class Clock:
     owner handles (:class:`~eventwire.CausalOrder` does it when given the clock). Publishes
     with one clock are serialized (the order of one source is its publish order); a publish
     that fails leaves the clock as it was. One clock per source: two processes publishing
-    as the same agent need their own agent names to keep causality exact.
+    as the same agent need their own agent names to keep causality exact. A clock holds at
+    most 64 sources (the claim's bound): publishing with more raises :class:`InvalidEvent`.
     """
 
     def __init__(self, source: str, entries: Mapping[str, int] | None = None) -> None:
@@ -61,8 +62,11 @@ class Clock:
         self.source = source
         self._entries: dict[str, int] = {}
         if entries:
-            self._entries = check_vclock({**entries, source: entries.get(source, 0) + 1}, source)
-            self._entries[source] -= 1
+            own = entries.get(source, 0)
+            if isinstance(own, bool) or not isinstance(own, int) or own < 0:
+                raise InvalidEvent(f"count of {source!r} must be an int >= 0", field="vclock")
+            self._entries = check_vclock({**entries, source: own + 1}, source)
+            self._entries[source] = own
         self._lock = asyncio.Lock()
 
     @property

@@ -28,6 +28,7 @@ from eventwire import (
     Event,
     InvalidArgument,
     InvalidEvent,
+    RetryPolicy,
     compare_clocks,
 )
 from eventwire_security.hazmat import encode_claims, sign_detached
@@ -95,6 +96,34 @@ async def test_an_effect_stored_before_its_cause_waits_for_it(
         await wait_until(lambda: len(order) == 3)
     assert order == [1, 2, 3]
     assert causal.stats.held >= 1  # 3 (and 2, if it came while 1 was handled)
+    assert causal.stats.held_too_long == 0
+
+
+async def test_a_failed_handler_holds_what_follows_until_its_retry(
+    bus: eventwire.Bus, keyring: Keyring
+) -> None:
+    alice = make_identity("alice", keyring)
+    me = alice.principal.source
+    for count in (1, 2):
+        await bus.publish(CustomEvent("custom.x", "x", count), identity=alice, clock={me: count})
+    attempts: list[int] = []
+    handled: list[int] = []
+
+    async def handle(event: Event) -> None:
+        assert isinstance(event.data, int)
+        attempts.append(event.data)
+        if attempts.count(1) == 1 and event.data == 1:
+            raise RuntimeError("first attempt fails")
+        handled.append(event.data)
+
+    causal = CausalOrder(timeout=30.0)
+    retry = RetryPolicy(max_deliveries=3, initial_delay=0.1, jitter=0)
+    async with bus.subscribe(
+        "custom.>", causal.wrap(handle), durable="r", max_in_flight=4, retry=retry
+    ):
+        await wait_until(lambda: len(handled) == 2)
+    assert handled == [1, 2]
+    assert attempts == [1, 1, 2]  # 2 was held, not handled, while 1 was retried
     assert causal.stats.held_too_long == 0
 
 
@@ -290,5 +319,7 @@ def test_bad_causal_settings_are_refused(keywords: dict[str, Any], field: str) -
 def test_a_clock_needs_a_source() -> None:
     with pytest.raises(InvalidArgument):
         Clock("alice")
-    with pytest.raises(InvalidEvent):
-        Clock("t/alice", {"t/alice": -1})
+    for entries in ({"t/alice": -1}, {"t/alice": "1"}, {"t/bob": True}, {"t/bob\x00": 1}):
+        with pytest.raises(InvalidEvent):
+            Clock("t/alice", entries)  # type: ignore[arg-type] # bad on purpose
+    assert Clock("t/alice", {"t/alice": 2, "t/bob": 1}).entries == {"t/alice": 2, "t/bob": 1}

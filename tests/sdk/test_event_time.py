@@ -18,6 +18,7 @@ from eventwire import (
     InvalidArgument,
     InvalidEvent,
     LatePolicy,
+    RetryPolicy,
 )
 from tests.conftest import make_identity, wait_until
 
@@ -69,6 +70,7 @@ async def test_shuffled_within_lateness_are_handled_in_event_time_order(
     assert seen == times
     assert order.stats.late_ids == []
     assert order.stats.released == len(times)
+    assert order.stats.idle_flushes >= 1  # the last second's events: only idleness frees them
 
 
 @pytest.mark.parametrize("late", ["deliver", "drop", "dead-letter"])
@@ -102,6 +104,33 @@ async def test_events_later_than_allowed_follow_the_policy(
         assert json.loads(letter.data)["data"] == {"n": 2.5}
         assert order.stats.late_dead_lettered == 1
     assert len(order.stats.late_ids) == 1
+
+
+async def test_a_failed_handler_is_retried_as_it_comes_back(
+    bus: eventwire.Bus, keyring: Keyring
+) -> None:
+    who = make_identity("sensor", keyring)
+    await publish_at(bus, who, [1, 0, 2])
+    order = EventTimeOrder(max_lateness=0.5, capacity=8, idle=0.3)
+    seen: list[float] = []
+    failed: list[float] = []
+
+    async def handle(event: Event) -> None:
+        assert isinstance(event.data, dict)
+        n = float(event.data["n"])  # type: ignore[arg-type] # a JSON number
+        if n == 0 and not failed:
+            failed.append(n)
+            raise RuntimeError("first attempt fails")
+        seen.append(n)
+
+    retry = RetryPolicy(max_deliveries=3, initial_delay=0.1, jitter=0)
+    handler = order.wrap(handle)
+    async with bus.subscribe("custom.>", handler, durable="readings", max_in_flight=8, retry=retry):
+        await wait_until(lambda: len(seen) == 3)
+    assert sorted(seen) == [0, 1, 2]
+    assert [n for n in seen if n] == [1, 2]  # in order; 0's retry handled as it came back
+    assert order.stats.redelivered == 1
+    assert order.stats.late_ids == []
 
 
 async def test_a_full_buffer_releases_the_earliest_in_order(
@@ -157,7 +186,10 @@ def test_bad_settings_are_refused(keywords: dict[str, object], field: str) -> No
     assert caught.value.field == field
 
 
-@pytest.mark.parametrize("when", [datetime(2026, 1, 1), "2026-01-01T00:00:00Z", 1.0])
+@pytest.mark.parametrize(
+    "when",
+    [datetime(2026, 1, 1), datetime(1969, 12, 31, tzinfo=UTC), "2026-01-01T00:00:00Z", 1.0],
+)
 async def test_a_bad_event_time_is_refused(
     bus: eventwire.Bus, keyring: Keyring, when: object
 ) -> None:
