@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from ._errors import InvalidArgument, Unprocessable
+from ._ordering_metrics import count_early, count_late
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -187,6 +188,7 @@ class EventTimeOrder:
         self._release(lambda first: first.key[0] <= self.watermark)
         if len(self._heap) >= self.capacity:
             self.stats.at_capacity += 1
+            count_early("capacity", 1)
             self._release_one()
         await self._in_turn(await self._parked(held), event, handler)
 
@@ -205,6 +207,7 @@ class EventTimeOrder:
                 quiet = time.monotonic() - self._last_arrival
                 if quiet >= self.idle:
                     self.stats.idle_flushes += 1
+                    count_early("idle", len(self._heap))
                     self._release(lambda _: True)
                     break
                 with contextlib.suppress(TimeoutError):
@@ -237,6 +240,7 @@ class EventTimeOrder:
         held.released.set_result(self._turnstile.ticket())
 
     async def _late(self, event: Event, handler: Handler) -> None:
+        count_late(self.late)
         if len(self.stats.late_ids) < 1000:
             self.stats.late_ids.append(event.id)
         if self.late == "drop":

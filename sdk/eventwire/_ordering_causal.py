@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Literal
 
 from ._errors import InvalidArgument, Unprocessable
 from ._ordering import seconds_of
+from ._ordering_metrics import count_held, count_held_too_long
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
@@ -140,6 +141,7 @@ class CausalOrder:
     async def _hold(self, event: Event, clock: Mapping[str, int]) -> None:
         """Wait until ``event`` is ready; at the timeout, give up on what it misses."""
         self.stats.held += 1
+        count_held()
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting[ready] = event
         self.stats.waiting_max = max(self.stats.waiting_max, len(self._waiting))
@@ -155,6 +157,7 @@ class CausalOrder:
 
     def _timed_out(self, event: Event, clock: Mapping[str, int]) -> None:
         self.stats.held_too_long += 1
+        count_held_too_long(self.on_timeout)
         gap = self._missing(clock, event.source)
         for key, count in clock.items():
             given_up = count - 1 if key == event.source else count

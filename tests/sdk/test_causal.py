@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 import eventwire
 from eventwire import (
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 
 ROOT_DIR = Path(__file__).resolve().parents[2]
 ORIGINATE, DEPTH = 4, 3
+HELD_TOO_LONG = "eventwire_causal_held_too_long_total"
 
 
 def test_clocks_compare_and_tick() -> None:
@@ -143,6 +145,7 @@ async def test_a_missing_cause_times_out_as_declared(
         handled.append(event)
 
     causal = CausalOrder(timeout=0.3, on_timeout=policy)
+    too_long = REGISTRY.get_sample_value(HELD_TOO_LONG, {"policy": policy}) or 0.0
     async with bus.subscribe(
         "custom.>", causal.wrap(handle), durable="r", max_in_flight=4
     ) as subscription:
@@ -150,6 +153,7 @@ async def test_a_missing_cause_times_out_as_declared(
         if policy == "dead-letter":
             await wait_until(lambda: subscription.stats.dead_lettered == 1)
     assert causal.stats.held_too_long == 1
+    assert REGISTRY.get_sample_value(HELD_TOO_LONG, {"policy": policy}) == too_long + 1
     assert causal.handled == {me: 2, ghost: 1}  # ghost's first is given up on
     if policy == "deliver":
         assert [e.data for e in handled] == [1, 2]

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import pytest
+from prometheus_client import REGISTRY
 
 from eventwire import (
     CustomEvent,
@@ -39,6 +40,11 @@ async def publish_at(bus: eventwire.Bus, who: Identity, times: list[float]) -> N
     for n in times:
         item = CustomEvent("custom.reading", "reading", {"n": n})
         await bus.publish(item, identity=who, event_time=at(n))
+
+
+def counted(name: str, **labels: str) -> float:
+    """A counter of prometheus-client's default registry now (0 before its first count)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def recorder(seen: list[float]) -> Callable[[Event], Awaitable[None]]:
@@ -82,6 +88,7 @@ async def test_events_later_than_allowed_follow_the_policy(
     # when 8 was released (6.5 s late): late; then 10.
     await publish_at(bus, who, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 8.5, 2.5, 10])
     order = EventTimeOrder(max_lateness=1.0, late=late, capacity=32, idle=0.5)
+    late_before = counted("eventwire_order_late_total", policy=late)
     seen: list[float] = []
     handler = order.wrap(recorder(seen))
     on_time = [0, 1, 2, 3, 4, 5, 6, 7, 8, 8.5, 9, 10]
@@ -104,6 +111,7 @@ async def test_events_later_than_allowed_follow_the_policy(
         assert json.loads(letter.data)["data"] == {"n": 2.5}
         assert order.stats.late_dead_lettered == 1
     assert len(order.stats.late_ids) == 1
+    assert counted("eventwire_order_late_total", policy=late) == late_before + 1
 
 
 async def test_a_failed_handler_is_retried_as_it_comes_back(
@@ -140,6 +148,7 @@ async def test_a_full_buffer_releases_the_earliest_in_order(
     pairs = [[i + 1, i] for i in range(0, 20, 2)]  # 1, 0, 3, 2, ...: each 1 s out of place
     await publish_at(bus, who, [n for pair in pairs for n in pair])
     order = EventTimeOrder(max_lateness=1000.0, capacity=3, idle=0.5)  # only the bound
+    early = counted("eventwire_order_early_releases_total", cause="capacity")
     seen: list[float] = []
     handler = order.wrap(recorder(seen))
     async with bus.subscribe("custom.>", handler, durable="readings", max_in_flight=3):
@@ -147,6 +156,7 @@ async def test_a_full_buffer_releases_the_earliest_in_order(
     assert seen == list(range(20))
     assert order.stats.at_capacity > 0
     assert order.stats.held_max <= 3
+    assert counted("eventwire_order_early_releases_total", cause="capacity") > early
 
 
 async def test_nothing_held_is_acknowledged(bus: eventwire.Bus, keyring: Keyring) -> None:
