@@ -34,7 +34,15 @@ from eventwire import (
 )
 from eventwire_security.hazmat import encode_claims, sign_detached
 from tests.conftest import TENANT, make_identity, wait_until
-from tests.sdk._causal_worker import AGENTS, PARTITIONS, expected
+from tests.sdk._causal_worker import (
+    AGENTS,
+    HOLD_ACK_WAIT,
+    HOLD_IN_FLIGHT,
+    PARTITIONS,
+    expected,
+    start_holder,
+    until_ack_pending,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -127,6 +135,41 @@ async def test_a_failed_handler_holds_what_follows_until_its_retry(
     assert handled == [1, 2]
     assert attempts == [1, 1, 2]  # 2 was held, not handled, while 1 was retried
     assert causal.stats.held_too_long == 0
+
+
+async def test_events_held_by_a_killed_consumer_come_back_in_causal_order(
+    bus: eventwire.Bus, nats_server: EmbeddedServer, root: str, keyring: Keyring, tmp_path: Path
+) -> None:
+    alice = make_identity("alice", keyring)
+    me = alice.principal.source
+    out = tmp_path / "held.txt"
+    holder = await start_holder("causal", nats_server.url, root, alice, out)
+    try:
+        for count in (2, 3):  # their cause, alice's first, is not published yet
+            item = CustomEvent("custom.x", "x", count)
+            await bus.publish(item, identity=alice, clock={me: count})
+        await until_ack_pending(bus, "held", 2)
+    finally:
+        holder.kill()  # SIGKILL, with both events held
+        await holder.wait()
+    assert out.read_text().split() == ["ready"]  # none handled, none acknowledged
+    await bus.publish(CustomEvent("custom.x", "x", 1), identity=alice, clock={me: 1})
+    order: list[int] = []
+
+    async def handle(event: Event) -> None:
+        assert isinstance(event.data, int)
+        order.append(event.data)
+
+    causal = CausalOrder(timeout=30.0)
+    async with bus.subscribe(
+        "custom.>",
+        causal.wrap(handle),
+        durable="held",
+        max_in_flight=HOLD_IN_FLIGHT,
+        ack_wait=HOLD_ACK_WAIT,
+    ):
+        await wait_until(lambda: len(order) == 3)
+    assert order == [1, 2, 3]
 
 
 @pytest.mark.parametrize("policy", ["deliver", "dead-letter"])

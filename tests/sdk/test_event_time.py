@@ -22,11 +22,19 @@ from eventwire import (
     RetryPolicy,
 )
 from tests.conftest import make_identity, wait_until
+from tests.sdk._causal_worker import (
+    HOLD_ACK_WAIT,
+    HOLD_IN_FLIGHT,
+    start_holder,
+    until_ack_pending,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+    from pathlib import Path
 
     import eventwire
+    from eventwire import EmbeddedServer
     from eventwire_security import Identity, Keyring
 
 BASE = datetime(2026, 1, 1, tzinfo=UTC)
@@ -176,6 +184,29 @@ async def test_nothing_held_is_acknowledged(bus: eventwire.Bus, keyring: Keyring
     assert seen == [0, 1, 2]
     info = await bus.jetstream.consumer_info(bus.stream, subscription.durable)
     assert info.num_ack_pending == 0
+
+
+async def test_events_held_by_a_killed_consumer_come_back_in_order(
+    bus: eventwire.Bus, nats_server: EmbeddedServer, root: str, keyring: Keyring, tmp_path: Path
+) -> None:
+    who = make_identity("sensor", keyring)
+    out = tmp_path / "held.txt"
+    holder = await start_holder("event-time", nats_server.url, root, who, out)
+    try:
+        await publish_at(bus, who, [2, 0, 1])
+        await until_ack_pending(bus, "held", 3)
+    finally:
+        holder.kill()  # SIGKILL, with the three events held
+        await holder.wait()
+    assert out.read_text().split() == ["ready"]  # none handled, none acknowledged
+    seen: list[float] = []
+    order = EventTimeOrder(max_lateness=60.0, idle=0.3)
+    handler = order.wrap(recorder(seen))
+    async with bus.subscribe(
+        "custom.>", handler, durable="held", max_in_flight=HOLD_IN_FLIGHT, ack_wait=HOLD_ACK_WAIT
+    ):
+        await wait_until(lambda: len(seen) == 3)
+    assert seen == [0, 1, 2]
 
 
 @pytest.mark.parametrize(
