@@ -27,6 +27,7 @@ from eventwire import (
     Clock,
     CustomEvent,
     Event,
+    EventTooLarge,
     InvalidArgument,
     InvalidEvent,
     RetryPolicy,
@@ -85,6 +86,19 @@ async def test_a_clock_ticks_on_publish_and_merges_what_it_handled(
     with pytest.raises(InvalidEvent):  # one clock per source
         await bus.publish(CustomEvent("custom.x", "x"), identity=alice, clock=b)
     assert a.entries == {alice.principal.source: 1}  # kept as it was
+
+
+async def test_a_failed_publish_leaves_the_clock_as_it_was(
+    bus: eventwire.Bus, keyring: Keyring
+) -> None:
+    alice = make_identity("alice", keyring)
+    clock = Clock(alice.principal.source)
+    huge = CustomEvent("custom.x", "x", "x" * 2_000_000)
+    with pytest.raises(EventTooLarge):
+        await bus.publish(huge, identity=alice, clock=clock)
+    assert clock.entries == {}
+    await bus.publish(CustomEvent("custom.x", "x"), identity=alice, clock=clock)
+    assert clock.entries == {alice.principal.source: 1}  # no gap for receivers to wait on
 
 
 async def test_an_effect_stored_before_its_cause_waits_for_it(
