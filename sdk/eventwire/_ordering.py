@@ -114,7 +114,7 @@ class EventTimeOrder:
     handler slots are the buffer)::
 
         order = EventTimeOrder(max_lateness=5.0, late="dead-letter")
-        bus.subscribe("sensor.>", order.wrap(handle), durable="readings",
+        bus.subscribe("custom.sensor.>", order.wrap(handle), durable="readings",
                       max_in_flight=order.capacity)
 
     With fewer slots than ``capacity`` the buffer fills the slots and the ``idle`` timer
@@ -221,10 +221,9 @@ class EventTimeOrder:
         """A parked delivery was cancelled (the subscription stops): unacked, it comes back."""
         if held.released.done():
             self._turnstile.leave(held.released.result())
-        elif held in self._heap:
+        elif held in self._heap:  # released ones stay known: their redelivery is not late
             self._heap.remove(held)
             heapq.heapify(self._heap)
-        self._released.pop(held.event.id, None)
 
     def _release(self, due: Callable[[_Held], bool]) -> None:
         while self._heap and due(self._heap[0]):
