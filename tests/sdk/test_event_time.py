@@ -76,7 +76,7 @@ async def test_shuffled_within_lateness_are_handled_in_event_time_order(
         shuffled.extend(chunk)
     assert shuffled != times
     await publish_at(bus, who, shuffled)
-    order = EventTimeOrder(max_lateness=1.0, capacity=64, idle=0.5)
+    order = EventTimeOrder(max_lateness=1.0, capacity=64, idle=1.0)
     seen: list[float] = []
     handler = order.wrap(recorder(seen))
     async with bus.subscribe("custom.>", handler, durable="readings", max_in_flight=64):
@@ -95,7 +95,7 @@ async def test_events_later_than_allowed_follow_the_policy(
     # 0..9 in order; 8.5 arrives after 9 (within the 1 s allowed: in order); 2.5 arrives
     # when 8 was released (6.5 s late): late; then 10.
     await publish_at(bus, who, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 8.5, 2.5, 10])
-    order = EventTimeOrder(max_lateness=1.0, late=late, capacity=32, idle=0.5)
+    order = EventTimeOrder(max_lateness=1.0, late=late, capacity=32, idle=1.0)
     late_before = counted("eventwire_order_late_total", policy=late)
     seen: list[float] = []
     handler = order.wrap(recorder(seen))
@@ -155,7 +155,7 @@ async def test_a_full_buffer_releases_the_earliest_in_order(
     who = make_identity("sensor", keyring)
     pairs = [[i + 1, i] for i in range(0, 20, 2)]  # 1, 0, 3, 2, ...: each 1 s out of place
     await publish_at(bus, who, [n for pair in pairs for n in pair])
-    order = EventTimeOrder(max_lateness=1000.0, capacity=3, idle=0.5)  # only the bound
+    order = EventTimeOrder(max_lateness=1000.0, capacity=3, idle=1.0)  # only the bound
     early = counted("eventwire_order_early_releases_total", cause="capacity")
     seen: list[float] = []
     handler = order.wrap(recorder(seen))
