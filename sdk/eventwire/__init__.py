@@ -95,6 +95,8 @@ from ._kinds import (
 )
 from ._metrics import MetricsServer, serve_metrics
 from ._options import DeliveryKeywords, SubscribeKeywords, SubscribeOptions
+from ._ordering import EventTimeOrder, LatePolicy, OrderStats
+from ._ordering_causal import CausalOrder, CausalStats, CausalTimeout
 from ._partitions import PartitionedSubscription
 from ._patterns import Absence, Pattern, Sequence, Step, Threshold
 from ._patterns_detector import MATCHED, PatternDetector, PatternMatch
@@ -121,6 +123,7 @@ from ._tenants import (
     UnknownTenant,
 )
 from ._tls import TLS, TLSFailed
+from ._vclock import Clock, compare_clocks
 from ._windows import Aggregation, Window
 from ._windows_stream import WINDOW_CLOSED, WindowedStream, WindowResult
 from ._work import WorkStatus, broadcast_subject, work_subject
@@ -265,6 +268,9 @@ __all__ = [
     "BusyResource",
     "Caller",
     "Candidate",
+    "CausalOrder",
+    "CausalStats",
+    "CausalTimeout",
     "CertificateError",
     "CertificateFiles",
     "Change",
@@ -274,6 +280,7 @@ __all__ = [
     "CircuitOpen",
     "CircuitState",
     "ClientCertificate",
+    "Clock",
     "ClosedResource",
     "ConcurrencyConflict",
     "ConfigError",
@@ -296,6 +303,7 @@ __all__ = [
     "Event",
     "EventData",
     "EventReader",
+    "EventTimeOrder",
     "EventTooLarge",
     "EventwireError",
     "Failure",
@@ -321,6 +329,7 @@ __all__ = [
     "KeyringRefusal",
     "KeyringWatcher",
     "KnowledgeShared",
+    "LatePolicy",
     "Load",
     "Loaded",
     "MetricsServer",
@@ -331,6 +340,7 @@ __all__ = [
     "NotRunning",
     "OperationTimeout",
     "Orchestrator",
+    "OrderStats",
     "PartitionedSubscription",
     "Pattern",
     "PatternDetector",
@@ -418,6 +428,7 @@ __all__ = [
     "agents_health",
     "asyncapi_document",
     "broadcast_subject",
+    "compare_clocks",
     "connect",
     "failure_msg_id",
     "find_nats_server",

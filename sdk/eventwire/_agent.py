@@ -53,6 +53,7 @@ from ._work import WORK, WORK_ACK_WAIT, WORK_BATCH, broadcast_subject, check_del
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+    from datetime import datetime
     from typing import Unpack
 
     from ._bus import Bus, PublishAck
@@ -63,6 +64,7 @@ if TYPE_CHECKING:
     from ._health import Health, HealthSettings
     from ._options import DeliveryKeywords
     from ._phi import PhiSettings
+    from ._vclock import Clock
     from ._work import Deliver
 
     Handler = Callable[[Event], Awaitable[None]]
@@ -258,18 +260,20 @@ class Agent:
             raise ClosedResource(f"agent {self.name!r} is not serving", state=self.state)
         return self._bus
 
-    async def publish(
+    async def publish(  # noqa: PLR0913 - public: the event, then optional keywords
         self,
         item: Publishable,
         *,
         partition_key: str | None = None,
         seal_to: Sequence[str | RecipientKey] = (),
         deliver: Deliver = "all",
+        clock: Clock | None = None,
+        event_time: datetime | None = None,
     ) -> PublishAck:
         """Publish as this agent; inside a handler, correlation and causation are set.
         ``seal_to`` encrypts the data to those agents (names, ``capability:<name>``);
-        ``deliver="one"`` hands a capability event to one agent with it (see
-        :meth:`Bus.publish`)."""
+        ``deliver="one"`` hands a capability event to one agent with it; ``clock`` and
+        ``event_time`` sign a vector clock and an event time (see :meth:`Bus.publish`)."""
         cause = _current_event.get()
         return await self.bus.publish(
             item,
@@ -280,6 +284,8 @@ class Agent:
             actor=self.actor,
             seal_to=seal_to,
             deliver=deliver,
+            clock=clock,
+            event_time=event_time,
         )
 
     async def request(

@@ -53,6 +53,7 @@ from ._seen import SeenIds
 from ._server import EmbeddedServer
 from ._streams import declared, ensure_declared, events_stream_name
 from ._subjects import DEFAULT_ROOT, check_partitions, check_token
+from ._vclock import stamped
 from ._work import (
     check_deliver,
     checked_capability,
@@ -64,7 +65,8 @@ from ._work import (
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import Awaitable, Callable, Iterable, Sequence
+    from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+    from datetime import datetime
     from typing import Unpack
 
     from nats.aio.client import Client as NatsClient
@@ -89,6 +91,7 @@ if TYPE_CHECKING:
     from ._resiliency import Resiliency
     from ._resource import Steps
     from ._tls import TLS
+    from ._vclock import Clock
     from ._work import Deliver, WorkStatus
 
 log = logging.getLogger("eventwire.bus")
@@ -376,6 +379,8 @@ class Bus(StatefulResource):
         seal_to: Sequence[str | RecipientKey] = (),
         ttl: float | None = None,
         deliver: Deliver = "all",
+        clock: Clock | Mapping[str, int] | None = None,
+        event_time: datetime | None = None,
     ) -> PublishAck:
         """Sign ``item`` as ``identity`` and store it; returns once JetStream acknowledged it.
 
@@ -394,24 +399,32 @@ class Bus(StatefulResource):
         default, ``"all"``): it is published on ``capability.<name>.work.<verb>``, which the
         capability's shared consumer serves; it waits there while nobody serves (see
         :meth:`work_status`, :meth:`until_served`).
+        ``clock`` signs a vector clock (``vclock``, for :class:`CausalOrder`): a
+        :class:`Clock` of the identity's source (ticked, kept once stored) or a mapping
+        signed as given. ``event_time`` signs that CloudEvents ``time`` (a timezone-aware
+        datetime: when it happened, for :class:`EventTimeOrder`) instead of now.
         """
         codec = self._running("publish").codec
         subject = item.subject()
         if check_deliver(deliver) == "one":
             subject = work_subject(subject)
         self._check_publish(identity, actor, subject)
-        signed = codec.sign(
-            item,
-            identity,
-            subject=subject,
-            correlation_id=correlation_id,
-            causation_id=causation_id,
-            partition_key=partition_key,
-            seal_to=await self._recipients.keys(seal_to) if seal_to else None,
-            ttl=ttl,
-            traceparent=current_traceparent(),
-        )
-        return await self._send(signed, timeout=timeout, attempts=attempts)
+        recipients = await self._recipients.keys(seal_to) if seal_to else None
+        async with stamped(clock, identity.principal.source) as vclock:
+            signed = codec.sign(
+                item,
+                identity,
+                subject=subject,
+                correlation_id=correlation_id,
+                causation_id=causation_id,
+                partition_key=partition_key,
+                seal_to=recipients,
+                ttl=ttl,
+                traceparent=current_traceparent(),
+                vclock=vclock,
+                event_time=event_time,
+            )
+            return await self._send(signed, timeout=timeout, attempts=attempts)
 
     async def _send(self, signed: Signed, *, timeout: float, attempts: int) -> PublishAck:
         try:

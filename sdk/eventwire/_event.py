@@ -8,9 +8,11 @@ surrogates are refused by the strict parse), and at most: :data:`MAX_ID_CHARS` f
 ``root`` (``source`` is ``tenant/agent``); :data:`MAX_TRACEPARENT_CHARS` for
 ``traceparent``; ``dataschema`` is an absolute URI of at most :data:`MAX_DATASCHEMA_CHARS`
 (see :mod:`eventwire._kinds`). ``iat`` and ``exp`` are integers from 0 to
-:data:`MAX_SECONDS`. ``data`` is any JSON value, bounded by the body's size. Claims that do
-not fit are refused as ``invalid-event``; publishing refuses them the same way
-(:class:`InvalidEvent`).
+:data:`MAX_SECONDS`. ``vclock`` (optional, causal order) is an object of at most
+:data:`MAX_VCLOCK_ENTRIES` source strings (like ``source``) to integers from 0 to
+:data:`MAX_SECONDS`, with an entry >= 1 for the event's own ``source``. ``data`` is any JSON
+value, bounded by the body's size. Claims that do not fit are refused as ``invalid-event``;
+publishing refuses them the same way (:class:`InvalidEvent`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import functools
 import math
 import re
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, TypeVar
 
@@ -51,6 +54,8 @@ MAX_NAME_CHARS = 64  # tenant and agent names, subject tokens
 MAX_SUBJECT_CHARS = MAX_TOKENS * (MAX_NAME_CHARS + 1) - 1
 MAX_TRACEPARENT_CHARS = 512
 MAX_SECONDS = 2**53  # iat / exp: JSON's exact integers, far beyond any real time
+MAX_VCLOCK_ENTRIES = 64  # sources in one vector clock
+MAX_EVENT_TIME = 253402300800  # 10000-01-01T00:00:00Z: a chosen event time stays RFC 3339
 _NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f]+$"  # Unicode Cc: C0, DEL, C1
 _NO_CONTROL_RE = re.compile(r"\A[^\x00-\x1f\x7f-\x9f\ud800-\udfff]+\Z")  # and no surrogates
 _CONTROL = "String should have no control characters"
@@ -79,6 +84,7 @@ _DataSchema = Annotated[
         pattern=r"^[A-Za-z][A-Za-z0-9+.\-]*:[^\x00-\x20\x7f-\x9f]+$",
     ),
 ]
+_VClock = Annotated[dict[_Source, _Seconds], Field(max_length=MAX_VCLOCK_ENTRIES)]
 _RFC3339 = re.compile(r"\A\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})\Z")
 
 
@@ -126,6 +132,7 @@ class Event(BaseModel):
     traceparent: _TraceParent | None = None
     partitionkey: _Id | None = None
     dataschema: _DataSchema | None = None
+    vclock: _VClock | None = None
 
     # Slots, not pydantic private attributes: those cost ~10 us per event to set up.
     __slots__ = ("_kid", "_opened")
@@ -237,18 +244,22 @@ def build_claims(
     partition_key: str | None = None,
     traceparent: str | None = None,
     ttl: float | None = None,
+    vclock: Mapping[str, int] | None = None,
+    event_time: datetime | None = None,
 ) -> dict[str, Any]:
     """The claims of a new event from ``principal`` under subject root ``root``: id, time,
-    correlation, and an expiry only when ``ttl`` (seconds) is given."""
+    correlation, and an expiry only when ``ttl`` (seconds) is given. ``event_time`` signs a
+    chosen CloudEvents ``time`` (when it happened) instead of now; ``vclock`` a vector clock."""
     event_id = uuid7()
     now = time.time()
+    when = now if event_time is None else _check_event_time(event_time)
     claims: dict[str, Any] = {
         "specversion": "1.0",
         "id": event_id,
         "source": principal.source,
         "type": item.event_type,
         "subject": item.subject(),
-        "time": datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z"),
+        "time": datetime.fromtimestamp(when, UTC).isoformat().replace("+00:00", "Z"),
         "datacontenttype": "application/json",
         "data": item.data(),
         "tenant": principal.tenant,
@@ -272,7 +283,37 @@ def build_claims(
     ):
         if value is not None:
             claims[name] = _check_text(name, value, max_chars)
+    if vclock is not None:
+        claims["vclock"] = check_vclock(vclock, principal.source)
     return claims
+
+
+def _check_event_time(value: object) -> float:
+    """Seconds since the epoch of a timezone-aware ``datetime``; :class:`InvalidEvent` if not."""
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise InvalidEvent("must be a timezone-aware datetime", field="event_time")
+    seconds = value.timestamp()
+    if not 0 <= seconds < MAX_EVENT_TIME:
+        raise InvalidEvent("must be between 1970 and 9999", field="event_time")
+    return seconds
+
+
+def check_vclock(value: object, source: str) -> dict[str, int]:
+    """``value`` as a vector clock claim of an event from ``source``; :class:`InvalidEvent`
+    if it does not fit (what a receiver refuses, see the module's docstring)."""
+    if not isinstance(value, Mapping):
+        raise InvalidEvent("must be an object of source -> count", field="vclock")
+    if not 0 < len(value) <= MAX_VCLOCK_ENTRIES:
+        raise InvalidEvent(f"must have 1 to {MAX_VCLOCK_ENTRIES} entries", field="vclock")
+    clock: dict[str, int] = {}
+    for key, count in value.items():
+        _check_text("vclock", key, 2 * MAX_NAME_CHARS + 1)
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_SECONDS:
+            raise InvalidEvent(f"count of {key!r} must be an int >= 0", field="vclock")
+        clock[key] = count
+    if clock.get(source, 0) < 1:
+        raise InvalidEvent(f"must count the event's own source {source!r}", field="vclock")
+    return clock
 
 
 def event_from_claims(claims: dict[str, Any], kid: str) -> Event:
@@ -281,5 +322,7 @@ def event_from_claims(claims: dict[str, Any], kid: str) -> Event:
         event = Event.model_validate(claims)
     except PydanticValidationError as exc:
         raise InvalidEvent(_first_error(exc)) from None
+    if event.vclock is not None and event.vclock.get(event.source, 0) < 1:
+        raise InvalidEvent(f"must count the event's own source {event.source!r}", field="vclock")
     object.__setattr__(event, "_kid", kid)
     return event
