@@ -101,6 +101,7 @@ from ._retry import DEFAULT_RETRY, RetryPolicy
 from ._rules import InvalidRule, Route, RuleFailed, Rules
 from ._runner import run_agents, serve_agents
 from ._server import EmbeddedServer, find_nats_server
+from ._start import FromSequence, FromTime, LastN
 from ._tenants import (
     AgentExists,
     Credentials,
@@ -251,6 +252,8 @@ __all__ = [
     "Feed",
     "FindingKind",
     "Forbidden",
+    "FromSequence",
+    "FromTime",
     "HelpRequested",
     "HostNotFound",
     "Identity",
@@ -262,6 +265,7 @@ __all__ = [
     "KeyringRefusal",
     "KeyringWatcher",
     "KnowledgeShared",
+    "LastN",
     "Load",
     "Loaded",
     "MetricsServer",

@@ -561,6 +561,7 @@ class Bus(StatefulResource):
             seen=link.seen,
             may_consume=compiled.may_consume if compiled is not None else None,
             sealing_key=chosen.sealing_key,
+            lookback=None if self._replay_window is None else self._replay_window.horizon,
         )
         subscription = Subscription(wiring, pattern, handler, plan=plan, options=chosen)
         self._subscriptions = [sub for sub in self._subscriptions if not sub.closed]
