@@ -93,6 +93,12 @@ from ._options import DeliveryKeywords, SubscribeKeywords, SubscribeOptions
 from ._partitions import PartitionedSubscription
 from ._phi import FailureDetectors, PhiAccrualDetector, PhiSettings, Suspicion
 from ._priority import Priority, PriorityGate
+from ._projection_admin import (
+    ProjectionInfo,
+    projection_info,
+    projection_infos,
+    reset_projection,
+)
 from ._projections import Feed, Projection, ProjectionFailed
 from ._registry import AgentInfo
 from ._resiliency import Resiliency, ResiliencySpecError, TargetPolicy
@@ -284,6 +290,7 @@ __all__ = [
     "PriorityGate",
     "Projection",
     "ProjectionFailed",
+    "ProjectionInfo",
     "PublishAck",
     "PublishFailed",
     "Publishable",
@@ -337,11 +344,14 @@ __all__ = [
     "init_certificates",
     "keyring_bucket",
     "keyring_of_entries",
+    "projection_info",
+    "projection_infos",
     "provision_agent",
     "publish_keyring",
     "read_key_entry",
     "read_keyring_file",
     "read_keyring_token",
+    "reset_projection",
     "run_agents",
     "serve_agents",
     "serve_metrics",

@@ -18,6 +18,7 @@ from ._demo import demo
 from ._dlq import app as dlq_app
 from ._keys import app as keys_app
 from ._policy import app as policy_app
+from ._projections import app as projections_app
 from ._run import run
 from ._server import SETTINGS as SERVER_SETTINGS
 from ._server import server
@@ -55,6 +56,7 @@ app.add_typer(tenant_app, name="tenant")
 app.add_typer(policy_app, name="policy")
 app.command(context_settings=SERVER_SETTINGS, options_metavar="[NATS-SERVER OPTIONS]")(server)
 app.add_typer(tls_app, name="tls")
+app.add_typer(projections_app, name="projections")
 
 
 @app.command()
