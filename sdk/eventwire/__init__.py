@@ -35,6 +35,7 @@ from ._breaker import (
     TimeoutPolicy,
 )
 from ._bus import DEFAULT_REPLAY_WINDOW, Bus, PublishAck, connect
+from ._cache import CacheStats, EventCache
 from ._calls import Caller
 from ._choose import Candidate, Choice, Chooser, Load, NobodyServing, Strategy
 from ._codec import SIGNATURE_HEADER, Rejection, SecurityStats
@@ -218,6 +219,7 @@ __all__ = [
     "Breakers",
     "Bus",
     "BusyResource",
+    "CacheStats",
     "Caller",
     "Candidate",
     "CertificateError",
@@ -249,6 +251,7 @@ __all__ = [
     "EmbeddedServer",
     "ErrorReported",
     "Event",
+    "EventCache",
     "EventData",
     "EventTooLarge",
     "EventwireError",

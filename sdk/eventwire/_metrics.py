@@ -64,6 +64,11 @@ class Metrics:
         self.dead_lettered = p.Counter(
             "eventwire_events_dead_lettered_total", "Events moved to the DLQ.", ["reason"]
         )
+        self.cache_lookups = p.Counter(
+            "eventwire_cache_lookups_total",
+            "Event cache lookups by where they were answered (l1, l2, source, miss, refused).",
+            ["bucket", "level"],
+        )
 
 
 class MetricsServer:
