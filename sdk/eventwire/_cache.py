@@ -61,6 +61,7 @@ if TYPE_CHECKING:
 __all__ = ["CacheStats", "EventCache"]
 
 log = logging.getLogger("eventwire.cache")
+_IN_FLIGHT = 256  # events the follower verifies and writes through at once
 _Stored = tuple[bytes, dict[str, str] | None, str, float]  # data, headers, wire subject, time
 
 
@@ -150,20 +151,29 @@ class EventCache:
             )
 
     async def _run(self, sub: _Sub, handle: Any) -> None:
-        """Hand every message to ``handle``; a failure is logged and L1 cleared (it may
-        be stale from then on), the loop goes on."""
+        """Hand every message to ``handle``, up to ``_IN_FLIGHT`` at once (their L2 writes
+        pipelined, sent in arrival order on the one connection, so a later event's write
+        lands last); a failure is logged and L1 cleared (it may be stale from then on)."""
+        slots = asyncio.Semaphore(_IN_FLIGHT)
         try:
-            while True:
-                with mapped_nats_errors("follow for the event cache"):
-                    msg = await sub.next_msg(timeout=None)
-                try:
-                    await handle(msg)
-                except EventwireError as exc:
-                    log.warning("event cache: invalidation failed (%s); L1 cleared", exc)
-                    self._l1.clear()
+            async with asyncio.TaskGroup() as group:
+                while True:
+                    with mapped_nats_errors("follow for the event cache"):
+                        msg = await sub.next_msg(timeout=None)
+                    await slots.acquire()
+                    group.create_task(self._one(handle, msg, slots))
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    async def _one(self, handle: Any, msg: Msg, slots: asyncio.Semaphore) -> None:
+        try:
+            await handle(msg)
+        except EventwireError as exc:
+            log.warning("event cache: invalidation failed (%s); L1 cleared", exc)
+            self._l1.clear()
+        finally:
+            slots.release()
 
     def _count(self, level: str) -> None:
         setattr(self.stats, level, getattr(self.stats, level) + 1)
@@ -179,6 +189,7 @@ class EventCache:
         if self._l1.pop(("subject", event.subject)):
             self.stats.invalidated += 1
         await self._write(event, stored)
+        self._l1.pop(("subject", event.subject))  # what a read put back meanwhile is stale
 
     async def _on_checkpoint(self, msg: Msg) -> None:
         name = msg.subject.rsplit(".", 1)[-1]
@@ -204,8 +215,12 @@ class EventCache:
             {"s": subject, "h": headers or {}, "d": base64.b64encode(data).decode(), "t": at}
         ).encode()
         with mapped_nats_errors(f"write the event cache {self.bucket!r}"):
-            await self._l2.put(self._subject_key(event.subject), record)
-            await self._l2.put(self._id_key(event.source, event.id), record)
+            try:
+                async with asyncio.TaskGroup() as both:  # neither is left running on a failure
+                    both.create_task(self._l2.put(self._subject_key(event.subject), record))
+                    both.create_task(self._l2.put(self._id_key(event.source, event.id), record))
+            except ExceptionGroup as failed:
+                raise failed.exceptions[0] from None  # mapped to an EventwireError here
         self.stats.written += 2
 
     def _subject_key(self, subject: str) -> str:
