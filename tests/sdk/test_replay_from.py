@@ -146,3 +146,23 @@ def test_bad_start_points_are_refused(make: object, field: str) -> None:
     with pytest.raises(InvalidArgument) as caught:
         make()  # type: ignore[operator]  # a factory
     assert caught.value.field == field
+
+
+async def test_a_batch_subscription_from_a_point(bus: eventwire.Bus) -> None:
+    acks = await _publish(bus, range(6))
+    got: list[int] = []
+
+    async def handler(batch: eventwire.Batch) -> None:
+        got.extend(_n(event) for event in batch.events)
+
+    start = FromSequence(acks[4].seq)
+    async with bus.subscribe_batch("custom.>", handler, durable="batches", start=start) as sub:
+        await wait_until(lambda: got == [4, 5])
+        await asyncio.sleep(0.2)
+    assert got == [4, 5]
+    assert sub.stats.delivered == 2  # the look-back was claimed, never delivered
+
+
+async def test_last_n_larger_than_the_stream_reads_it_all(bus: eventwire.Bus) -> None:
+    await _publish(bus, range(3))
+    assert await _read(bus, "all-of-it", LastN(1000), 3) == [0, 1, 2]
