@@ -14,10 +14,11 @@ projection's position, so what it holds is bounded however long the stream: rebu
 million events keeps memory flat (``benchmarks/bench_projections.py``). A delivery missing
 from its consumer sequence, or a consumer the server lost, makes it follow again from the
 last event it took. A batch is written after ``batch`` events or as soon as the projection
-has caught up (no event pending). Events the codec refuses (forged, misplaced...) are counted and audited by
-the bus like any refused event, and skipped. A model whose ``apply`` raises stops the
-projection: :meth:`Projection.wait_for` and leaving the ``async with`` raise
-:class:`ProjectionFailed`, and what was applied since the last write is not stored.
+has caught up (no event pending). Events the codec refuses (forged, misplaced...) are
+counted and audited by the bus like any refused event, and skipped. A model whose
+``apply`` raises stops the projection: :meth:`Projection.wait_for` and leaving the
+``async with`` raise :class:`ProjectionFailed`, and what was applied since the last write
+is not stored.
 """
 
 from __future__ import annotations
