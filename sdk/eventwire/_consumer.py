@@ -190,7 +190,7 @@ class Subscription(StatefulResource):
         if isinstance(self.options.start, FromSequence | FromTime | LastN):
             config = await self._from_point(self._config())
         try:
-            if config is not None:
+            if config is not None:  # None: it exists, made from a start point
                 await self._js.add_consumer(self._stream, config)
         except nats.js.errors.BadRequestError as exc:
             raise StreamConfigError(
