@@ -13,9 +13,11 @@ subject's key would verify. Freshness comes from invalidation.
 Invalidation by events: the cache follows ``pattern`` with an ordered consumer from the
 stream's end; each new verified event evicts its subject from L1 and is written through to
 L2 (both keys). Each checkpoint a projection writes evicts that projection's read model
-from L1 (a second ordered consumer on the projections bucket). After a reconnect the
-consumers resume where they were (nats-py's ordered consumers re-create themselves); L1 is
-cleared anyway, since what happened in between is not known.
+from L1 (a second ordered consumer on the projections bucket). After a reconnect or a
+missed message the consumers are made again after the last sequence they delivered
+(nats-py's ordered consumers), so no invalidation is skipped; if one cannot be applied (L2
+unwritable), L1 is cleared. Only subjects under ``pattern`` are cached: others would never
+be invalidated.
 
 Where it does not pay: every followed event costs a verification and two KV writes, so a
 subject written more often than it is read costs more than reading the stream's last
@@ -44,7 +46,7 @@ from ._errors import ConfigError, EventwireError, InvalidArgument, mapped_nats_e
 from ._event import Event
 from ._metrics import METRICS
 from ._snapshots import SnapshotPlace, open_snapshots, projections_config, read_snapshot
-from ._subjects import check_pattern, check_subject, to_wire
+from ._subjects import check_pattern, check_subject, matches, to_wire
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -233,6 +235,9 @@ class EventCache:
         """The latest verified event of logical ``subject``: L1, L2, then the stream's last
         message on that subject (None if it has none, or it is refused)."""
         check_subject(subject)
+        if not matches(self.pattern, subject):
+            detail = f"{subject!r} is not under the cache's pattern {self.pattern!r}"
+            raise InvalidArgument(detail, field="subject")
         key = ("subject", subject)
         if (found := self._l1.get(key)) is not None:
             self._count("l1")

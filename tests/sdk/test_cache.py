@@ -150,3 +150,7 @@ async def test_bad_input_is_refused(bus: eventwire.Bus) -> None:
             await cache.get("acme/alice", "")
         with pytest.raises(eventwire.InvalidEvent):
             await cache.latest("not a subject")
+    async with EventCache(bus, "custom.room.*") as narrow:
+        with pytest.raises(InvalidArgument) as outside:
+            await narrow.latest("custom.other.a")  # never invalidated: refused
+        assert outside.value.field == "subject"
