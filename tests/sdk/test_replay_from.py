@@ -84,6 +84,10 @@ async def test_a_replay_of_an_event_before_the_start_point_is_still_refused(
             stored.subject or "", stored.data or b"", headers=headers
         )
         assert again.duplicate is not True
+    stored = await bus.jetstream.get_msg(bus.stream, acks[2].seq)  # and a forged one
+    forged = (stored.data or b"").replace(b'"n":2', b'"n":7')
+    headers = {**(stored.headers or {}), "Nats-Msg-Id": "forged-bytes"}
+    await bus.jetstream.publish(stored.subject or "", forged, headers=headers)
     got: list[int] = []
 
     async def handler(event: Event) -> None:
@@ -91,10 +95,10 @@ async def test_a_replay_of_an_event_before_the_start_point_is_still_refused(
 
     start = FromSequence(acks[3].seq)
     async with bus.subscribe("custom.>", handler, durable="guarded", start=start) as sub:
-        await wait_until(lambda: got == [3, 4, 5] and sub.stats.rejected == 2)
+        await wait_until(lambda: got == [3, 4, 5] and sub.stats.rejected == 3)
         await asyncio.sleep(0.2)
     assert got == [3, 4, 5]
-    assert bus.security.rejected == {"already-seen": 2}
+    assert bus.security.rejected == {"already-seen": 2, "bad-signature": 1}
 
 
 async def test_other_subscriptions_are_unaffected(bus: eventwire.Bus) -> None:
