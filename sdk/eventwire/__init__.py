@@ -37,6 +37,7 @@ from ._breaker import (
     TimeoutPolicy,
 )
 from ._bus import DEFAULT_REPLAY_WINDOW, Bus, PublishAck, connect
+from ._cache import CacheStats, EventCache
 from ._calls import Caller
 from ._choose import Candidate, Choice, Chooser, Load, NobodyServing, Strategy
 from ._codec import SIGNATURE_HEADER, Rejection, SecurityStats
@@ -103,6 +104,12 @@ from ._patterns_detector import MATCHED, PatternDetector, PatternMatch
 from ._patterns_feed import ProcessingCounters, ProcessingStopped
 from ._phi import FailureDetectors, PhiAccrualDetector, PhiSettings, Suspicion
 from ._priority import Priority, PriorityGate
+from ._projection_admin import (
+    ProjectionInfo,
+    projection_info,
+    projection_infos,
+    reset_projection,
+)
 from ._projections import Feed, Projection, ProjectionFailed
 from ._registry import AgentInfo
 from ._resiliency import Resiliency, ResiliencySpecError, TargetPolicy
@@ -111,6 +118,7 @@ from ._retry import DEFAULT_RETRY, RetryPolicy
 from ._rules import InvalidRule, Route, RuleFailed, Rules
 from ._runner import run_agents, serve_agents
 from ._server import EmbeddedServer, find_nats_server
+from ._start import FromSequence, FromTime, LastN
 from ._tenants import (
     AgentExists,
     Credentials,
@@ -266,6 +274,7 @@ __all__ = [
     "Breakers",
     "Bus",
     "BusyResource",
+    "CacheStats",
     "Caller",
     "Candidate",
     "CausalOrder",
@@ -301,6 +310,7 @@ __all__ = [
     "EmbeddedServer",
     "ErrorReported",
     "Event",
+    "EventCache",
     "EventData",
     "EventReader",
     "EventTimeOrder",
@@ -314,6 +324,8 @@ __all__ = [
     "Flow",
     "FlowNode",
     "Forbidden",
+    "FromSequence",
+    "FromTime",
     "Health",
     "HealthServer",
     "HealthSettings",
@@ -329,6 +341,7 @@ __all__ = [
     "KeyringRefusal",
     "KeyringWatcher",
     "KnowledgeShared",
+    "LastN",
     "LatePolicy",
     "Load",
     "Loaded",
@@ -355,6 +368,7 @@ __all__ = [
     "ProcessingStopped",
     "Projection",
     "ProjectionFailed",
+    "ProjectionInfo",
     "PublishAck",
     "PublishFailed",
     "Publishable",
@@ -435,12 +449,15 @@ __all__ = [
     "init_certificates",
     "keyring_bucket",
     "keyring_of_entries",
+    "projection_info",
+    "projection_infos",
     "provision_agent",
     "publish_keyring",
     "read_events",
     "read_key_entry",
     "read_keyring_file",
     "read_keyring_token",
+    "reset_projection",
     "run_agents",
     "serve_agents",
     "serve_health",

@@ -555,7 +555,10 @@ class Bus(StatefulResource):
         ids of handled events are kept (KV bucket ``<root>-processed``, for the bus's
         ``dedupe_window``) and redeliveries of them are acked without calling the handler.
         With ``replay_check`` (and a bus ``replay_window``) an event id arriving a second
-        time as a new message is refused as a replay; turn it off to re-read old events.
+        time as a new message is refused as a replay. A new consumer re-reads history with
+        replay checks on: ``start="all"``, or from a point, ``start=FromSequence(n)``,
+        ``FromTime(dt)`` or ``LastN(n)`` (it claims one replay horizon before the point
+        without delivering it, so a copy of an earlier event is still refused).
         With a bus policy, ``actor`` is required and events it may not consume are refused
         before the handler (counted as ``policy-denied``). Sealed events addressed to
         ``sealing_key`` arrive opened; others arrive unreadable (``event.readable``).
@@ -584,6 +587,7 @@ class Bus(StatefulResource):
             seen=link.seen,
             may_consume=compiled.may_consume if compiled is not None else None,
             sealing_key=chosen.sealing_key,
+            lookback=None if self._replay_window is None else self._replay_window.horizon,
         )
         subscription = Subscription(wiring, pattern, handler, plan=plan, options=chosen)
         self._subscriptions = [sub for sub in self._subscriptions if not sub.closed]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -45,6 +46,7 @@ from ._pull import Pull
 from ._resource import ResourceState, StatefulResource
 from ._seen import Claim, event_key
 from ._settle import Settler, ack, nak, term
+from ._start import FromSequence, FromTime, LastN, StartGate, resolve
 from ._subjects import check_pattern, to_wire
 from ._supervisor import Loop, is_transport_error
 
@@ -143,6 +145,8 @@ class Subscription(StatefulResource):
         self._provision = wiring.provision
         self._reconnected = asyncio.Event()
         self._watchers: list[Callable[[Subscription, BaseException], None]] = []
+        self._lookback = wiring.lookback if self._seen is not None else None
+        self._gate: StartGate | None = None  # a start point: events before it only claimed
         self._loop = Loop(
             f"eventwire-consumer:{self.durable}", self._consume,
             transient=self._may_pass, on_failure=self._failed_for_good, logger=log,
@@ -182,8 +186,12 @@ class Subscription(StatefulResource):
         self._loop.start()
 
     async def _create(self) -> None:
+        config: ConsumerConfig | None = self._config()
+        if isinstance(self.options.start, FromSequence | FromTime | LastN):
+            config = await self._from_point(self._config())
         try:
-            await self._js.add_consumer(self._stream, self._config())
+            if config is not None:  # None: it exists, made from a start point
+                await self._js.add_consumer(self._stream, config)
         except nats.js.errors.BadRequestError as exc:
             raise StreamConfigError(
                 f"consumer {self.durable!r} exists with other settings: {exc.description}"
@@ -192,6 +200,21 @@ class Subscription(StatefulResource):
             f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self._stream}.{self.durable}",
             cb=self._on_max_deliveries,
         )
+
+    async def _from_point(self, config: ConsumerConfig) -> ConsumerConfig | None:
+        """A new consumer starting at the options' start point (and a look-back before it:
+        see ``_start``), or None to resume the existing one with the gate it was made with."""
+        assert isinstance(self.options.start, FromSequence | FromTime | LastN)
+        try:
+            info = await self._js.consumer_info(self._stream, self.durable)
+        except nats.js.errors.NotFoundError:
+            gate, start = await resolve(self._js, self._stream, self.options.start, self._lookback)
+            self._gate = gate
+            return dataclasses.replace(config, metadata=gate.metadata(), **start)  # type: ignore[arg-type]  # ConsumerConfig fields by name
+        if differs := differences(info.config, config):
+            raise StreamConfigError(f"consumer {self.durable!r} differs: " + "; ".join(differs))
+        self._gate = StartGate.of(info.config)
+        return None
 
     async def _bind(self) -> None:
         """Use the consumer an admin provisioned, if its settings are the code's."""
@@ -207,6 +230,7 @@ class Subscription(StatefulResource):
             ) from None
         if differs := differences(info.config, self._config()):
             raise StreamConfigError(f"consumer {self.durable!r} differs: " + "; ".join(differs))
+        self._gate = StartGate.of(info.config)
 
     async def _shutdown(self, steps: Steps) -> None:
         self._stopping = True
@@ -327,6 +351,9 @@ class Subscription(StatefulResource):
         assert self._batch_handler is not None
         valid: list[tuple[Msg, Event]] = []
         for msg, result in zip(msgs, results, strict=True):
+            if self._gate is not None and not self._gate.passes(msg):
+                await ack(msg)  # before the start point: only claimed
+                continue
             self.stats.delivered += 1
             if isinstance(result, Rejection):
                 self.stats.rejected += 1
@@ -415,6 +442,10 @@ class Subscription(StatefulResource):
     ) -> None:
         """Refuse a rejection, or hand the event to :meth:`_handle`; ``fresh`` if its replay
         claim was new (it cannot have been handled here before)."""
+        if self._gate is not None and not self._gate.passes(msg):
+            await ack(msg)  # before the start point: only claimed (see ``_start``)
+            await self._done(1)
+            return
         self.stats.delivered += 1
         if isinstance(result, Rejection):
             self.stats.rejected += 1

@@ -86,6 +86,11 @@ class Metrics:
         self.health_score = p.Gauge(
             "eventwire_health_score", "The last health score (0 to 1).", ["subject"]
         )
+        self.cache_lookups = p.Counter(
+            "eventwire_cache_lookups_total",
+            "Event cache lookups by where they were answered (l1, l2, source, miss, refused).",
+            ["bucket", "level"],
+        )
 
 
 class MetricsServer:

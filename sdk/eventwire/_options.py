@@ -21,6 +21,7 @@ from eventwire_security._layout import consumer_name
 
 from ._errors import InvalidArgument
 from ._retry import DEFAULT_RETRY, RetryPolicy
+from ._start import StartPoint, check_start
 from ._subjects import to_wire
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from ._idempotency import ProcessedIds
     from ._seen import SeenIds
 
-Start = Literal["all", "new"]
+Start = Literal["all", "new"] | StartPoint
 UNKEYED: Literal["unkeyed"] = "unkeyed"
 Partition = int | Literal["unkeyed"]
 
@@ -68,8 +69,9 @@ class SubscribeOptions:
 
     ``max_in_flight``: handlers running at once (1: one at a time, in stream order).
     ``batch``: messages pulled per request. ``start``: a new consumer begins with ``"all"``
-    stored events or only ``"new"`` ones. ``retry``: redelivery spacing and the delivery
-    bound; exceptions of the ``terminal`` types (and ``Unprocessable``) dead-letter at once.
+    stored events, only ``"new"`` ones, or a start point (``FromSequence``, ``FromTime``,
+    ``LastN``; see ``_start``). ``retry``: redelivery spacing and the delivery bound;
+    exceptions of the ``terminal`` types (and ``Unprocessable``) dead-letter at once.
     ``ack_wait``: seconds before an unacknowledged delivery is redelivered (long handlers
     are kept alive). ``idempotent``: handled ids are recorded and redeliveries of them
     skipped. ``replay_check``: an event id seen before as another message is refused.
@@ -102,8 +104,7 @@ class SubscribeOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidArgument(f"must be an int >= 1, got {value!r}", field=name)
-        if self.start not in ("all", "new"):
-            raise InvalidArgument(f"must be 'all' or 'new', got {self.start!r}", field="start")
+        check_start(self.start)
         if not isinstance(self.retry, RetryPolicy):
             raise InvalidArgument(f"must be a RetryPolicy, got {self.retry!r}", field="retry")
         if not isinstance(self.terminal, tuple) or not all(
@@ -190,7 +191,7 @@ def consumer_config(
         ack_wait=options.ack_wait,
         max_ack_pending=plan.max_ack_pending or max(1000, batch * 8 + in_flight),
         max_deliver=options.retry.max_deliveries + (1 if reserve else 0),
-        deliver_policy=DeliverPolicy.ALL if options.start == "all" else DeliverPolicy.NEW,
+        deliver_policy=DeliverPolicy.NEW if options.start == "new" else DeliverPolicy.ALL,
     )
 
 
@@ -210,6 +211,7 @@ class ConsumerWiring:
     seen: SeenIds | None = None
     may_consume: Callable[[str], bool] | None = None
     sealing_key: SealingKey | None = None
+    lookback: float | None = None  # the replay horizon: how far before a start point to claim
 
 
 # Settings a bind-only subscription checks on the provisioned consumer (others may differ).

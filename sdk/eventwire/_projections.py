@@ -9,11 +9,16 @@ between two writes, or is killed, restarts from the last document and applies ex
 events after its sequence again, to the model as it was at that sequence, so no event is
 applied twice to the stored model and none is skipped.
 
-A batch is written after ``batch`` events or as soon as the projection has caught up (no
-event pending). Events the codec refuses (forged, misplaced...) are counted and audited by
-the bus like any refused event, and skipped. A model whose ``apply`` raises stops the
-projection: :meth:`Projection.wait_for` and leaving the ``async with`` raise
-:class:`ProjectionFailed`, and what was applied since the last write is not stored.
+Events are pulled 256 at a time by an ephemeral consumer (no acks) starting after the
+projection's position, so what it holds is bounded however long the stream: rebuilding a
+million events keeps memory flat (``benchmarks/bench_projections.py``). A delivery missing
+from its consumer sequence, or a consumer the server lost, makes it follow again from the
+last event it took. A batch is written after ``batch`` events or as soon as the projection
+has caught up (no event pending). Events the codec refuses (forged, misplaced...) are
+counted and audited by the bus like any refused event, and skipped. A model whose
+``apply`` raises stops the projection: :meth:`Projection.wait_for` and leaving the
+``async with`` raise :class:`ProjectionFailed`, and what was applied since the last write
+is not stored.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Generic, Self
 
-from nats.js.api import ConsumerConfig, DeliverPolicy
+import nats.errors
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from eventwire_security import EventwireError
 from eventwire_security._layout import events_stream_name, pattern_problem, to_wire
@@ -52,11 +58,16 @@ if TYPE_CHECKING:
     from ._bus import Bus
     from ._codec import Codec
 
-    _Sub = JetStreamContext.PushSubscription
+    _Sub = JetStreamContext.PullSubscription
 
 __all__ = ["Feed", "Projection", "ProjectionFailed"]
 
 log = logging.getLogger("eventwire.projections")
+# Messages per pull: what the projection holds at most, so memory stays flat however long
+# the stream (a push consumer's flow-control window let a slow reader buffer tens of MB).
+_PULL = 256
+_PULL_WAIT = 5.0  # seconds a pull waits for new events once caught up
+_IDLE = 60.0  # seconds before the server drops the reader's ephemeral consumer
 _KIND = "projection"
 
 
@@ -109,6 +120,7 @@ class Projection(Generic[A]):
         self._progress = asyncio.Condition()
         self._bucket: KeyValue | None = None
         self._task: asyncio.Task[None] | None = None
+        self._delivered = 0
 
     @property
     def _js(self) -> JetStreamContext:
@@ -129,23 +141,49 @@ class Projection(Generic[A]):
             self.state = self.model.restore(checkpoint.state)
             self.position = self.stored = checkpoint.seq
             self.applied = checkpoint.version
-        sub = await self._subscribe()
+        sub = await self._subscribe(self.position)
         self._task = asyncio.get_running_loop().create_task(self._follow(sub))
         return self
 
-    async def _subscribe(self) -> _Sub:
+    async def _subscribe(self, after: int) -> _Sub:
+        """An ephemeral pull consumer from the event after stream sequence ``after``."""
         wire = to_wire(self.bus.root, self.feed.pattern)
-        if self.position:
-            config = ConsumerConfig(
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.position + 1
-            )
-        else:
-            config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+        self._delivered = 0  # the consumer sequence of the last message pulled
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1,
+            ack_policy=AckPolicy.NONE, inactive_threshold=_IDLE,
+        )  # fmt: skip
         with mapped_nats_errors(f"follow {wire}"):
-            return await self._js.subscribe(
-                wire, stream=events_stream_name(self.bus.root), ordered_consumer=True,
-                config=config,
+            return await self._js.pull_subscribe(
+                wire, stream=events_stream_name(self.bus.root), config=config,
+                pending_msgs_limit=16 * _PULL,
             )  # fmt: skip
+
+    async def _pulled(self, sub: _Sub) -> tuple[_Sub, list[Msg]]:
+        """The next messages in order (none after a quiet wait), and the subscription to
+        go on with: a new one after the last good message if the pull failed (consumer
+        lost) or a delivery is missing (the client dropped one: its queue was full)."""
+        try:
+            messages = await sub.fetch(_PULL, timeout=_PULL_WAIT)
+        except nats.errors.TimeoutError:
+            return sub, []
+        except nats.errors.Error as exc:
+            log.warning("projection %s: pull failed (%r), following again", self.name, exc)
+            await asyncio.sleep(0.5)
+            return await self._again(sub, self.position), []
+        for index, message in enumerate(messages):
+            self._delivered += 1
+            if message.metadata.sequence.consumer != self._delivered:
+                log.warning("projection %s: a delivery is missing, following again", self.name)
+                good = messages[:index]
+                after = good[-1].metadata.sequence.stream if good else self.position
+                return await self._again(sub, after), good
+        return sub, messages
+
+    async def _again(self, sub: _Sub, after: int) -> _Sub:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+        return await self._subscribe(after)
 
     async def __aexit__(
         self,
@@ -167,10 +205,10 @@ class Projection(Generic[A]):
         codec = bus_codec(self.bus, "run a projection")
         try:
             while True:
-                with mapped_nats_errors(f"follow {self.feed.pattern}"):
-                    message = await sub.next_msg(timeout=None)
-                if not await self._take(codec, message):
-                    return
+                sub, messages = await self._pulled(sub)
+                for message in messages:
+                    if not await self._take(codec, message):
+                        return
         except EventwireError as exc:  # the connection, the server, a checkpoint write
             log.error("projection %s stopped: %s", self.name, exc)
             await self._fail(exc)

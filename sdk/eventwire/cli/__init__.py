@@ -20,6 +20,7 @@ from ._dlq import app as dlq_app
 from ._health import health
 from ._keys import app as keys_app
 from ._policy import app as policy_app
+from ._projections import app as projections_app
 from ._run import run
 from ._server import SETTINGS as SERVER_SETTINGS
 from ._server import server
@@ -65,6 +66,7 @@ app.command(help="Print stored and arriving events, each verified (read-only).")
 app.command(help="Print the causation tree of a flow across agents, with timings.")(trace)
 app.command(help="Write the AsyncAPI 3.0 document of an application's agents.")(asyncapi)
 app.add_typer(workflows_app, name="workflows")
+app.add_typer(projections_app, name="projections")
 
 
 @app.command()
