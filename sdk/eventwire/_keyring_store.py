@@ -51,7 +51,7 @@ from ._buckets import open_bucket
 from ._errors import BusyResource, EventwireError, TransportError
 from ._streams import keyring_config
 from ._supervisor import Loop, is_transport_error
-from ._watch import stop_watch
+from ._watch import start_watch, stop_watch
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable
@@ -254,7 +254,9 @@ class KeyringWatcher:
         kv = await open_keyring_bucket(
             self._js, self._root, replicas=self._replicas, create=self._create
         )
-        self._watcher = watcher = await kv.watch(KEYRING_KEY, include_history=True)
+        self._watcher = watcher = await start_watch(
+            kv.watch(KEYRING_KEY, include_history=True)
+        )
         try:
             await self._catch_up(watcher)
         except BaseException:

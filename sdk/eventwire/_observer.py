@@ -28,7 +28,7 @@ from ._errors import EventwireError
 from ._failures import AgentFailed, Beat, FailureWatch, failure_msg_id
 from ._phi import PhiSettings
 from ._registry import parse_entry
-from ._watch import stop_watch
+from ._watch import start_watch, stop_watch
 
 if TYPE_CHECKING:
     from nats.js.kv import KeyValue
@@ -70,7 +70,7 @@ class FailureObserver:
     async def run(self) -> None:
         """Watch and report until cancelled."""
         kv: KeyValue = await self._bus.registry()
-        watcher = await kv.watchall()
+        watcher = await start_watch(kv.watchall())
         check_every = self.interval / 4
         next_check = time.monotonic() + check_every
         me = asyncio.current_task()

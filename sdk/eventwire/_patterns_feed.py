@@ -63,7 +63,7 @@ from ._snapshots import (
     write_snapshot,
 )
 from ._subjects import consumer_filters
-from ._watch import stop_watch
+from ._watch import start_watch, stop_watch
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Iterable
@@ -281,8 +281,8 @@ class KeyedFeed:
         prefix = f"{self.settings.kind}.{self.settings.name}-"
         keys = []
         with mapped_nats_errors(f"list the states of {self.settings.name!r}"):
-            watcher = await self._bucket.watch(
-                f"{self.settings.kind}.>", ignore_deletes=True, meta_only=True
+            watcher = await start_watch(
+                self._bucket.watch(f"{self.settings.kind}.>", ignore_deletes=True, meta_only=True)
             )
             try:
                 async for entry in watcher:
