@@ -44,6 +44,7 @@ from ._health import agent_health
 from ._kinds import AgentLifecycle, CustomEvent
 from ._observer import FailureObserver
 from ._options import SubscribeOptions
+from ._priority import Priority, PriorityGate, priority_of
 from ._registry import announce, withdraw
 from ._resource import Lifecycle, ResourceState, Steps
 from ._rules import Route, RuleFailed, Rules
@@ -70,6 +71,7 @@ if TYPE_CHECKING:
     Handler = Callable[[Event], Awaitable[None]]
 
 log = logging.getLogger("eventwire.agent")
+NORMAL = Priority.NORMAL
 
 
 _current_event: contextvars.ContextVar[Event | None] = contextvars.ContextVar(
@@ -139,6 +141,8 @@ class Agent:
         self._routes: dict[str, Rules] = {}
         self._subscriptions: list[Subscription] = []  # while serving (health)
         self.last_beat: float | None = None  # when the last registry heartbeat landed
+        self._priorities: dict[str, Priority] = {}
+        self._gate: PriorityGate | None = None
 
     @property
     def tenant(self) -> str:
@@ -170,6 +174,7 @@ class Agent:
         pattern: str,
         *,
         options: SubscribeOptions | None = None,
+        priority: str | Priority | None = None,
         **keywords: Unpack[DeliveryKeywords],
     ) -> Callable[[Handler], Handler]:
         """Register a handler for events whose logical subject matches ``pattern``.
@@ -179,8 +184,14 @@ class Agent:
         failures and bounds them) or ``terminal=(ValueError,)`` (those exceptions
         dead-letter the event at once). Handlers on the same pattern share one consumer,
         so they share their options. Who reads (actor, sealing key) is the agent's.
+        ``priority`` (``"high"``, ``"normal"``, ``"low"``): once a handler declares one,
+        the agent's own subscriptions share its ``max_in_flight`` handler slots, handed
+        out 16:4:1 while events of several priorities wait (:class:`PriorityGate`); each
+        of them then handles one event at a time, in order.
         """
         check_pattern(pattern)
+        if priority is not None:
+            self._priorities[pattern] = priority_of(priority)
         chosen = (self.defaults if options is None else options).but(**keywords)
         for name in ("actor", "sealing_key", "partition"):
             if getattr(chosen, name) is not None:
@@ -389,6 +400,9 @@ class Agent:
         plan += [
             (work_pattern(c), WORK, self._work_dispatch, work, False) for c in self.capabilities
         ]
+        self._gate = PriorityGate(self.defaults.max_in_flight) if self._priorities else None
+        rank = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
+        plan.sort(key=lambda step: rank[self._priorities.get(step[0], NORMAL)])  # high first
         for pattern, durable, dispatch, options, needed in plan:
             subscription = bus.subscribe(
                 pattern,
@@ -396,6 +410,8 @@ class Agent:
                 durable=durable,
                 options=options.but(actor=self.actor, sealing_key=self.sealing_key),
             )
+            if self._gate is not None and durable == self.name:
+                subscription.prioritize(self._gate, self._priorities.get(pattern, NORMAL))
             if await self._started(subscription, pattern, needed=needed):
                 subscription.on_failure(lambda sub, error: self._failed(error))
                 subscriptions.append(subscription)
@@ -556,7 +572,10 @@ class Agent:
             capabilities=self.capabilities,
             started_at=started,
             sealing_key=self.sealing_key.public,
-            load=self.load.load(capacity=self.defaults.max_in_flight),
+            load=self.load.load(
+                capacity=self.defaults.max_in_flight,
+                queue_depth=self._gate.waiting() if self._gate is not None else 0,
+            ),
             circuits={
                 status.target: status.state
                 for status in self.bus.breakers.statuses()

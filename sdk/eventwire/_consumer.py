@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 
     from ._event import Event
     from ._options import ConsumerPlan, ConsumerWiring, SubscribeOptions
+    from ._priority import Priority, PriorityGate
     from ._resource import Steps
 
 log = logging.getLogger("eventwire.consumer")
@@ -138,6 +139,7 @@ class Subscription(StatefulResource):
         self._sealing_key = wiring.sealing_key
         self._lanes = KeyLanes() if options.key_order else None
         self._batch_handler: Callable[[Batch], Awaitable[None]] | None = None
+        self._priority_gate: tuple[PriorityGate, Priority] | None = None
         self._in_flight: dict[int, tuple[Msg, float]] = {}  # by id(msg): Msg is unhashable
         self._pull: Pull | None = None  # the current run's
         self._settler: Settler | None = None  # the current run's, if idempotent
@@ -151,6 +153,15 @@ class Subscription(StatefulResource):
             f"eventwire-consumer:{self.durable}", self._consume,
             transient=self._may_pass, on_failure=self._failed_for_good, logger=log,
         )  # fmt: skip
+
+    def prioritize(self, gate: PriorityGate, priority: Priority) -> None:
+        """Before it starts: take handler slots from ``gate`` (shared with other
+        subscriptions) at ``priority``; events are then handled one at a time, in order."""
+        if self.state is not ResourceState.NEW:
+            raise BusyResource(
+                f"{self._life.name}: choose the priority before it starts", state=self.state
+            )
+        self._priority_gate = (gate, priority)
 
     def use_batches(self, handler: Callable[[Batch], Awaitable[None]]) -> None:
         """Deliver batches to ``handler`` instead of events one by one (before start)."""
@@ -457,7 +468,11 @@ class Subscription(StatefulResource):
             return
         if fresh:
             self._fresh.add(id(msg))  # until _handle returns
-        if self._max_in_flight == 1:
+        if self._priority_gate is not None:
+            gate, priority = self._priority_gate
+            async with gate.slot(priority):
+                await self._handle(msg, result)
+        elif self._max_in_flight == 1:
             await self._handle(msg, result)
         else:
             await self._slots.acquire()

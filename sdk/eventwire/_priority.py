@@ -61,6 +61,7 @@ class PriorityGate:
         self._waiting: dict[Priority, deque[asyncio.Future[None]]] = {p: deque() for p in Priority}
         self._current: dict[Priority, int] = dict.fromkeys(Priority, 0)
         self.granted: dict[Priority, int] = dict.fromkeys(Priority, 0)
+        self._granting = False
 
     @property
     def in_use(self) -> int:
@@ -93,19 +94,27 @@ class PriorityGate:
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
                 self.release()  # granted just as it was cancelled: pass the slot on
-            else:
+            elif future in self._waiting[priority]:
                 self._waiting[priority].remove(future)
             raise
 
     def release(self) -> None:
-        """Give a slot back: to the next waiter by the rule, or to the pool."""
-        while (priority := self._next()) is not None:
+        """Give a slot back. The next waiter is chosen on the loop's next turn, so that the
+        caller, if it goes on to wait for another slot, is among those the rule weighs
+        (else a busy high-priority subscription would alternate with a low one)."""
+        self._free += 1
+        if self.waiting() and not self._granting:
+            self._granting = True
+            asyncio.get_running_loop().call_soon(self._grant)
+
+    def _grant(self) -> None:
+        self._granting = False
+        while self._free and (priority := self._next()) is not None:
             future = self._waiting[priority].popleft()
             if not future.done():
+                self._free -= 1
                 self.granted[priority] += 1
                 future.set_result(None)
-                return
-        self._free += 1
 
     def _next(self) -> Priority | None:
         """Smooth weighted round-robin over the priorities that have waiters."""
