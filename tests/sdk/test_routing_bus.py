@@ -289,3 +289,28 @@ async def simulate_crash(bus: eventwire.Bus, victim: Agent) -> None:
         }
         await kv.put(f"{victim.name}.{victim.instance}", sign_claims(claims, victim.identity))
         await asyncio.sleep(bus.registry_ttl / 3)
+
+
+async def test_an_event_that_fails_verification_is_never_routed(bus: eventwire.Bus) -> None:
+    router, reviewer = agent("router", bus), agent("reviewer", bus, "review")
+    router.route("custom.order.*", when="data.amount > 1000", to="capability.review.help")
+    reviewed: list[Event] = []
+
+    @reviewer.on("capability.review.help")
+    async def review(event: Event) -> None:
+        reviewed.append(event)
+
+    shop = make_identity("shop", bus.keyring)
+    order = CustomEvent("custom.order.placed", "order", {"amount": 5000})
+    async with router.serve(bus), reviewer.serve(bus):
+        genuine = await bus.publish(order, identity=shop)
+        await wait_until(lambda: len(reviewed) == 1)
+        # the same bytes with the amount changed: the signature no longer matches
+        stored = await bus.jetstream.get_msg(bus.stream, genuine.seq)
+        forged = (stored.data or b"").replace(b'"amount":5000', b'"amount":9000')
+        headers = {k: v for k, v in (stored.headers or {}).items() if k != "Nats-Msg-Id"}
+        await bus.connection.publish(stored.subject or "", forged, headers=headers)
+        await wait_until(lambda: sum(bus.security.rejected.values()) >= 1)
+        await asyncio.sleep(0.5)
+    assert [e.causationid for e in reviewed] == [genuine.event_id]
+    assert set(bus.security.rejected) == {"bad-signature"}
