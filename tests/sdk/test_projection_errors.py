@@ -53,6 +53,7 @@ def teller(keyring: Keyring) -> Identity:
 @pytest.fixture(autouse=True)
 def no_poison() -> None:
     Poisoned.poison = set()
+    Fickle.fickle, Fickle.applied = "", 0
 
 
 async def poison(bus: eventwire.Bus, *seqs: int) -> list[str]:
@@ -242,6 +243,47 @@ async def test_without_a_dead_letter_queue_the_projection_stops_before_the_event
     assert isinstance(failed.value.__cause__, DeadLetterError)
     assert broken.stored == 8  # not past the event it could not dead-letter
     assert broken.stats.dead_lettered == 0
+
+
+class Fickle(Poisoned):
+    """Poisoned, and fails on the event ``fickle`` the second time it applies it."""
+
+    fickle: ClassVar[str] = ""
+    applied: ClassVar[int] = 0
+
+    def apply(self, event: Event) -> None:
+        if event.id == Fickle.fickle:
+            Fickle.applied += 1
+            if Fickle.applied == 2:
+                raise RuntimeError("not deterministic")
+        super().apply(event)
+
+
+async def test_a_model_that_fails_rebuilding_itself_stops_the_projection(
+    bus: eventwire.Bus, teller: Identity
+) -> None:
+    last = await fill(bus, teller, 12)
+    await poison(bus, 10)
+    Fickle.fickle = Poisoned.poison.pop()  # 10 is applied (after the checkpoint at 8)...
+    await poison(bus, 11)  # ...then 11 fails, and 10 fails when the model is rebuilt
+    broken = projection(bus, teller, Fickle)
+    await broken.__aenter__()
+    with pytest.raises(ProjectionFailed) as failed:
+        await asyncio.wait_for(broken.wait_for(last), 10)
+    with pytest.raises(ProjectionFailed):
+        await broken.__aexit__(None, None, None)
+
+    assert failed.value.seq == 11
+    assert str(failed.value.__cause__) == "not deterministic"
+    assert broken.stored == 8  # not past the event dead-lettered: a restart reads it again
+    assert [letter.stream_seq for letter in await bus.dead_letters.list()] == [11]
+
+    async with projection(bus, teller) as restarted:  # like a crash after the dead letter
+        async with asyncio.timeout(10):
+            await restarted.wait_for(last)
+    assert restarted.stats.dead_lettered == 1  # stored again: de-duplicated by JetStream
+    assert [letter.stream_seq for letter in await bus.dead_letters.list()] == [11]
+    assert restarted.state.balances == without(12, 10)
 
 
 def test_bad_error_settings_are_typed_errors(bus: eventwire.Bus, teller: Identity) -> None:
