@@ -81,7 +81,9 @@ _KIND = "projection"
 
 
 class ProjectionFailed(EventwireError):
-    """The projection ``name`` stopped: its model raised on the event at stream ``seq``."""
+    """The projection ``name`` stopped at the event at stream ``seq``: its model raised on
+    it (``on_error="stop"``), or it was the ``max_failures``-th dead letter in a row, or it
+    could not be dead-lettered; the cause is chained."""
 
     def __init__(self, name: str, seq: int) -> None:
         super().__init__(f"projection {name!r} stopped at stream sequence {seq}")
@@ -251,10 +253,10 @@ class Projection(Generic[A]):
         failure: Exception | None = None  # the error of an event dead-lettered
         if isinstance(result, Event):
             failure = await self._apply(result, message)
-            if self._failure is not None:
-                return False
         else:
             await self._refused(codec, result, message)
+        if self._failure is not None:
+            return False
         self._dirty += 1
         if failure is not None or self._dirty >= self.feed.batch or not meta.num_pending:
             await self._checkpoint(seq)  # past a dead letter at once: never seen again
@@ -276,8 +278,8 @@ class Projection(Generic[A]):
             if not self._policy.dead_letters:
                 await self._fail(exc, seq)
                 return exc
-            await self._dead_letter(message, FAILED, f"{type(exc).__name__}: {exc}")
-            await self._without(seq)
+            if await self._dead_letter(message, FAILED, f"{type(exc).__name__}: {exc}"):
+                await self._without(seq)
             return exc
         self.applied += 1
         self._policy.in_a_row = 0
@@ -315,16 +317,23 @@ class Projection(Generic[A]):
         if self._policy.dead_letters:
             await self._dead_letter(message, REFUSED, f"{refusal.reason}: {refusal.detail}")
 
-    async def _dead_letter(self, message: Msg, reason: str, error: str) -> None:
-        """Store the event in the dead-letter queue (:class:`DeadLetterError` if not: the
+    async def _dead_letter(self, message: Msg, reason: str, error: str) -> bool:
+        """Store the event in the dead-letter queue; False if it was not stored (the
         projection stops before its checkpoint passes the event)."""
-        dlq = self.bus.dead_letters
-        await dead_letter(dlq, message, projection=self.name, reason=reason, error=error)
+        seq = message.metadata.sequence.stream
+        try:
+            dlq = self.bus.dead_letters
+            await dead_letter(dlq, message, projection=self.name, reason=reason, error=error)
+        except EventwireError as exc:  # DeadLetterError, or the bus is closed
+            log.error("projection %s: could not dead-letter sequence %d: %s", self.name, seq, exc)
+            await self._fail(exc, seq)
+            return False
         self.stats.dead_lettered += 1
         log.error(
             "projection %s: event at sequence %d dead-lettered (%s): %s",
-            self.name, message.metadata.sequence.stream, reason, error,
+            self.name, seq, reason, error,
         )  # fmt: skip
+        return True
 
     async def _checkpoint(self, seq: int) -> None:
         """One signed KV write: the read model and the sequence ``seq`` it reflects."""

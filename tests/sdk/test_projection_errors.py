@@ -13,6 +13,7 @@ import pytest
 
 from eventwire import (
     SIGNATURE_HEADER,
+    CustomEvent,
     DeadLetterError,
     Event,
     Feed,
@@ -229,8 +230,10 @@ async def test_a_refused_event_never_stops_a_projection(
 async def test_without_a_dead_letter_queue_the_projection_stops_before_the_event(
     bus: eventwire.Bus, teller: Identity
 ) -> None:
-    last = await fill(bus, teller, 12)
-    await poison(bus, 10)
+    await fill(bus, teller, 9)
+    await bus.publish(CustomEvent("custom.other", "noise", None), identity=teller)  # seq 10
+    last = await fill(bus, teller, 3, start=9)
+    await poison(bus, 11)
     await bus.jetstream.delete_stream(f"{bus.root}-dlq")
     broken = projection(bus, teller)
     await broken.__aenter__()
@@ -239,7 +242,7 @@ async def test_without_a_dead_letter_queue_the_projection_stops_before_the_event
     with pytest.raises(ProjectionFailed):
         await broken.__aexit__(None, None, None)
 
-    assert failed.value.seq == 10
+    assert failed.value.seq == 11
     assert isinstance(failed.value.__cause__, DeadLetterError)
     assert broken.stored == 8  # not past the event it could not dead-letter
     assert broken.stats.dead_lettered == 0
