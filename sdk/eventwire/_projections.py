@@ -164,6 +164,7 @@ class Projection(Generic[A]):
         self._bucket = await open_snapshots(self._js, config, create=self.bus.provisions)
         keyring = bus_codec(self.bus, "start a projection").keyring
         checkpoint = await read_snapshot(self._bucket, self._place, keyring)
+        self._held.clear()
         if checkpoint is not None:
             self.state = self.model.restore(checkpoint.state)
             self.position = self.stored = checkpoint.seq
