@@ -110,6 +110,7 @@ from ._projection_admin import (
     projection_infos,
     reset_projection,
 )
+from ._projection_errors import ProjectionOnError, ProjectionStats
 from ._projections import Feed, Projection, ProjectionFailed
 from ._registry import AgentInfo
 from ._resiliency import Resiliency, ResiliencySpecError, TargetPolicy
@@ -369,6 +370,8 @@ __all__ = [
     "Projection",
     "ProjectionFailed",
     "ProjectionInfo",
+    "ProjectionOnError",
+    "ProjectionStats",
     "PublishAck",
     "PublishFailed",
     "Publishable",

@@ -16,9 +16,10 @@ from its consumer sequence, or a consumer the server lost, makes it follow again
 last event it took. A batch is written after ``batch`` events or as soon as the projection
 has caught up (no event pending). Events the codec refuses (forged, misplaced...) are
 counted and audited by the bus like any refused event, and skipped. A model whose
-``apply`` raises stops the projection: :meth:`Projection.wait_for` and leaving the
-``async with`` raise :class:`ProjectionFailed`, and what was applied since the last write
-is not stored.
+``apply`` raises stops the projection (``on_error="stop"``, the default):
+:meth:`Projection.wait_for` and leaving the ``async with`` raise :class:`ProjectionFailed`,
+and what was applied since the last write is not stored. With ``on_error="dead-letter"``
+the event is dead-lettered and the projection goes on (see ``_projection_errors``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,14 @@ from eventwire_security._layout import events_stream_name, pattern_problem, to_w
 from ._aggregates import A, bus_codec
 from ._errors import BusyResource, InvalidArgument, checked_name, mapped_nats_errors
 from ._event import Event
+from ._projection_errors import (
+    FAILED,
+    REFUSED,
+    ErrorPolicy,
+    ProjectionOnError,
+    ProjectionStats,
+    dead_letter,
+)
 from ._snapshots import (
     Snapshot,
     SnapshotPlace,
@@ -56,7 +65,7 @@ if TYPE_CHECKING:
     from eventwire_security import Identity
 
     from ._bus import Bus
-    from ._codec import Codec
+    from ._codec import Codec, Rejection
 
     _Sub = JetStreamContext.PullSubscription
 
@@ -72,7 +81,9 @@ _KIND = "projection"
 
 
 class ProjectionFailed(EventwireError):
-    """The projection ``name`` stopped: its model raised on the event at stream ``seq``."""
+    """The projection ``name`` stopped at the event at stream ``seq``: its model raised on
+    it (``on_error="stop"``), or it was the ``max_failures``-th dead letter in a row, or it
+    could not be dead-lettered; the cause is chained."""
 
     def __init__(self, name: str, seq: int) -> None:
         super().__init__(f"projection {name!r} stopped at stream sequence {seq}")
@@ -104,13 +115,29 @@ class Projection(Generic[A]):
     from there, then follows live until the block ends (which writes a last checkpoint).
     ``projection.state`` is the read model, ``projection.position`` the stream sequence of
     the last event it processed, ``projection.stored`` that of the last checkpoint.
+
+    ``on_error``: what an event whose ``apply`` raises does, ``"stop"`` the projection
+    (default) or go to the ``"dead-letter"`` queue while the projection goes on;
+    ``max_failures`` (with ``"dead-letter"``): stop after that many dead letters in a row.
+    ``projection.stats`` counts dead letters, failures and refused events.
     """
 
-    def __init__(
-        self, bus: Bus, model: type[A], *, name: str, identity: Identity, feed: Feed
+    def __init__(  # noqa: PLR0913 - public constructor: the bus and model, then keywords
+        self,
+        bus: Bus,
+        model: type[A],
+        *,
+        name: str,
+        identity: Identity,
+        feed: Feed,
+        on_error: ProjectionOnError = "stop",
+        max_failures: int | None = None,
     ) -> None:
         self.name = checked_name("name", name)
+        self._policy = ErrorPolicy(self.name, on_error, max_failures)
         self.bus, self.model, self.identity, self.feed = bus, model, identity, feed
+        self.stats = ProjectionStats()
+        self._held: list[Event] = []  # applied since the last checkpoint ("dead-letter")
         self.state: A = model()
         self.position = 0
         self.stored = 0
@@ -137,6 +164,7 @@ class Projection(Generic[A]):
         self._bucket = await open_snapshots(self._js, config, create=self.bus.provisions)
         keyring = bus_codec(self.bus, "start a projection").keyring
         checkpoint = await read_snapshot(self._bucket, self._place, keyring)
+        self._held.clear()
         if checkpoint is not None:
             self.state = self.model.restore(checkpoint.state)
             self.position = self.stored = checkpoint.seq
@@ -217,27 +245,95 @@ class Projection(Generic[A]):
                 await sub.unsubscribe()
 
     async def _take(self, codec: Codec, message: Msg) -> bool:
-        """Apply one message; False once the model has failed."""
+        """Apply one message; False once the projection has stopped."""
         meta = message.metadata
         seq = meta.sequence.stream
         result = codec.open(
             message.data, message.headers, message.subject, meta.timestamp.timestamp()
         )
+        failure: Exception | None = None  # the error of an event dead-lettered
         if isinstance(result, Event):
-            try:
-                self.state.apply(result)
-            except Exception as exc:
-                log.exception("projection %s: the model failed at sequence %d", self.name, seq)
-                await self._fail(exc, seq)
-                return False
-            self.applied += 1
+            failure = await self._apply(result, message)
         else:
-            codec.record(result)
+            await self._refused(codec, result, message)
+        if self._failure is not None:
+            return False
         self._dirty += 1
-        if self._dirty >= self.feed.batch or not meta.num_pending:
-            await self._checkpoint(seq)
+        if failure is not None or self._dirty >= self.feed.batch or not meta.num_pending:
+            await self._checkpoint(seq)  # past a dead letter at once: never seen again
         self.position = seq  # after the checkpoint: a waiter sees it stored when caught up
         await self._notify()
+        if failure is not None and self._policy.exhausted():
+            await self._fail(failure, seq)
+            return False
+        return True
+
+    async def _apply(self, event: Event, message: Msg) -> Exception | None:
+        """None once applied; the error once dead-lettered (or the projection stopped)."""
+        seq = message.metadata.sequence.stream
+        try:
+            self.state.apply(event)
+        except Exception as exc:
+            log.exception("projection %s: the model failed at sequence %d", self.name, seq)
+            self.stats.failed += 1
+            if not self._policy.dead_letters:
+                await self._fail(exc, seq)
+                return exc
+            if await self._dead_letter(message, FAILED, f"{type(exc).__name__}: {exc}"):
+                await self._without(seq)
+            return exc
+        self.applied += 1
+        self._policy.in_a_row = 0
+        if self._policy.dead_letters:
+            self._held.append(event)
+        return None
+
+    async def _without(self, seq: int) -> None:
+        """The read model rebuilt without the event that failed: the last checkpoint, and
+        the events applied since then applied again (``apply`` may have changed the model
+        before it raised). If the model fails on one of those again, the projection stops."""
+        self._policy.in_a_row += 1
+        try:
+            self.state = await self._restored()
+            for held in self._held:
+                self.state.apply(held)
+        except Exception as again:
+            log.exception("projection %s: the model failed rebuilding it", self.name)
+            await self._fail(again, seq)
+
+    async def _restored(self) -> A:
+        """The read model of the last checkpoint (a new model if there is none yet)."""
+        if not self.stored:
+            return self.model()
+        assert self._bucket is not None
+        keyring = bus_codec(self.bus, "rebuild a projection").keyring
+        checkpoint = await read_snapshot(self._bucket, self._place, keyring)
+        if checkpoint is None or checkpoint.seq != self.stored:
+            raise ProjectionFailed(self.name, self.stored)  # changed under it: give up
+        return self.model.restore(checkpoint.state)
+
+    async def _refused(self, codec: Codec, refusal: Rejection, message: Msg) -> None:
+        codec.record(refusal)  # counted and audited by the bus
+        self.stats.refused += 1
+        if self._policy.dead_letters:
+            await self._dead_letter(message, REFUSED, f"{refusal.reason}: {refusal.detail}")
+
+    async def _dead_letter(self, message: Msg, reason: str, error: str) -> bool:
+        """Store the event in the dead-letter queue; False if it was not stored (the
+        projection stops before its checkpoint passes the event)."""
+        seq = message.metadata.sequence.stream
+        try:
+            dlq = self.bus.dead_letters
+            await dead_letter(dlq, message, projection=self.name, reason=reason, error=error)
+        except EventwireError as exc:  # DeadLetterError, or the bus is closed
+            log.error("projection %s: could not dead-letter sequence %d: %s", self.name, seq, exc)
+            await self._fail(exc, seq)
+            return False
+        self.stats.dead_lettered += 1
+        log.error(
+            "projection %s: event at sequence %d dead-lettered (%s): %s",
+            self.name, seq, reason, error,
+        )  # fmt: skip
         return True
 
     async def _checkpoint(self, seq: int) -> None:
@@ -246,6 +342,7 @@ class Projection(Generic[A]):
         snapshot = Snapshot(self.applied, seq, 0.0, self.state.snapshot())
         await write_snapshot(self._bucket, self._place, snapshot, self.identity)
         self.stored, self._dirty = seq, 0
+        self._held.clear()
 
     async def _fail(self, cause: BaseException, seq: int | None = None) -> None:
         failure = ProjectionFailed(self.name, self.position + 1 if seq is None else seq)
@@ -276,6 +373,8 @@ class Projection(Generic[A]):
             await bucket.purge(self._place.key)
         self.state, self.position, self.stored, self.applied = self.model(), 0, 0, 0
         self._dirty, self._failure = 0, None
+        self._held.clear()
+        self._policy.in_a_row = 0
 
     async def lag(self) -> int:
         """How many stream sequences the projection is behind the stream's last one (an
