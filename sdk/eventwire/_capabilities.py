@@ -1,0 +1,243 @@
+"""What an agent subscribes (its plan), and capabilities that change while it serves.
+
+``await agent.add_capability(c)`` while serving subscribes what holding ``c`` means: the
+``capability.<c>.*`` pattern (and handler patterns inside it) and the one-of-N work consumer
+``c`` shares with every agent that has it, then refreshes the signed registry entry at
+once, so ``bus.agents(capability=c)`` shows it before the next heartbeat.
+``await agent.remove_capability(c)`` refreshes the entry first (nobody picks it for ``c``
+any more), then stops those subscriptions: their durable consumers are kept, as on a normal
+stop; events pulled but not yet handled are released at once to the other agents with ``c``
+(or wait in the stream), in-flight handlers finish and are acknowledged, so nothing is
+lost. Not serving, both only change the list the next ``serve`` uses.
+
+Changes are serialized by one lock per agent (and a stop waits for the change under way).
+A bus policy is applied as at ``serve``: on a bind-only bus a default subscription the policy
+grants no consumer for is left out (logged). A handler cannot remove the capability whose
+subscription delivered its event, nor change capabilities while such a removal waits for it
+(it would wait for itself): :class:`BusyResource`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, NamedTuple
+
+from eventwire_security import consumer_filters
+from eventwire_security._policy import pattern_contains
+
+from ._errors import BusyResource, ConfigError, InvalidArgument, NotFound, NotProvisioned
+from ._resource import ResourceState, Steps
+from ._subjects import matches
+from ._work import WORK, WORK_ACK_WAIT, WORK_BATCH, checked_capability, work_pattern
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
+
+    from ._agent import Agent
+    from ._bus import Bus
+    from ._consumer import Subscription
+    from ._event import Event
+    from ._options import SubscribeOptions
+
+log = logging.getLogger("eventwire.agent")
+
+
+class PlanStep(NamedTuple):
+    """One subscription an agent makes: its pattern, durable owner, handler and options;
+    ``needed``: narrower handler patterns depend on it (bind-only bus)."""
+
+    pattern: str
+    durable: str
+    dispatch: Callable[[Event], Awaitable[None]]
+    options: SubscribeOptions
+    needed: bool = False
+
+
+def belongs(pattern: str, capability: str) -> bool:
+    """Whether an agent consumes ``pattern`` because it holds ``capability``: the work
+    pattern of ``capability``, or a pattern inside ``capability.<capability>.*``."""
+    if pattern == work_pattern(capability):
+        return True
+    return pattern_contains(f"capability.{capability}.*", pattern)
+
+
+def subscription_plan(agent: Agent, bus: Bus) -> list[PlanStep]:
+    """What ``agent`` subscribes: every pattern (:meth:`Agent.patterns`) and each
+    capability's one-of-N work. On a bind-only bus with a policy a handler pattern inside a
+    granted one is delivered by that pattern's provisioned consumer (see :func:`_folds`)."""
+    folds = _folds(agent, bus)
+    plan: list[PlanStep] = []
+    for pattern in dict.fromkeys([*agent.patterns(), *folds.values()]):
+        if pattern in folds:
+            continue  # a broader consumer delivers its events
+        inner = [narrower for narrower, outer in folds.items() if outer == pattern]
+        options = _shared_options(agent, pattern, inner)
+        dispatch = agent._dispatcher(pattern, inner)
+        plan.append(PlanStep(pattern, agent.name, dispatch, options, bool(inner)))
+    work = agent.defaults.but(ack_wait=WORK_ACK_WAIT, idempotent=True, batch=WORK_BATCH)
+    serve = agent._work_dispatch
+    plan += [PlanStep(work_pattern(c), WORK, serve, work) for c in agent.capabilities]
+    return plan
+
+
+def _folds(agent: Agent, bus: Bus) -> dict[str, str]:
+    """On a bind-only bus with a policy, the handler patterns that have no consumer of
+    their own, each with the granted pattern whose provisioned consumer delivers its
+    events (the SDK passes them on by subject); a pattern no grant covers is an error
+    that names the patterns the policy grants."""
+    if bus.provisions or bus.policy is None:
+        return {}
+    granted = consumer_filters(bus.policy, agent.actor)
+    folds: dict[str, str] = {}
+    for pattern in agent._handlers:
+        if pattern in granted:
+            continue
+        outer = next((g for g in granted if pattern_contains(g, pattern)), None)
+        if outer is None:
+            allowed = ", ".join(repr(g) for g in granted) or "none"
+            raise NotProvisioned(
+                f"agent {agent.name!r} handles {pattern!r}, but the policy lets it consume "
+                f"no pattern that covers it (granted: {allowed}); handle one of those, or "
+                "a pattern inside one"
+            )
+        folds[pattern] = outer
+    return folds
+
+
+def _shared_options(agent: Agent, pattern: str, inner: Sequence[str]) -> SubscribeOptions:
+    options = agent._options.get(pattern, agent.defaults)
+    for narrower in inner:
+        if agent._options.get(narrower, agent.defaults) != options:
+            raise ConfigError(
+                f"handlers on {narrower!r} are delivered by the consumer provisioned for "
+                f"{pattern!r} (this bind-only bus has none of their own): they must "
+                "share its options"
+            )
+    return options
+
+
+class Capabilities:
+    """An agent's capability list, the lock that serializes its changes, and the
+    subscriptions a removal is stopping (so a handler of one of them does not wait on it)."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = tuple(names)
+        self.lock = asyncio.Lock()
+        self.leaving: list[Subscription] = []
+
+
+async def add_capability(agent: Agent, capability: str) -> None:
+    """See :meth:`Agent.add_capability`."""
+    name = checked_capability(capability)
+    _not_waiting_for_itself(agent, agent._caps.leaving)
+    async with agent._caps.lock:
+        if name in agent.capabilities:
+            raise InvalidArgument(f"agent {agent.name!r} has {name!r} already", field="capability")
+        bus = _live_bus(agent)
+        before = agent.capabilities
+        agent._set_capabilities((*before, name))
+        if bus is None:
+            return
+        try:
+            agent._subscriptions.extend(await _join(agent, bus, name))
+        except BaseException:
+            agent._set_capabilities(before)
+            raise
+        await _refresh(agent)
+    log.info("%s: gained capability %r", agent.name, name)
+
+
+async def remove_capability(agent: Agent, capability: str) -> None:
+    """See :meth:`Agent.remove_capability`."""
+    name = checked_capability(capability)
+    _not_waiting_for_itself(agent, [*agent._caps.leaving, *_leaving(agent, name)])
+    async with agent._caps.lock:
+        if name not in agent.capabilities:
+            held = ", ".join(repr(c) for c in agent.capabilities) or "none"
+            raise NotFound(f"agent {agent.name!r} does not have capability {name!r} (has {held})")
+        bus = _live_bus(agent)
+        agent._set_capabilities(tuple(c for c in agent.capabilities if c != name))
+        if bus is None:
+            return
+        await _refresh(agent)  # first: nobody picks it for the capability any more
+        leaving = _leaving(agent, name)
+        for subscription in leaving:
+            agent._subscriptions.remove(subscription)
+        await _leave(agent, name, leaving)
+    log.info("%s: lost capability %r", agent.name, name)
+
+
+def _live_bus(agent: Agent) -> Bus | None:
+    """The bus the agent serves on (None: not serving); BusyResource while it opens,
+    closes or failed (its subscriptions are changing or gone)."""
+    if agent.state is ResourceState.RUNNING:
+        return agent.bus
+    if agent.state in (ResourceState.NEW, ResourceState.CLOSED) or (
+        agent.state is ResourceState.FAILED and agent._bus is None
+    ):
+        return None
+    raise BusyResource(
+        f"agent {agent.name!r} is {agent.state.name.lower()}: change its capabilities when it "
+        "serves or is stopped",
+        state=agent.state,
+    )
+
+
+def _leaving(agent: Agent, name: str) -> list[Subscription]:
+    return [s for s in agent._subscriptions if belongs(s.pattern, name)]
+
+
+def _not_waiting_for_itself(agent: Agent, leaving: Sequence[Subscription]) -> None:
+    """BusyResource if the caller is a handler whose event one of ``leaving`` delivered:
+    stopping that subscription waits for the handler, which would wait for the stop."""
+    from ._agent import _current_event  # the agent module imports this one
+
+    event = _current_event.get()
+    if event is not None and any(matches(s.pattern, event.subject) for s in leaving):
+        raise BusyResource(
+            f"agent {agent.name!r}: a handler of {event.subject!r} cannot change capabilities "
+            "while that subscription stops (it waits for the handler); do it from another task"
+        )
+
+
+async def _join(agent: Agent, bus: Bus, name: str) -> list[Subscription]:
+    """Start the subscriptions ``name`` brings that are not running yet (all or none)."""
+    running = {s.pattern for s in agent._subscriptions}
+    opened: list[Subscription] = []
+    try:
+        for step in subscription_plan(agent, bus):
+            if step.pattern in running or not belongs(step.pattern, name):
+                continue
+            if (subscription := await agent._open_step(bus, step)) is not None:
+                opened.append(subscription)
+    except BaseException:
+        steps = Steps(f"undoing capability {name!r} of agent {agent.name!r}", log)
+        for subscription in opened:
+            await steps.run(f"stopping {subscription.durable}", subscription.close)
+        raise
+    return opened
+
+
+async def _leave(agent: Agent, name: str, leaving: Sequence[Subscription]) -> None:
+    """Stop ``leaving`` in parallel (each lets its in-flight handlers finish); raise the
+    first failure after all stopped."""
+    steps = Steps(f"agent {agent.name!r} leaving capability {name!r}", log)
+    agent._caps.leaving = list(leaving)
+    try:
+        async with asyncio.TaskGroup() as group:
+            for subscription in leaving:
+                stop = subscription.close
+                group.create_task(steps.run(f"stopping {subscription.durable}", stop))
+    finally:
+        agent._caps.leaving = []
+    if steps.first is not None:
+        raise steps.first
+
+
+async def _refresh(agent: Agent) -> None:
+    """Put the registry entry now; a failure is logged (the next heartbeat puts it)."""
+    try:
+        await agent._refresh_entry()
+    except Exception as exc:
+        log.warning("%s: refreshing the registry entry failed: %r", agent.name, exc)
