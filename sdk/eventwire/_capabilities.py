@@ -10,16 +10,19 @@ stop; events pulled but not yet handled are released at once to the other agents
 (or wait in the stream), in-flight handlers finish and are acknowledged, so nothing is
 lost. Not serving, both only change the list the next ``serve`` uses.
 
-Changes are serialized by one lock per agent (and a stop waits for the change under way).
-A bus policy is applied as at ``serve``: on a bind-only bus a default subscription the policy
-grants no consumer for is left out (logged). A handler cannot remove the capability whose
-subscription delivered its event, nor change capabilities while such a removal waits for it
-(it would wait for itself): :class:`BusyResource`.
+Changes are serialized by one lock per agent (and a stop waits for the change under way);
+a removal waits for its handlers after it released the lock, so a handler may change
+capabilities meanwhile. The bus policy applies as at ``serve``, to the actor with the
+capabilities held now: on a bind-only bus a default subscription the policy grants no
+consumer for is left out (logged). A handler cannot remove the capability whose subscription
+delivered its event (stopping it waits for the handler): :class:`BusyResource`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import logging
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -28,7 +31,6 @@ from eventwire_security._policy import pattern_contains
 
 from ._errors import BusyResource, ConfigError, InvalidArgument, NotFound, NotProvisioned
 from ._resource import ResourceState, Steps
-from ._subjects import matches
 from ._work import WORK, WORK_ACK_WAIT, WORK_BATCH, checked_capability, work_pattern
 
 if TYPE_CHECKING:
@@ -41,6 +43,11 @@ if TYPE_CHECKING:
     from ._options import SubscribeOptions
 
 log = logging.getLogger("eventwire.agent")
+
+# the pattern of the agent's subscription whose handler runs in this context
+_delivering: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "eventwire_delivering", default=None
+)
 
 
 class PlanStep(NamedTuple):
@@ -74,11 +81,28 @@ def subscription_plan(agent: Agent, bus: Bus) -> list[PlanStep]:
         inner = [narrower for narrower, outer in folds.items() if outer == pattern]
         options = _shared_options(agent, pattern, inner)
         dispatch = agent._dispatcher(pattern, inner)
-        plan.append(PlanStep(pattern, agent.name, dispatch, options, bool(inner)))
+        plan.append(PlanStep(pattern, agent.name, _tagged(pattern, dispatch), options, bool(inner)))
     work = agent.defaults.but(ack_wait=WORK_ACK_WAIT, idempotent=True, batch=WORK_BATCH)
-    serve = agent._work_dispatch
-    plan += [PlanStep(work_pattern(c), WORK, serve, work) for c in agent.capabilities]
+    for capability in agent.capabilities:
+        pattern = work_pattern(capability)
+        plan.append(PlanStep(pattern, WORK, _tagged(pattern, agent._work_dispatch), work))
     return plan
+
+
+def _tagged(
+    pattern: str, dispatch: Callable[[Event], Awaitable[None]]
+) -> Callable[[Event], Awaitable[None]]:
+    """``dispatch``, run with the pattern of its subscription known (see :func:`_delivering`)."""
+
+    @functools.wraps(dispatch)
+    async def tagged(event: Event) -> None:
+        token = _delivering.set(pattern)
+        try:
+            await dispatch(event)
+        finally:
+            _delivering.reset(token)
+
+    return tagged
 
 
 def _folds(agent: Agent, bus: Bus) -> dict[str, str]:
@@ -118,19 +142,16 @@ def _shared_options(agent: Agent, pattern: str, inner: Sequence[str]) -> Subscri
 
 
 class Capabilities:
-    """An agent's capability list, the lock that serializes its changes, and the
-    subscriptions a removal is stopping (so a handler of one of them does not wait on it)."""
+    """An agent's capability list and the lock that serializes its changes."""
 
     def __init__(self, names: Sequence[str]) -> None:
         self.names = tuple(names)
         self.lock = asyncio.Lock()
-        self.leaving: list[Subscription] = []
 
 
 async def add_capability(agent: Agent, capability: str) -> None:
     """See :meth:`Agent.add_capability`."""
     name = checked_capability(capability)
-    _not_waiting_for_itself(agent, agent._caps.leaving)
     async with agent._caps.lock:
         if name in agent.capabilities:
             raise InvalidArgument(f"agent {agent.name!r} has {name!r} already", field="capability")
@@ -151,20 +172,20 @@ async def add_capability(agent: Agent, capability: str) -> None:
 async def remove_capability(agent: Agent, capability: str) -> None:
     """See :meth:`Agent.remove_capability`."""
     name = checked_capability(capability)
-    _not_waiting_for_itself(agent, [*agent._caps.leaving, *_leaving(agent, name)])
     async with agent._caps.lock:
         if name not in agent.capabilities:
             held = ", ".join(repr(c) for c in agent.capabilities) or "none"
             raise NotFound(f"agent {agent.name!r} does not have capability {name!r} (has {held})")
         bus = _live_bus(agent)
+        leaving = [s for s in agent._subscriptions if belongs(s.pattern, name)]
+        _not_waiting_for_itself(agent, leaving)
         agent._set_capabilities(tuple(c for c in agent.capabilities if c != name))
         if bus is None:
             return
         await _refresh(agent)  # first: nobody picks it for the capability any more
-        leaving = _leaving(agent, name)
         for subscription in leaving:
             agent._subscriptions.remove(subscription)
-        await _leave(agent, name, leaving)
+    await _leave(agent, name, leaving)  # unlocked: its handlers may change capabilities
     log.info("%s: lost capability %r", agent.name, name)
 
 
@@ -184,20 +205,15 @@ def _live_bus(agent: Agent) -> Bus | None:
     )
 
 
-def _leaving(agent: Agent, name: str) -> list[Subscription]:
-    return [s for s in agent._subscriptions if belongs(s.pattern, name)]
-
-
 def _not_waiting_for_itself(agent: Agent, leaving: Sequence[Subscription]) -> None:
     """BusyResource if the caller is a handler whose event one of ``leaving`` delivered:
     stopping that subscription waits for the handler, which would wait for the stop."""
-    from ._agent import _current_event  # the agent module imports this one
-
-    event = _current_event.get()
-    if event is not None and any(matches(s.pattern, event.subject) for s in leaving):
+    pattern = _delivering.get()
+    if pattern is not None and any(s.pattern == pattern for s in leaving):
         raise BusyResource(
-            f"agent {agent.name!r}: a handler of {event.subject!r} cannot change capabilities "
-            "while that subscription stops (it waits for the handler); do it from another task"
+            f"agent {agent.name!r}: a handler of {pattern!r} cannot remove the capability "
+            "whose subscription delivered its event (stopping it waits for the handler); "
+            "remove it from another task"
         )
 
 
@@ -223,14 +239,10 @@ async def _leave(agent: Agent, name: str, leaving: Sequence[Subscription]) -> No
     """Stop ``leaving`` in parallel (each lets its in-flight handlers finish); raise the
     first failure after all stopped."""
     steps = Steps(f"agent {agent.name!r} leaving capability {name!r}", log)
-    agent._caps.leaving = list(leaving)
-    try:
-        async with asyncio.TaskGroup() as group:
-            for subscription in leaving:
-                stop = subscription.close
-                group.create_task(steps.run(f"stopping {subscription.durable}", stop))
-    finally:
-        agent._caps.leaving = []
+    async with asyncio.TaskGroup() as group:
+        for subscription in leaving:
+            stop = subscription.close
+            group.create_task(steps.run(f"stopping {subscription.durable}", stop))
     if steps.first is not None:
         raise steps.first
 

@@ -19,6 +19,7 @@ from eventwire import (
     InvalidArgument,
     NotFound,
     Policy,
+    ResourceState,
     TaskCompleted,
 )
 from tests.conftest import TENANT, make_identity, wait_until
@@ -261,7 +262,7 @@ async def test_a_handler_cannot_remove_the_capability_that_delivered_its_event(
     async with worker.serve(bus):
         await ask(bus, 1)
         await wait_until(lambda: len(refused) == 1)
-    assert "cannot change capabilities while that subscription stops" in str(refused[0])
+    assert "cannot remove the capability whose subscription delivered" in str(refused[0])
     assert worker.capabilities == ("summarize",)
 
 
@@ -301,3 +302,54 @@ async def test_the_policy_applies_to_the_capabilities_the_agent_holds_now(
             await worker.remove_capability("summarize")
             with pytest.raises(Forbidden):
                 await worker.publish(done)
+
+
+async def test_a_handler_may_change_capabilities_while_a_removal_waits_for_it(
+    bus: eventwire.Bus,
+) -> None:
+    worker = agent("worker", bus, "summarize")
+    started, go = asyncio.Event(), asyncio.Event()
+
+    @worker.on("capability.summarize.help")
+    async def on_help(event: Event) -> None:
+        started.set()
+        await go.wait()
+        await worker.add_capability("review")  # the removal holds no lock while it waits
+
+    async with worker.serve(bus):
+        await ask(bus, 1)
+        await started.wait()
+        removing = asyncio.create_task(worker.remove_capability("summarize"))
+        await wait_until(lambda: "summarize" not in worker.capabilities)
+        go.set()
+        await removing
+        assert worker.capabilities == ("review",)
+        assert await names_with(bus, "review") == ["worker"]
+        assert await names_with(bus, "summarize") == []
+
+
+async def test_capabilities_do_not_change_while_the_agent_stops(bus: eventwire.Bus) -> None:
+    worker = agent("worker", bus, "summarize")
+    started, release = asyncio.Event(), asyncio.Event()
+    refused: list[BusyResource] = []
+
+    @worker.on("capability.summarize.help")
+    async def on_help(event: Event) -> None:
+        started.set()
+        await release.wait()
+        try:
+            await worker.add_capability("review")
+        except BusyResource as exc:
+            refused.append(exc)
+
+    async def release_when_closing() -> None:
+        await wait_until(lambda: worker.state is ResourceState.CLOSING)
+        release.set()
+
+    async with asyncio.TaskGroup() as group, worker.serve(bus):
+        await ask(bus, 1)
+        await started.wait()
+        group.create_task(release_when_closing())
+    assert refused[0].state is ResourceState.CLOSING
+    assert "is closing: change its capabilities when it serves or is stopped" in str(refused[0])
+    assert worker.capabilities == ("summarize",)
