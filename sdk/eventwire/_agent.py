@@ -106,7 +106,9 @@ class Agent:
 
     For each capability the agent also serves that capability's one-of-N work (events
     published with ``deliver="one"``) through the consumer it shares with every agent that
-    has the capability, with the handlers of ``capability.<name>.<verb>``. Its registry
+    has the capability, with the handlers of ``capability.<name>.<verb>``;
+    ``await agent.add_capability(name)`` / ``remove_capability(name)`` join or leave that
+    work (and ``capability.<name>.*``) while serving, without a restart. Its registry
     heartbeat carries its load (``load``) and the circuits of its calls that are open.
     While serving it watches the other agents' heartbeats and reports a silent instance as
     ``agent.lifecycle.failed`` (set ``watch_failures = False`` to stop that, or

@@ -8,7 +8,10 @@ once, so ``bus.agents(capability=c)`` shows it before the next heartbeat.
 any more), then stops those subscriptions: their durable consumers are kept, as on a normal
 stop; events pulled but not yet handled are released at once to the other agents with ``c``
 (or wait in the stream), in-flight handlers finish and are acknowledged, so nothing is
-lost. Not serving, both only change the list the next ``serve`` uses.
+lost. Not serving, both only change the list the next ``serve`` uses. (A handler pattern
+inside ``capability.<c>.*`` is subscribed at ``serve`` whatever the capabilities, as before;
+removing ``c`` stops it too, adding ``c`` starts it again.) Broadcasts published while the
+agent lacked ``c`` wait in its durable consumer and arrive when it gains ``c`` again.
 
 Changes are serialized by one lock per agent (and a stop waits for the change under way);
 a removal waits for its handlers after it released the lock, so a handler may change

@@ -353,3 +353,19 @@ async def test_capabilities_do_not_change_while_the_agent_stops(bus: eventwire.B
     assert refused[0].state is ResourceState.CLOSING
     assert "is closing: change its capabilities when it serves or is stopped" in str(refused[0])
     assert worker.capabilities == ("summarize",)
+
+
+async def test_broadcasts_sent_while_the_capability_was_lost_arrive_when_it_is_regained(
+    bus: eventwire.Bus,
+) -> None:
+    """Leaving keeps the durable consumers, as a normal stop does: nothing is lost."""
+    tally = Tally()
+    worker = agent("worker", bus, "summarize")
+    tally.watch(worker)
+    async with worker.serve(bus):
+        await worker.remove_capability("summarize")
+        await ask(bus, 2, deliver="all")
+        work = await ask(bus, 2)
+        assert (await bus.work_status("summarize")).pending == 2  # waiting, not lost
+        await worker.add_capability("summarize")
+        await wait_until(lambda: tally.broadcast["worker"] == 2 and tally.handled(work) == 2)
