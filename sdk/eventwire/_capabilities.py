@@ -16,9 +16,13 @@ agent lacked ``c`` wait in its durable consumer and arrive when it gains ``c`` a
 Changes are serialized by one lock per agent (and a stop waits for the change under way);
 a removal waits for its handlers after it released the lock, so a handler may change
 capabilities meanwhile. The bus policy applies as at ``serve``, to the actor with the
-capabilities held now: on a bind-only bus a default subscription the policy grants no
-consumer for is left out (logged). A handler cannot remove the capability whose subscription
-delivered its event (stopping it waits for the handler): :class:`BusyResource`.
+capabilities held now: to publishing and to the subscriptions a change starts (on a
+bind-only bus a default subscription the policy grants no consumer for is left out,
+logged). With a policy, adding ``c`` also renews the running subscriptions inside
+``capability.<c>.*`` (checked for the actor without ``c``); other subscriptions keep the
+actor they started with until the next serve. A handler cannot remove the capability whose
+subscription delivered its event (stopping it waits for the handler): :class:`BusyResource`;
+nor add one that renews its subscription.
 """
 
 from __future__ import annotations
@@ -159,17 +163,32 @@ async def add_capability(agent: Agent, capability: str) -> None:
         if name in agent.capabilities:
             raise InvalidArgument(f"agent {agent.name!r} has {name!r} already", field="capability")
         bus = _live_bus(agent)
+        stale = _stale(agent, bus, name)
+        _not_waiting_for_itself(agent, stale)
         before = agent.capabilities
         agent._set_capabilities((*before, name))
         if bus is None:
             return
         try:
-            agent._subscriptions.extend(await _join(agent, bus, name))
+            opened = await _join(agent, bus, name, stale)
         except BaseException:
             agent._set_capabilities(before)
             raise
+        for subscription in stale:
+            agent._subscriptions.remove(subscription)
+        agent._subscriptions.extend(opened)
         await _refresh(agent)
+    await _leave(agent, name, stale)  # unlocked, as a removal
     log.info("%s: gained capability %r", agent.name, name)
+
+
+def _stale(agent: Agent, bus: Bus | None, name: str) -> list[Subscription]:
+    """With a bus policy, the running subscriptions inside ``capability.<name>.*`` (handler
+    patterns, subscribed at serve without the capability): their policy check is of an
+    actor without it, so they are replaced by ones of the actor with it."""
+    if bus is None or bus.policy is None:
+        return []
+    return [s for s in agent._subscriptions if belongs(s.pattern, name)]
 
 
 async def remove_capability(agent: Agent, capability: str) -> None:
@@ -220,9 +239,12 @@ def _not_waiting_for_itself(agent: Agent, leaving: Sequence[Subscription]) -> No
         )
 
 
-async def _join(agent: Agent, bus: Bus, name: str) -> list[Subscription]:
-    """Start the subscriptions ``name`` brings that are not running yet (all or none)."""
-    running = {s.pattern for s in agent._subscriptions}
+async def _join(
+    agent: Agent, bus: Bus, name: str, stale: Sequence[Subscription]
+) -> list[Subscription]:
+    """Start the subscriptions ``name`` brings that are not running yet, or only ``stale``
+    (all or none); the stale ones are stopped after the new ones started."""
+    running = {s.pattern for s in agent._subscriptions if s not in stale}
     opened: list[Subscription] = []
     try:
         for step in subscription_plan(agent, bus):
@@ -241,7 +263,7 @@ async def _join(agent: Agent, bus: Bus, name: str) -> list[Subscription]:
 async def _leave(agent: Agent, name: str, leaving: Sequence[Subscription]) -> None:
     """Stop ``leaving`` in parallel (each lets its in-flight handlers finish); raise the
     first failure after all stopped."""
-    steps = Steps(f"agent {agent.name!r} leaving capability {name!r}", log)
+    steps = Steps(f"agent {agent.name!r}: stopping subscriptions of capability {name!r}", log)
     async with asyncio.TaskGroup() as group:
         for subscription in leaving:
             stop = subscription.close

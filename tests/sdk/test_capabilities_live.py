@@ -298,7 +298,8 @@ async def test_the_policy_applies_to_the_capabilities_the_agent_holds_now(
             await worker.add_capability("summarize")
             await worker.publish(done)  # what the capability may publish
             ids = await ask(bus, 3)
-            await wait_until(lambda: tally.handled(ids) == 3)  # and consume
+            await ask(bus, 1, deliver="all")  # its handler's subscription was renewed
+            await wait_until(lambda: tally.handled(ids) == 3 and tally.broadcast["worker"] == 1)
             await worker.remove_capability("summarize")
             with pytest.raises(Forbidden):
                 await worker.publish(done)
