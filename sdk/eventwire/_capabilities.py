@@ -164,7 +164,7 @@ async def add_capability(agent: Agent, capability: str) -> None:
             raise InvalidArgument(f"agent {agent.name!r} has {name!r} already", field="capability")
         bus = _live_bus(agent)
         stale = _stale(agent, bus, name)
-        _not_waiting_for_itself(agent, stale)
+        _not_waiting_for_itself(agent, name, stale)
         before = agent.capabilities
         agent._set_capabilities((*before, name))
         if bus is None:
@@ -200,7 +200,7 @@ async def remove_capability(agent: Agent, capability: str) -> None:
             raise NotFound(f"agent {agent.name!r} does not have capability {name!r} (has {held})")
         bus = _live_bus(agent)
         leaving = [s for s in agent._subscriptions if belongs(s.pattern, name)]
-        _not_waiting_for_itself(agent, leaving)
+        _not_waiting_for_itself(agent, name, leaving)
         agent._set_capabilities(tuple(c for c in agent.capabilities if c != name))
         if bus is None:
             return
@@ -227,15 +227,15 @@ def _live_bus(agent: Agent) -> Bus | None:
     )
 
 
-def _not_waiting_for_itself(agent: Agent, leaving: Sequence[Subscription]) -> None:
+def _not_waiting_for_itself(agent: Agent, name: str, leaving: Sequence[Subscription]) -> None:
     """BusyResource if the caller is a handler whose event one of ``leaving`` delivered:
     stopping that subscription waits for the handler, which would wait for the stop."""
     pattern = _delivering.get()
     if pattern is not None and any(s.pattern == pattern for s in leaving):
         raise BusyResource(
-            f"agent {agent.name!r}: a handler of {pattern!r} cannot remove the capability "
-            "whose subscription delivered its event (stopping it waits for the handler); "
-            "remove it from another task"
+            f"agent {agent.name!r}: a handler of {pattern!r} cannot change capability "
+            f"{name!r}: that stops the subscription that delivered its event, which waits "
+            "for the handler; change it from another task"
         )
 
 
