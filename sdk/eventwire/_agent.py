@@ -25,9 +25,15 @@ from eventwire_security import (
     SealingKey,
     consumer_filters,
 )
-from eventwire_security._policy import pattern_contains
 
 from ._breaker import CircuitState
+from ._capabilities import (
+    Capabilities,
+    PlanStep,
+    add_capability,
+    remove_capability,
+    subscription_plan,
+)
 from ._choose import LoadMeter
 from ._errors import (
     BusyResource,
@@ -50,7 +56,7 @@ from ._resource import Lifecycle, ResourceState, Steps
 from ._rules import Route, RuleFailed, Rules
 from ._subjects import check_pattern, check_token, default_patterns, matches
 from ._supervisor import Loop, is_transport_error
-from ._work import WORK, WORK_ACK_WAIT, WORK_BATCH, broadcast_subject, check_deliver, work_pattern
+from ._work import broadcast_subject, check_deliver
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -100,7 +106,9 @@ class Agent:
 
     For each capability the agent also serves that capability's one-of-N work (events
     published with ``deliver="one"``) through the consumer it shares with every agent that
-    has the capability, with the handlers of ``capability.<name>.<verb>``. Its registry
+    has the capability, with the handlers of ``capability.<name>.<verb>``;
+    ``await agent.add_capability(name)`` / ``remove_capability(name)`` join or leave that
+    work (and ``capability.<name>.*``) while serving, without a restart. Its registry
     heartbeat carries its load (``load``) and the circuits of its calls that are open.
     While serving it watches the other agents' heartbeats and reports a silent instance as
     ``agent.lifecycle.failed`` (set ``watch_failures = False`` to stop that, or
@@ -119,6 +127,7 @@ class Agent:
     ) -> None:
         self.name = checked_name("agent", name)
         self.capabilities = tuple(check_token(c, field="capability") for c in capabilities)
+        self._caps = Capabilities(self.capabilities)
         self._tenant = None if tenant is None else checked_name("tenant", tenant)
         self._roles = tuple(roles)
         self._life = Lifecycle(f"agent {self.name!r}", reusable=True)
@@ -141,6 +150,7 @@ class Agent:
         self._routes: dict[str, Rules] = {}
         self._subscriptions: list[Subscription] = []  # while serving (health)
         self.last_beat: float | None = None  # when the last registry heartbeat landed
+        self._started_at = 0.0  # when the current serve started (its registry entry says)
         self._priorities: dict[str, Priority] = {}
         self._gate: PriorityGate | None = None
 
@@ -244,6 +254,20 @@ class Agent:
             return
         routed = CustomEvent(route.to, event.type, event.data)
         await self.publish(routed, deliver="one" if route.deliver == "one" else "all")
+
+    async def add_capability(self, capability: str) -> None:
+        """Gain ``capability`` (serving: join its work and broadcasts, refresh the registry
+        entry now); :class:`InvalidArgument` if it is not a name or held already."""
+        await add_capability(self, capability)
+
+    async def remove_capability(self, capability: str) -> None:
+        """Lose ``capability`` (serving: refresh the registry entry, leave its work, in-flight
+        handlers finishing; stop its broadcasts); :class:`NotFound` if it is not held."""
+        await remove_capability(self, capability)
+
+    def _set_capabilities(self, names: tuple[str, ...]) -> None:
+        self.capabilities = self._caps.names = names
+        self.actor = Actor(self.tenant, self.name, names, self._roles)
 
     def patterns(self) -> list[str]:
         """Every pattern this agent consumes: its handlers' and the default subscriptions."""
@@ -364,7 +388,7 @@ class Agent:
             await self._subscribe(bus, subscriptions)
             if self._on_request is not None:
                 await bus.serve_requests(self.identity, self._on_request)
-            started = time.time()
+            self._started_at = started = time.time()
             await self._announce(started)
             heartbeat = Loop(
                 f"eventwire-heartbeat:{self.name}", functools.partial(self._heartbeat, started),
@@ -385,70 +409,28 @@ class Agent:
 
     async def _subscribe(self, bus: Bus, subscriptions: list[Subscription]) -> None:
         """Subscribe to every pattern (see :meth:`patterns`) and to each capability's
-        shared one-of-N work, watching each subscription for failure. On a bind-only bus a
-        handler pattern inside a granted one is delivered by that pattern's consumer."""
-        folds = self._folds(bus)
-        plan: list[tuple[str, str, Handler, SubscribeOptions, bool]] = []
-        for pattern in dict.fromkeys([*self.patterns(), *folds.values()]):
-            if pattern in folds:
-                continue  # a broader consumer delivers its events
-            inner = [narrower for narrower, outer in folds.items() if outer == pattern]
-            options = self._shared_options(pattern, inner)
-            dispatch = self._dispatcher(pattern, inner)
-            plan.append((pattern, self.name, dispatch, options, bool(inner)))
-        work = self.defaults.but(ack_wait=WORK_ACK_WAIT, idempotent=True, batch=WORK_BATCH)
-        plan += [
-            (work_pattern(c), WORK, self._work_dispatch, work, False) for c in self.capabilities
-        ]
+        shared one-of-N work, watching each subscription for failure (high priority first)."""
         self._gate = PriorityGate(self.defaults.max_in_flight) if self._priorities else None
         rank = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
-        plan.sort(key=lambda step: rank[self._priorities.get(step[0], NORMAL)])  # high first
-        for pattern, durable, dispatch, options, needed in plan:
-            subscription = bus.subscribe(
-                pattern,
-                dispatch,
-                durable=durable,
-                options=options.but(actor=self.actor, sealing_key=self.sealing_key),
-            )
-            if self._gate is not None and durable == self.name:
-                subscription.prioritize(self._gate, self._priorities.get(pattern, NORMAL))
-            if await self._started(subscription, pattern, needed=needed):
-                subscription.on_failure(lambda sub, error: self._failed(error))
+        plan = subscription_plan(self, bus)
+        for step in sorted(plan, key=lambda s: rank[self._priorities.get(s.pattern, NORMAL)]):
+            if (subscription := await self._open_step(bus, step)) is not None:
                 subscriptions.append(subscription)
 
-    def _folds(self, bus: Bus) -> dict[str, str]:
-        """On a bind-only bus with a policy, the handler patterns that have no consumer of
-        their own, each with the granted pattern whose provisioned consumer delivers its
-        events (the SDK passes them on by subject); a pattern no grant covers is an error
-        that names the patterns the policy grants."""
-        if bus.provisions or bus.policy is None:
-            return {}
-        granted = consumer_filters(bus.policy, self.actor)
-        folds: dict[str, str] = {}
-        for pattern in self._handlers:
-            if pattern in granted:
-                continue
-            outer = next((g for g in granted if pattern_contains(g, pattern)), None)
-            if outer is None:
-                allowed = ", ".join(repr(g) for g in granted) or "none"
-                raise NotProvisioned(
-                    f"agent {self.name!r} handles {pattern!r}, but the policy lets it consume "
-                    f"no pattern that covers it (granted: {allowed}); handle one of those, or "
-                    "a pattern inside one"
-                )
-            folds[pattern] = outer
-        return folds
-
-    def _shared_options(self, pattern: str, inner: Sequence[str]) -> SubscribeOptions:
-        options = self._options.get(pattern, self.defaults)
-        for narrower in inner:
-            if self._options.get(narrower, self.defaults) != options:
-                raise ConfigError(
-                    f"handlers on {narrower!r} are delivered by the consumer provisioned for "
-                    f"{pattern!r} (this bind-only bus has none of their own): they must "
-                    "share its options"
-                )
-        return options
+    async def _open_step(self, bus: Bus, step: PlanStep) -> Subscription | None:
+        """Start one subscription of the plan (None: the policy leaves it out)."""
+        subscription = bus.subscribe(
+            step.pattern,
+            step.dispatch,
+            durable=step.durable,
+            options=step.options.but(actor=self.actor, sealing_key=self.sealing_key),
+        )
+        if self._gate is not None and step.durable == self.name:
+            subscription.prioritize(self._gate, self._priorities.get(step.pattern, NORMAL))
+        if not await self._started(subscription, step.pattern, needed=step.needed):
+            return None
+        subscription.on_failure(lambda sub, error: self._failed(error))
+        return subscription
 
     def _observe(self, bus: Bus) -> None:
         """Start watching the other agents' heartbeats (unless ``watch_failures`` is off);
@@ -517,6 +499,8 @@ class Agent:
                     self.observer.close()
                 stop = functools.partial(observing.stop, cancel=True)
                 await steps.run("stopping the failure detector", stop)
+            async with self._caps.lock:  # a capability change under way ends first
+                pass
             async with asyncio.TaskGroup() as group:
                 for sub in subscriptions:
                     group.create_task(steps.run(f"stopping {sub.durable}", sub.close))
@@ -584,6 +568,9 @@ class Agent:
         )
         self.last_beat = time.time()
 
+    async def _refresh_entry(self) -> None:
+        await self._announce(self._started_at)
+
     async def _heartbeat(self, started: float) -> None:
         """Refresh the registry entry every ``registry_ttl / 3`` seconds; a failed beat is
         logged and the next one tried (a reconnect passes)."""
@@ -598,7 +585,7 @@ class Agent:
 
     def _dispatcher(self, pattern: str, inner: Sequence[str] = ()) -> Handler:
         """The handler of ``pattern``'s consumer: its own handlers, those of the narrower
-        ``inner`` patterns it delivers for (bind-only, see :meth:`_folds`), or the fallback."""
+        ``inner`` patterns it delivers for (bind-only, see ``_capabilities``), or the fallback."""
 
         async def dispatch(event: Event) -> None:
             handlers = self._handlers.get(pattern)
