@@ -24,8 +24,6 @@ from ._aggregates import (
     Loaded,
     SnapshotPolicy,
 )
-from ._anomaly import Anomaly, AnomalyDetector, AnomalySettings
-from ._asyncapi import asyncapi_document
 from ._batches import Batch
 from ._breaker import (
     BreakerPolicy,
@@ -37,7 +35,6 @@ from ._breaker import (
     TimeoutPolicy,
 )
 from ._bus import DEFAULT_REPLAY_WINDOW, Bus, PublishAck, connect
-from ._cache import CacheStats, EventCache
 from ._calls import Caller
 from ._choose import Candidate, Choice, Chooser, Load, NobodyServing, Strategy
 from ._codec import SIGNATURE_HEADER, Rejection, SecurityStats
@@ -81,9 +78,6 @@ from ._errors import (
 )
 from ._event import Event, Publishable
 from ._failures import AgentFailed, Beat, Failure, FailureWatch, failure_msg_id
-from ._health import Health, HealthSettings, HealthSignal, Reason, agents_health
-from ._healthz import HealthServer, serve_health
-from ._inspect import EventReader, Flow, FlowNode, StoredEvent, read_events, trace_flow
 from ._kinds import (
     AgentLifecycle,
     CustomEvent,
@@ -96,20 +90,9 @@ from ._kinds import (
 )
 from ._metrics import MetricsServer, serve_metrics
 from ._options import DeliveryKeywords, SubscribeKeywords, SubscribeOptions
-from ._ordering import EventTimeOrder, LatePolicy, OrderStats
-from ._ordering_causal import CausalOrder, CausalStats, CausalTimeout
 from ._partitions import PartitionedSubscription
-from ._patterns import Absence, Pattern, Sequence, Step, Threshold
-from ._patterns_detector import MATCHED, PatternDetector, PatternMatch
-from ._patterns_feed import ProcessingCounters, ProcessingStopped
 from ._phi import FailureDetectors, PhiAccrualDetector, PhiSettings, Suspicion
 from ._priority import Priority, PriorityGate
-from ._projection_admin import (
-    ProjectionInfo,
-    projection_info,
-    projection_infos,
-    reset_projection,
-)
 from ._projection_errors import ProjectionOnError, ProjectionStats
 from ._projections import Feed, Projection, ProjectionFailed
 from ._registry import AgentInfo
@@ -133,15 +116,44 @@ from ._tenants import (
 )
 from ._tls import TLS, TLSFailed
 from ._vclock import Clock, compare_clocks
-from ._windows import Aggregation, Window
-from ._windows_stream import WINDOW_CLOSED, WindowedStream, WindowResult
 from ._work import WorkStatus, broadcast_subject, work_subject
 
 if TYPE_CHECKING:
+    from ._anomaly import (
+        Anomaly,
+        AnomalyDetector,
+        AnomalySettings,
+    )
+    from ._asyncapi import (
+        asyncapi_document,
+    )
     from ._audit_log import AuditCorrupted, AuditLog, AuditLogError, AuditWriteFailed
     from ._audit_report import AuditFinding, AuditReport, FindingKind
+    from ._cache import (
+        CacheStats,
+        EventCache,
+    )
     from ._certs import CertificateError, CertificateFiles, ClientCertificate, init_certificates
     from ._cluster import EmbeddedCluster
+    from ._health import (
+        Health,
+        HealthSettings,
+        HealthSignal,
+        Reason,
+        agents_health,
+    )
+    from ._healthz import (
+        HealthServer,
+        serve_health,
+    )
+    from ._inspect import (
+        EventReader,
+        Flow,
+        FlowNode,
+        StoredEvent,
+        read_events,
+        trace_flow,
+    )
     from ._keyring_store import (
         KeyringError,
         KeyringRefusal,
@@ -155,7 +167,48 @@ if TYPE_CHECKING:
         write_key_entry,
         write_keyring_file,
     )
+    from ._ordering import (
+        EventTimeOrder,
+        LatePolicy,
+        OrderStats,
+    )
+    from ._ordering_causal import (
+        CausalOrder,
+        CausalStats,
+        CausalTimeout,
+    )
+    from ._patterns import (
+        Absence,
+        Pattern,
+        Sequence,
+        Step,
+        Threshold,
+    )
+    from ._patterns_detector import (
+        MATCHED,
+        PatternDetector,
+        PatternMatch,
+    )
+    from ._patterns_feed import (
+        ProcessingCounters,
+        ProcessingStopped,
+    )
+    from ._projection_admin import (
+        ProjectionInfo,
+        projection_info,
+        projection_infos,
+        reset_projection,
+    )
     from ._provision import provision_agent
+    from ._windows import (
+        Aggregation,
+        Window,
+    )
+    from ._windows_stream import (
+        WINDOW_CLOSED,
+        WindowedStream,
+        WindowResult,
+    )
     from ._workflow_context import WorkflowContext
     from ._workflow_control import WorkflowHandle, Workflows, WorkflowStatus
     from ._workflow_defs import (
@@ -177,6 +230,50 @@ else:
     # Names for admin tools and tests, imported on first use (PEP 562) so that
     # ``import eventwire`` stays light; type checkers see the imports above.
     _LAZY = {
+        "Anomaly": "_anomaly",
+        "AnomalyDetector": "_anomaly",
+        "AnomalySettings": "_anomaly",
+        "asyncapi_document": "_asyncapi",
+        "CacheStats": "_cache",
+        "EventCache": "_cache",
+        "Health": "_health",
+        "HealthSettings": "_health",
+        "HealthSignal": "_health",
+        "Reason": "_health",
+        "agents_health": "_health",
+        "HealthServer": "_healthz",
+        "serve_health": "_healthz",
+        "EventReader": "_inspect",
+        "Flow": "_inspect",
+        "FlowNode": "_inspect",
+        "StoredEvent": "_inspect",
+        "read_events": "_inspect",
+        "trace_flow": "_inspect",
+        "EventTimeOrder": "_ordering",
+        "LatePolicy": "_ordering",
+        "OrderStats": "_ordering",
+        "CausalOrder": "_ordering_causal",
+        "CausalStats": "_ordering_causal",
+        "CausalTimeout": "_ordering_causal",
+        "Absence": "_patterns",
+        "Pattern": "_patterns",
+        "Sequence": "_patterns",
+        "Step": "_patterns",
+        "Threshold": "_patterns",
+        "MATCHED": "_patterns_detector",
+        "PatternDetector": "_patterns_detector",
+        "PatternMatch": "_patterns_detector",
+        "ProcessingCounters": "_patterns_feed",
+        "ProcessingStopped": "_patterns_feed",
+        "ProjectionInfo": "_projection_admin",
+        "projection_info": "_projection_admin",
+        "projection_infos": "_projection_admin",
+        "reset_projection": "_projection_admin",
+        "Aggregation": "_windows",
+        "Window": "_windows",
+        "WINDOW_CLOSED": "_windows_stream",
+        "WindowedStream": "_windows_stream",
+        "WindowResult": "_windows_stream",
         "AuditCorrupted": "_audit_log",
         "AuditLog": "_audit_log",
         "AuditLogError": "_audit_log",

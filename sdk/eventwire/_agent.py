@@ -46,7 +46,6 @@ from ._errors import (
     WrongTenant,
     checked_name,
 )
-from ._health import agent_health
 from ._kinds import AgentLifecycle, CustomEvent
 from ._observer import FailureObserver
 from ._options import SubscribeOptions
@@ -349,6 +348,8 @@ class Agent:
     async def health(self, settings: HealthSettings | None = None) -> Health:
         """This agent's health score, status, reasons, liveness and readiness (see
         :mod:`eventwire._health` for the formula)."""
+        from ._health import agent_health
+
         return await agent_health(self, self._subscriptions, settings)
 
     def stop(self) -> None:

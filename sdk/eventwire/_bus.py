@@ -39,7 +39,6 @@ from ._errors import (
     checked_name,
     mapped_nats_errors,
 )
-from ._health import bus_health
 from ._idempotency import DEFAULT_WINDOW, ProcessedIds
 from ._link import Link, close_connection
 from ._observe import count_refused, current_traceparent, observed_publish
@@ -733,6 +732,8 @@ class Bus(StatefulResource):
     async def health(self, settings: HealthSettings | None = None) -> Health:
         """This bus's health score, status, reasons, liveness and readiness (see
         :mod:`eventwire._health` for the formula); it does not raise for a closed bus."""
+        from ._health import bus_health
+
         return await bus_health(self, settings)
 
     @property
