@@ -23,7 +23,7 @@ import nats.js.errors
 from nats.js.api import ConsumerConfig
 
 from eventwire_security import EventwireError
-from eventwire_security._layout import wftimers_stream_name
+from eventwire_security._layout import TIMERS_CONSUMER, wftimers_stream_name
 
 from ._errors import mapped_nats_errors
 from ._streams import open_declared, wftimers_stream_config
@@ -97,7 +97,7 @@ class Timers:
         subject = f"{self.bus.root}.wftimer.due.>"
         with mapped_nats_errors("consume workflow timers"):
             sub = await self._js.pull_subscribe(
-                subject, durable="wf-timers", stream=self.stream,
+                subject, durable=TIMERS_CONSUMER, stream=self.stream,
                 config=ConsumerConfig(ack_wait=ack_wait),
             )  # fmt: skip
         try:

@@ -78,6 +78,7 @@ __all__ = [
     "MAX_PARTITIONS",
     "MAX_TOKENS",
     "SHARED_INBOX",
+    "TIMERS_CONSUMER",
     "TOKEN_RE",
     "LayoutError",
     "aggregate_subject",
@@ -139,6 +140,7 @@ KEYED = "keyed"  # reserved first token: keyed events on a partitioned bus
 MAX_TOKENS = 16
 MAX_PARTITIONS = 1024
 SHARED_INBOX = "_INBOX"  # the NATS default inbox prefix, shared by every user of an account
+TIMERS_CONSUMER = "wf-timers"  # the timers stream's consumer, shared by the orchestrators
 TOKEN_RE = r"[A-Za-z0-9_-]{1,64}"
 _TOKEN = re.compile(rf"\A{TOKEN_RE}\Z")
 _TOKEN_RULE = "1-64 of A-Z a-z 0-9 _ -"

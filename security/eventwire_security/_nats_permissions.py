@@ -48,6 +48,7 @@ from ._keys import check_name
 from ._layout import (
     DEFAULT_ROOT,
     SHARED_INBOX,
+    TIMERS_CONSUMER,
     audit_stream_name,
     audit_subject,
     consumer_name,
@@ -77,7 +78,6 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_ROOT",
     "ORCHESTRATOR_ROLE",
-    "TIMERS_CONSUMER",
     "Permissions",
     "ServerConfigError",
     "ServerOptions",
@@ -90,7 +90,6 @@ __all__ = [
 ]
 
 ORCHESTRATOR_ROLE = "orchestrator"  # the role that may advance workflows
-TIMERS_CONSUMER = "wf-timers"  # the timers stream's consumer, shared by the orchestrators
 _UNQUOTABLE = re.compile(r'["\\\x00-\x1f\x7f]')
 _PASSWORD = re.compile(r"\A[\x21\x23-\x5b\x5d-\x7e]{1,256}\Z")  # printable ASCII, no " \ space
 
