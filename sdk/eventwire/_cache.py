@@ -35,10 +35,10 @@ import logging
 from typing import TYPE_CHECKING, Any, Self
 
 import nats.js.errors
-from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from eventwire_security import seen_key
-from eventwire_security._layout import events_stream_name, projections_bucket
+from eventwire_security._layout import cache_bucket, events_stream_name, projections_bucket
 
 from ._aggregates import A, bus_codec
 from ._cache_lru import LRU, CacheStats
@@ -46,6 +46,7 @@ from ._errors import ConfigError, EventwireError, InvalidArgument, mapped_nats_e
 from ._event import Event
 from ._metrics import METRICS
 from ._snapshots import SnapshotPlace, open_snapshots, projections_config, read_snapshot
+from ._streams import CACHE_TTL, cache_config
 from ._subjects import check_pattern, check_subject, matches, to_wire
 
 if TYPE_CHECKING:
@@ -67,13 +68,6 @@ _IN_FLIGHT = 256  # events the follower verifies and writes through at once
 _Stored = tuple[bytes, dict[str, str] | None, str, float]  # data, headers, wire subject, time
 
 
-def cache_config(bucket: str, *, ttl: float, replicas: int = 1) -> KeyValueConfig:
-    """The L2 bucket: one value per key, entries expire after ``ttl`` seconds."""
-    return KeyValueConfig(
-        bucket=bucket, history=1, ttl=ttl, storage=StorageType.FILE, replicas=replicas
-    )
-
-
 def _hash(*parts: str) -> str:
     material = json.dumps(list(parts), ensure_ascii=True).encode("ascii")
     return hashlib.sha256(material).hexdigest()[:32]
@@ -92,14 +86,14 @@ class EventCache:
         *,
         capacity: int = 1024,
         bucket: str | None = None,
-        ttl: float = 3600.0,
+        ttl: float = CACHE_TTL,
     ) -> None:
         if bus.partitions:
             raise ConfigError("EventCache reads a subject's last event: not on a partitioned bus")
         if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl < 1e9:
             raise InvalidArgument(f"must be seconds > 0, got {ttl!r}", field="ttl")
         self.bus, self.pattern = bus, check_pattern(pattern)
-        self.bucket = bucket or f"{bus.root}-cache"
+        self.bucket = bucket or cache_bucket(bus.root)
         self.ttl = float(ttl)
         self.stats = CacheStats()
         self._l1: LRU[tuple[str, str], Any] = LRU(capacity)

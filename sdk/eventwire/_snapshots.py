@@ -19,38 +19,35 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import nats.js.errors
-from nats.js.api import KeyValueConfig, StorageType
 
 from eventwire_security import EventwireError, sign_claims, verify_envelope
-from eventwire_security._layout import projections_bucket, snapshot_key, snapshots_bucket
+from eventwire_security._layout import snapshot_key
 
 from ._buckets import open_bucket
 from ._errors import mapped_nats_errors
+from ._streams import projections_config, snapshots_config
 
 if TYPE_CHECKING:
     from collections.abc import Collection
 
     from nats.js import JetStreamContext
+    from nats.js.api import KeyValueConfig
     from nats.js.kv import KeyValue
     from pydantic import JsonValue
 
     from eventwire_security import Identity, Keyring
 
+__all__ = [
+    "Snapshot",
+    "SnapshotPlace",
+    "open_snapshots",
+    "projections_config",  # declared in ``_streams``
+    "read_snapshot",
+    "snapshots_config",
+    "write_snapshot",
+]
+
 log = logging.getLogger("eventwire.aggregates")
-
-
-def snapshots_config(root: str, *, replicas: int = 1) -> KeyValueConfig:
-    """The snapshots bucket: the latest snapshot of each aggregate (history 1)."""
-    return KeyValueConfig(
-        bucket=snapshots_bucket(root), history=1, storage=StorageType.FILE, replicas=replicas
-    )
-
-
-def projections_config(root: str, *, replicas: int = 1) -> KeyValueConfig:
-    """The projections bucket: each projection's latest read model and checkpoint."""
-    return KeyValueConfig(
-        bucket=projections_bucket(root), history=1, storage=StorageType.FILE, replicas=replicas
-    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,16 @@ registry       bucket ``<root>-agents``     history 1, ttl = the registry ttl
 keyring        bucket ``<root>-keyring``    history 10
 replay claims  bucket ``<root>-seen``       history 1, ttl = the replay horizon
 handled ids    bucket ``<root>-processed``  history 1, ttl = the dedupe window, direct
+wf timers      stream ``<root>-wftimers``   ``<root>.wftimer.>``, message schedules, 1/subject
+wf steps       bucket ``<root>-wfsteps``    history 1, ttl 7 days
+projections    bucket ``<root>-projections``  history 1
+snapshots      bucket ``<root>-snapshots``  history 1
+cache          bucket ``<root>-cache``      history 1, ttl 1 hour (the default L2)
 =============  ===========================  =========================================
+
+The first seven are required on connect; the last five (``on_connect=False``) are made by
+the feature that uses them on first use, or, bound only (``provision=False``), bound to
+(:func:`open_declared`, :class:`NotProvisioned` if missing). ``streams apply`` makes all.
 
 A KV bucket is the stream ``KV_<bucket>``; its settings are compared by their KV names
 (``history``, ``ttl``, ``replicas``, ``direct``, ``storage``).
@@ -42,6 +51,7 @@ from nats.js.api import (
 from eventwire_security._layout import (
     audit_stream_name,
     audit_subjects,
+    cache_bucket,
     dlq_stream_name,
     dlq_subjects,
     events_stream_name,
@@ -49,9 +59,14 @@ from eventwire_security._layout import (
     kv_stream_name,
     partition_transform,
     processed_bucket,
+    projections_bucket,
     registry_bucket,
     seen_bucket,
+    snapshots_bucket,
     stream_subjects,
+    wfsteps_bucket,
+    wftimer_subjects,
+    wftimers_stream_name,
 )
 
 from ._errors import NotProvisioned, StreamConfigError
@@ -64,6 +79,7 @@ if TYPE_CHECKING:
     from nats.js import JetStreamContext
 
 __all__ = [
+    "CACHE_TTL",
     "DUPLICATE_WINDOW_SECONDS",
     "KEYRING_HISTORY",
     "Applied",
@@ -72,6 +88,7 @@ __all__ = [
     "apply_resource",
     "apply_stream",
     "audit_stream_config",
+    "cache_config",
     "declared",
     "diff_resource",
     "diff_stream",
@@ -81,13 +98,20 @@ __all__ = [
     "events_stream_config",
     "events_stream_name",
     "keyring_config",
+    "open_declared",
     "processed_config",
+    "projections_config",
     "registry_config",
     "seen_config",
+    "snapshots_config",
+    "wfsteps_config",
+    "wftimers_stream_config",
 ]
 
 DUPLICATE_WINDOW_SECONDS = 120.0
 KEYRING_HISTORY = 10
+CACHE_TTL = 3600.0  # the event cache's default L2 ttl
+WFSTEPS_TTL = 7 * 24 * 3600.0  # step outcomes outlive any workflow retry
 
 # -- the declaration -------------------------------------------------------------------------
 
@@ -176,12 +200,60 @@ def processed_config(root: str, *, window: float, replicas: int = 1) -> KeyValue
     )  # fmt: skip
 
 
+def wftimers_stream_config(root: str, *, replicas: int = 1) -> StreamConfig:
+    """Workflow timers: message schedules (nats-server 2.12+), one per subject."""
+    return StreamConfig(
+        name=wftimers_stream_name(root),
+        description="eventwire workflow timers (message schedules)",
+        subjects=[wftimer_subjects(root)],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_msgs_per_subject=1,
+        duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        num_replicas=replicas,
+        allow_msg_schedules=True,
+        allow_rollup_hdrs=True,  # the server turns it on with schedules
+    )
+
+
+def wfsteps_config(root: str, *, replicas: int = 1) -> KeyValueConfig:
+    """Workflow step outcomes, by a hash of each step's idempotency key."""
+    return KeyValueConfig(
+        bucket=wfsteps_bucket(root), history=1, ttl=WFSTEPS_TTL, storage=StorageType.FILE,
+        replicas=replicas,
+    )  # fmt: skip
+
+
+def snapshots_config(root: str, *, replicas: int = 1) -> KeyValueConfig:
+    """The snapshots bucket: the latest snapshot of each aggregate (history 1)."""
+    return KeyValueConfig(
+        bucket=snapshots_bucket(root), history=1, storage=StorageType.FILE, replicas=replicas
+    )
+
+
+def projections_config(root: str, *, replicas: int = 1) -> KeyValueConfig:
+    """The projections bucket: each projection's latest read model and checkpoint."""
+    return KeyValueConfig(
+        bucket=projections_bucket(root), history=1, storage=StorageType.FILE, replicas=replicas
+    )
+
+
+def cache_config(bucket: str, *, ttl: float = CACHE_TTL, replicas: int = 1) -> KeyValueConfig:
+    """The L2 bucket: one value per key, entries expire after ``ttl`` seconds."""
+    return KeyValueConfig(
+        bucket=bucket, history=1, ttl=ttl, storage=StorageType.FILE, replicas=replicas
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Resource:
-    """One declared stream or KV bucket, its configuration and what it is for."""
+    """One declared stream or KV bucket, its configuration and what it is for;
+    ``on_connect``: a bus requires it on connect (else its feature does, on first use)."""
 
     config: StreamConfig | KeyValueConfig
     role: str = ""
+    on_connect: bool = True
 
     @property
     def kind(self) -> Literal["stream", "bucket"]:
@@ -215,18 +287,33 @@ def declared(
 ) -> list[Resource]:
     """Every stream and bucket of a deployment under ``root``, as the code declares them.
     ``replay_horizon=None`` (no replay protection) leaves out the replay claims bucket."""
-    resources = [
+    core = _core(root, replicas, partitions, registry_ttl=registry_ttl)
+    if replay_horizon is not None:
+        seen = seen_config(root, horizon=replay_horizon, replicas=replicas)
+        core.append(Resource(seen, "replay claims"))
+    processed = processed_config(root, window=dedupe_window, replicas=replicas)
+    return [*core, Resource(processed, "handled ids"), *_features(root, replicas)]
+
+
+def _core(root: str, replicas: int, partitions: int, *, registry_ttl: float) -> list[Resource]:
+    return [
         Resource(events_stream_config(root, replicas=replicas, partitions=partitions), "events"),
         Resource(dlq_stream_config(root, replicas=replicas), "dead letters"),
         Resource(audit_stream_config(root, replicas=replicas), "audit"),
         Resource(registry_config(root, ttl=registry_ttl, replicas=replicas), "registry"),
         Resource(keyring_config(root, replicas=replicas), "keyring"),
     ]
-    if replay_horizon is not None:
-        seen = seen_config(root, horizon=replay_horizon, replicas=replicas)
-        resources.append(Resource(seen, "replay claims"))
-    processed = processed_config(root, window=dedupe_window, replicas=replicas)
-    return [*resources, Resource(processed, "handled ids")]
+
+
+def _features(root: str, replicas: int) -> list[Resource]:
+    """The resources of workflows, projections, aggregates and the cache."""
+    return [
+        Resource(wftimers_stream_config(root, replicas=replicas), "wf timers", on_connect=False),
+        Resource(wfsteps_config(root, replicas=replicas), "wf steps", on_connect=False),
+        Resource(projections_config(root, replicas=replicas), "projections", on_connect=False),
+        Resource(snapshots_config(root, replicas=replicas), "snapshots", on_connect=False),
+        Resource(cache_config(cache_bucket(root), replicas=replicas), "cache", on_connect=False),
+    ]
 
 
 # -- comparing with a server -----------------------------------------------------------------
@@ -243,6 +330,8 @@ _STREAM_FIELDS: dict[str, object] = {
     "deny_delete": False,
     "deny_purge": False,
     "allow_rollup_hdrs": False,
+    "max_msgs_per_subject": -1,
+    "allow_msg_schedules": False,
 }
 # Bucket settings by their KV name: the stream setting behind each, and its "not set" value.
 _BUCKET_FIELDS: dict[str, tuple[str, object]] = {
@@ -253,7 +342,8 @@ _BUCKET_FIELDS: dict[str, tuple[str, object]] = {
     "direct": ("allow_direct", False),
 }
 _FIXED = ("storage", "retention")  # the server cannot change these in place
-_ONE_WAY = ("deny_delete", "deny_purge")  # may be switched on in place, never off
+# may be switched on in place, never off
+_ONE_WAY = ("deny_delete", "deny_purge", "allow_msg_schedules")
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,11 +477,22 @@ async def _ensure(js: JetStreamContext, resource: Resource, *, create: bool) -> 
 async def ensure_declared(
     js: JetStreamContext, resources: Iterable[Resource], *, create: bool
 ) -> None:
-    """Create each absent resource (without ``create``: :class:`NotProvisioned`); refuse a
-    stream whose settings differ. A present bucket is bound as it is: its ttl is a setting
-    of the bus (``registry_ttl``...), which may differ between buses on one root."""
+    """Create each absent resource a bus needs on connect (``on_connect``; without
+    ``create``: :class:`NotProvisioned`); refuse a stream whose settings differ. A present
+    bucket is bound as it is: its ttl is a setting of the bus (``registry_ttl``...), which
+    may differ between buses on one root. The others are left to :func:`open_declared`."""
     for resource in resources:
-        await _ensure(js, resource, create=create)
+        if resource.on_connect:
+            await _ensure(js, resource, create=create)
+
+
+async def open_declared(
+    js: JetStreamContext, config: StreamConfig | KeyValueConfig, *, create: bool
+) -> None:
+    """A feature's resource on first use: create it if absent (without ``create``:
+    :class:`NotProvisioned`, naming it); a present stream whose settings differ is
+    refused with :class:`StreamConfigError`, a present bucket is bound as it is."""
+    await _ensure(js, Resource(config, on_connect=False), create=create)
 
 
 @dataclass(frozen=True, slots=True)

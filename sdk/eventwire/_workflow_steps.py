@@ -18,7 +18,6 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import nats.js.errors
-from nats.js.api import KeyValueConfig
 from pydantic import BaseModel, ValidationError
 
 from eventwire_security import EventwireError
@@ -26,6 +25,7 @@ from eventwire_security import EventwireError
 from ._buckets import open_bucket
 from ._errors import InvalidArgument, mapped_nats_errors
 from ._kinds import CustomEvent, ErrorReported
+from ._streams import wfsteps_config
 from ._workflow_defs import RESULT_TYPE
 from ._workflow_runner import REJECTED
 
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 __all__ = ["StepRejected", "StepWorker"]
 
 F = TypeVar("F", bound="Callable[[Any], Awaitable[BaseModel]]")
-_KEEP = 7 * 24 * 3600.0
 BUSY = "step-busy"  # the code of the answer while another instance runs the step
 
 
@@ -148,11 +147,11 @@ class StepWorker:
 
     async def _kv(self) -> KeyValue:
         if self._bucket is None:
-            config = KeyValueConfig(
-                bucket=f"{self.bus.root}-wfsteps", history=1, ttl=_KEEP, replicas=self.bus.replicas
-            )
+            config = wfsteps_config(self.bus.root, replicas=self.bus.replicas)
             with mapped_nats_errors("open the workflow steps bucket"):
-                self._bucket = await open_bucket(self.bus.jetstream, config, create=True)
+                self._bucket = await open_bucket(
+                    self.bus.jetstream, config, create=self.bus.provisions
+                )
         return self._bucket
 
     async def _recorded(self, bucket: KeyValue, key: str) -> tuple[dict[str, Any], int] | None:

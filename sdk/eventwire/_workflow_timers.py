@@ -1,5 +1,6 @@
 """Durable workflow timers: JetStream message schedules (``Nats-Schedule: @at <time>``,
-nats-server 2.12 or later) in a stream of their own, ``<root>-wftimers``.
+nats-server 2.12 or later) in a stream of their own, ``<root>-wftimers`` (declared in
+``_streams``: made on first use, or bound to with ``provision=False``).
 
 A timer of operation ``op`` of workflow ``id`` is a schedule on
 ``<root>.wftimer.at.<id>.<op>`` targeting ``<root>.wftimer.due.<id>.<op>``; publishing it
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -23,8 +23,10 @@ import nats.js.errors
 from nats.js.api import ConsumerConfig
 
 from eventwire_security import EventwireError
+from eventwire_security._layout import TIMERS_CONSUMER, wftimers_stream_name
 
-from ._errors import ServerRejected, mapped_nats_errors
+from ._errors import mapped_nats_errors
+from ._streams import open_declared, wftimers_stream_config
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -37,11 +39,10 @@ if TYPE_CHECKING:
 __all__ = ["Timers", "timers_stream_name"]
 
 log = logging.getLogger("eventwire.workflows")
-_STREAM_EXISTS = 10058
 
 
 def timers_stream_name(root: str) -> str:
-    return f"{root}-wftimers"
+    return wftimers_stream_name(root)
 
 
 class Timers:
@@ -57,28 +58,13 @@ class Timers:
         return self.bus.jetstream
 
     async def ensure(self) -> None:
-        """Create the stream if it is missing (nats-py has no ``allow_msg_schedules``)."""
+        """Create the declared stream if it is missing; bound only (``provision=False``),
+        require it (:class:`NotProvisioned`)."""
         if self._ready:
             return
-        config = {
-            "name": self.stream,
-            "subjects": [f"{self.bus.root}.wftimer.>"],
-            "storage": "file",
-            "num_replicas": self.bus.replicas,
-            "max_msgs_per_subject": 1,
-            "allow_msg_schedules": True,
-        }
-        with mapped_nats_errors(f"create the stream {self.stream}"):
-            reply = await self.bus.connection.request(
-                f"$JS.API.STREAM.CREATE.{self.stream}", json.dumps(config).encode(), timeout=5
-            )
-        error = json.loads(reply.data).get("error")
-        if error and error.get("err_code") != _STREAM_EXISTS:
-            raise ServerRejected(
-                f"create the stream {self.stream}: {error.get('description')}",
-                code=error.get("code"), err_code=error.get("err_code"),
-                description=error.get("description"),
-            )  # fmt: skip
+        config = wftimers_stream_config(self.bus.root, replicas=self.bus.replicas)
+        with mapped_nats_errors(f"open the stream {self.stream}"):
+            await open_declared(self._js, config, create=self.bus.provisions)
         self._ready = True
 
     async def schedule(self, workflow_id: str, op: int, due: float) -> None:
@@ -111,7 +97,7 @@ class Timers:
         subject = f"{self.bus.root}.wftimer.due.>"
         with mapped_nats_errors("consume workflow timers"):
             sub = await self._js.pull_subscribe(
-                subject, durable="wf-timers", stream=self.stream,
+                subject, durable=TIMERS_CONSUMER, stream=self.stream,
                 config=ConsumerConfig(ack_wait=ack_wait),
             )  # fmt: skip
         try:

@@ -45,7 +45,12 @@ server's hash). ``keyed`` is reserved: no logical subject starts with it.
 
 Streams and KV buckets of a root: ``<root>-events``, ``<root>-dlq``, ``<root>-audit``;
 buckets ``<root>-agents`` (registry), ``<root>-keyring``, ``<root>-seen`` (replay claims),
-``<root>-processed`` (handled ids). A durable consumer of ``owner`` for ``pattern`` is
+``<root>-processed`` (handled ids). Used by features, made on first use (or bound): the
+stream ``<root>-wftimers`` (workflow timers, ``<root>.wftimer.>``) and the buckets
+``<root>-wfsteps`` (step outcomes), ``<root>-projections``, ``<root>-snapshots``,
+``<root>-cache``. A workflow's history is ``custom.es.workflow.<id>``
+(:func:`workflow_history_subjects`); only orchestrators may publish it and the timers.
+A durable consumer of ``owner`` for ``pattern`` is
 ``<owner>-<first 12 hex digits of SHA-256(pattern)>``.
 
 Grammar: a token is 1-64 of ``A-Z a-z 0-9 _ -`` (so ``$JS.API.>`` or ``_INBOX`` tricks
@@ -73,6 +78,7 @@ __all__ = [
     "MAX_PARTITIONS",
     "MAX_TOKENS",
     "SHARED_INBOX",
+    "TIMERS_CONSUMER",
     "TOKEN_RE",
     "LayoutError",
     "aggregate_subject",
@@ -80,6 +86,7 @@ __all__ = [
     "audit_stream_name",
     "audit_subject",
     "audit_subjects",
+    "cache_bucket",
     "consumer_name",
     "default_patterns",
     "direct_subject",
@@ -121,6 +128,10 @@ __all__ = [
     "tokens_intersect",
     "tokens_match",
     "unkeyed_filters",
+    "wfsteps_bucket",
+    "wftimer_subjects",
+    "wftimers_stream_name",
+    "workflow_history_subjects",
 ]
 
 DEFAULT_ROOT = "ew"
@@ -129,6 +140,7 @@ KEYED = "keyed"  # reserved first token: keyed events on a partitioned bus
 MAX_TOKENS = 16
 MAX_PARTITIONS = 1024
 SHARED_INBOX = "_INBOX"  # the NATS default inbox prefix, shared by every user of an account
+TIMERS_CONSUMER = "wf-timers"  # the timers stream's consumer, shared by the orchestrators
 TOKEN_RE = r"[A-Za-z0-9_-]{1,64}"
 _TOKEN = re.compile(rf"\A{TOKEN_RE}\Z")
 _TOKEN_RULE = "1-64 of A-Z a-z 0-9 _ -"
@@ -454,6 +466,32 @@ def projections_bucket(root: str) -> str:
     """The KV bucket of projections: each one's signed read model and checkpoint together
     (key ``projection.<name>``)."""
     return f"{_root(root)}-projections"
+
+
+def cache_bucket(root: str) -> str:
+    """The default L2 bucket of the event cache (``EventCache``)."""
+    return f"{_root(root)}-cache"
+
+
+def wftimers_stream_name(root: str) -> str:
+    """The stream of durable workflow timers (JetStream message schedules)."""
+    return f"{_root(root)}-wftimers"
+
+
+def wftimer_subjects(root: str) -> str:
+    """The timers stream's subjects: ``<root>.wftimer.at.<id>.<op>`` (a schedule) and
+    ``<root>.wftimer.due.<id>.<op>`` (what the server produces at its time)."""
+    return f"{_root(root)}.wftimer.>"
+
+
+def wfsteps_bucket(root: str) -> str:
+    """The KV bucket of workflow step outcomes (keyed by a hash of the idempotency key)."""
+    return f"{_root(root)}-wfsteps"
+
+
+def workflow_history_subjects(root: str) -> str:
+    """The wire subjects of every workflow's history (``custom.es.workflow.<id>``)."""
+    return f"{_root(root)}.custom.es.workflow.>"
 
 
 def aggregate_subject(kind: str, aggregate_id: str) -> str:

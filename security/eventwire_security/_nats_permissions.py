@@ -27,6 +27,13 @@ skips the SDK is refused too. What it can and cannot express:
   agent's consumer names or its agent name; see :func:`_jetstream_rights`. The SDK then runs
   with ``connect(..., provision=False)``: it binds to what an admin created and creates
   nothing.
+* Workflows: only an actor holding the role :data:`ORCHESTRATOR_ROLE` (``"orchestrator"``,
+  ``roles`` of the agent in the deployment, ``role:orchestrator`` in the policy) may append
+  to workflow histories (``<root>.custom.es.workflow.>``) and schedule timers
+  (``<root>.wftimer.at.>``), and it binds to the timers stream's consumer ``wf-timers``. Every
+  other actor gets both as explicit publish denies, which win over any policy allow (e.g.
+  ``custom.>``): the server refuses a forged history event or timer; the signature check on
+  load (only trusted orchestrators' events) stays as the second line of defence.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from ._keys import check_name
 from ._layout import (
     DEFAULT_ROOT,
     SHARED_INBOX,
+    TIMERS_CONSUMER,
     audit_stream_name,
     audit_subject,
     consumer_name,
@@ -57,6 +65,9 @@ from ._layout import (
     registry_bucket,
     seen_bucket,
     to_wire,
+    wftimer_subjects,
+    wftimers_stream_name,
+    workflow_history_subjects,
 )
 
 if TYPE_CHECKING:
@@ -66,6 +77,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_ROOT",
+    "ORCHESTRATOR_ROLE",
     "Permissions",
     "ServerConfigError",
     "ServerOptions",
@@ -77,6 +89,7 @@ __all__ = [
     "render_server_config",
 ]
 
+ORCHESTRATOR_ROLE = "orchestrator"  # the role that may advance workflows
 _UNQUOTABLE = re.compile(r'["\\\x00-\x1f\x7f]')
 _PASSWORD = re.compile(r"\A[\x21\x23-\x5b\x5d-\x7e]{1,256}\Z")  # printable ASCII, no " \ space
 
@@ -183,6 +196,24 @@ def _readable_bucket(bucket: str) -> list[str]:
     ]
 
 
+def _workflow_rights(actor: Actor, root: str, partitioned: bool) -> tuple[list[str], list[str]]:
+    """(publish allows, publish denies) of workflows: an orchestrator appends to histories,
+    schedules timers and pulls the due ones; anyone else is denied both subjects."""
+    history, timers = workflow_history_subjects(root), wftimer_subjects(root)
+    keyed = [keyed_publish_pattern(root, "custom.es.workflow.>")] if partitioned else []
+    if ORCHESTRATOR_ROLE not in actor.roles:
+        return [], [history, *keyed, timers]
+    stream = wftimers_stream_name(root)
+    allow = [
+        history, *keyed, f"{root}.wftimer.at.>",
+        f"$JS.API.STREAM.INFO.{stream}",
+        f"$JS.API.CONSUMER.INFO.{stream}.{TIMERS_CONSUMER}",
+        f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{TIMERS_CONSUMER}",
+        f"$JS.ACK.{stream}.{TIMERS_CONSUMER}.>",
+    ]  # fmt: skip
+    return allow, []
+
+
 def compile_permissions(
     policy: Policy,
     actor: Actor,
@@ -200,6 +231,8 @@ def compile_permissions(
     ``_INBOX.>``, which lets agents of the account read each other's deliveries.
     ``partitioned``: the events stream partitions keyed events (``connect(partitions=n)``):
     every publish rule and deny also covers the keyed layout ``<root>.keyed.*.<pattern>``.
+    Workflow histories and timers: only for the role :data:`ORCHESTRATOR_ROLE`, denied to
+    every other actor whatever the policy allows.
     """
     check_name("root", root)
     names = _consumer_names(policy, actor, consumers)
@@ -210,10 +243,12 @@ def compile_permissions(
     if not private_inbox:
         publish_allow.append(f"{SHARED_INBOX}.>")
     publish_allow += _jetstream_rights(actor, root, names)
+    workflow_allow, workflow_deny = _workflow_rights(actor, root, partitioned)
+    publish_deny = [*_on_wire(root, publish.deny, partitioned), *workflow_deny]
     permissions: Permissions = {
         "publish": {
-            "allow": list(dict.fromkeys(publish_allow)),
-            "deny": _on_wire(root, publish.deny, partitioned),
+            "allow": list(dict.fromkeys([*publish_allow, *workflow_allow])),
+            "deny": list(dict.fromkeys(publish_deny)),
         },
         "subscribe": {
             "allow": [f"{inbox}.>", to_wire(root, direct_subject(actor.tenant, actor.agent))],

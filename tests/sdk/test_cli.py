@@ -86,13 +86,13 @@ async def test_dlq_list_show_redrive_purge(
 async def test_streams_diff_and_apply(nats_server: EmbeddedServer, root: str) -> None:
     where = ("--url", nats_server.url, "--root", root)
     code, out = await cli("streams", "diff", *where)
-    assert (code, out.count(" missing "), "7 of 7 drift" in out) == (1, 7, True), out
+    assert (code, out.count(" missing "), "12 of 12 drift" in out) == (1, 12, True), out
     code, out = await cli("streams", "apply", *where)
-    assert (code, out.count(": created")) == (0, 7), out
-    for name in ("stream '{}-audit'", "bucket '{}-agents'", "bucket '{}-processed'"):
+    assert (code, out.count(": created")) == (0, 12), out
+    for name in ("stream '{}-audit'", "bucket '{}-agents'", "stream '{}-wftimers'"):
         assert name.format(root) + ": created" in out
     code, out = await cli("streams", "diff", *where)
-    assert (code, out.count(" matches "), "no drift" in out) == (0, 7, True), out
+    assert (code, out.count(" matches "), "no drift" in out) == (0, 12, True), out
     # Someone changes the events' duplicate window and the registry's ttl on the server.
     nc = await nats.connect(nats_server.url)
     try:
@@ -106,15 +106,15 @@ async def test_streams_diff_and_apply(nats_server: EmbeddedServer, root: str) ->
     finally:
         await nc.close()
     code, out = await cli("streams", "diff", *where)
-    assert (code, out.count(" differs "), out.count(" matches ")) == (1, 2, 5), out
+    assert (code, out.count(" differs "), out.count(" matches ")) == (1, 2, 10), out
     assert "duplicate_window" in out
     assert "ttl" in out
-    assert "2 of 7 drift" in out
+    assert "2 of 12 drift" in out
     code, out = await cli("streams", "apply", *where)
     assert code == 0, out
     assert f"stream '{root}-events': updated duplicate_window: server has 5.0" in out
     assert f"bucket '{root}-agents': updated ttl: server has 30.0, code wants 15.0" in out
-    assert out.count(": matches") == 5
+    assert out.count(": matches") == 10
     code, out = await cli("streams", "diff", *where)
     assert code == 0, out
 
@@ -137,9 +137,9 @@ async def test_streams_apply_names_what_cannot_change(
     assert code == 1, out
     assert f"stream '{root}-events': storage: server has 'memory', code wants 'file': " in out
     assert "cannot change in place" in out
-    assert out.count(": created") == 6
+    assert out.count(": created") == 11
     code, out = await cli("streams", "apply", *where, "--replicas", "3")  # one server only
-    assert (code, out.count("the server refused to update")) == (1, 7), out
+    assert (code, out.count("the server refused to update")) == (1, 12), out
 
 
 async def test_streams_never_print_credentials(nats_server: EmbeddedServer, root: str) -> None:

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 import nats
 import nats.js.errors
 import pytest
-from nats.js.api import DiscardPolicy, StorageType
+from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
 import eventwire
-from eventwire import NotProvisioned
+from eventwire import EventCache, NotProvisioned, Orchestrator, StepWorker, StreamConfigError
 from eventwire._streams import (
     Resource,
     apply_resource,
@@ -22,9 +22,10 @@ from eventwire._streams import (
     dlq_stream_config,
     events_stream_config,
     keyring_config,
+    wftimers_stream_config,
 )
-from eventwire_security import ReplayWindow
-from tests.conftest import TENANT
+from eventwire_security import Keyring, ReplayWindow
+from tests.conftest import TENANT, make_identity
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 SETTINGS: dict[str, Any] = {"registry_ttl": 2.0, "replay_horizon": 90.0, "dedupe_window": 60.0}
 ROLES = ["events", "dead letters", "audit", "registry", "keyring", "replay claims", "handled ids"]
+FEATURES = ["wf timers", "wf steps", "projections", "snapshots", "cache"]
 
 
 @pytest.fixture
@@ -57,14 +59,23 @@ async def _tamper(js: JetStreamContext, stream: str, **changes: Any) -> None:
 
 def test_the_declaration() -> None:
     resources = declared("ew", replicas=3, partitions=4, **SETTINGS)
-    assert [r.role for r in resources] == ROLES
+    assert [r.role for r in resources] == ROLES + FEATURES
+    assert [r.on_connect for r in resources] == [True] * 7 + [False] * 5
     assert [str(r) for r in resources] == [
         "stream 'ew-events'", "stream 'ew-dlq'", "stream 'ew-audit'", "bucket 'ew-agents'",
         "bucket 'ew-keyring'", "bucket 'ew-seen'", "bucket 'ew-processed'",
+        "stream 'ew-wftimers'", "bucket 'ew-wfsteps'", "bucket 'ew-projections'",
+        "bucket 'ew-snapshots'", "bucket 'ew-cache'",
     ]  # fmt: skip
     assert [r.stream for r in resources][3:] == [
-        "KV_ew-agents", "KV_ew-keyring", "KV_ew-seen", "KV_ew-processed",
+        "KV_ew-agents", "KV_ew-keyring", "KV_ew-seen", "KV_ew-processed", "ew-wftimers",
+        "KV_ew-wfsteps", "KV_ew-projections", "KV_ew-snapshots", "KV_ew-cache",
     ]  # fmt: skip
+    timers = resources[7].config
+    assert isinstance(timers, StreamConfig)
+    assert (timers.subjects, timers.allow_msg_schedules, timers.max_msgs_per_subject) == (
+        ["ew.wftimer.>"], True, 1
+    )  # fmt: skip
     assert all(
         getattr(r.config, "num_replicas", None) == 3 or getattr(r.config, "replicas", None) == 3
         for r in resources
@@ -81,7 +92,9 @@ async def test_a_bus_provisions_every_declared_resource(
     async with _bus(nats_server, root, registry_ttl=2.0, dedupe_window=60.0, replay_window=window):
         pass
     for resource in declared(root, **SETTINGS):
-        assert await diff_resource(js, resource) == [], resource
+        # the features' resources are made on first use, not on connect
+        expected = [] if resource.on_connect else None
+        assert await diff_resource(js, resource) == expected, resource
 
 
 async def test_a_bus_without_replay_protection_makes_no_claims_bucket(
@@ -116,11 +129,13 @@ async def test_diff_and_apply_create_every_resource(root: str, js: JetStreamCont
     for resource in resources:
         assert await diff_resource(js, resource) is None, resource
     applied = [await apply_resource(js, resource) for resource in resources]
-    assert [a.action for a in applied] == ["created"] * 7
+    assert [a.action for a in applied] == ["created"] * 12
     for resource in resources:
         assert await diff_resource(js, resource) == [], resource
     again = [await apply_resource(js, resource) for resource in resources]
-    assert [(a.action, a.updated, a.kept) for a in again] == [("unchanged", (), ())] * 7
+    assert [(a.action, a.updated, a.kept) for a in again] == [("unchanged", (), ())] * 12
+    timers = (await js.stream_info(f"{root}-wftimers")).config
+    assert (timers.allow_msg_schedules, timers.max_msgs_per_subject) == (True, 1)
 
 
 # (role, the JetStream setting changed behind the code's back, the setting diff names)
@@ -132,6 +147,11 @@ DRIFTS: list[tuple[str, dict[str, Any], str]] = [
     ("keyring", {"max_msgs_per_subject": 3}, "history"),
     ("replay claims", {"max_age": 300.0}, "ttl"),
     ("handled ids", {"allow_direct": False}, "direct"),
+    ("wf timers", {"max_msgs_per_subject": 5}, "max_msgs_per_subject"),
+    ("wf steps", {"max_age": 300.0}, "ttl"),
+    ("projections", {"max_msgs_per_subject": 4}, "history"),
+    ("snapshots", {"max_msgs_per_subject": 2}, "history"),
+    ("cache", {"max_age": 600.0}, "ttl"),
 ]
 
 
@@ -152,7 +172,7 @@ async def test_diff_names_the_drift_and_apply_fixes_it(
     )  # fmt: skip
     assert await diff_resource(js, resource) == []
     others = [r for r in resources if r is not resource]
-    assert [await diff_resource(js, r) for r in others] == [[]] * 6
+    assert [await diff_resource(js, r) for r in others] == [[]] * 11
 
 
 async def test_a_bucket_ttl_change_keeps_the_duplicate_window_inside_it(
@@ -209,3 +229,66 @@ async def test_apply_switches_the_audit_protection_on_but_never_off(
     (kept,) = (await apply_resource(js, lax)).kept
     assert (kept.field, kept.updatable) == ("deny_delete", False)
     assert (await js.stream_info(f"{root}-audit")).config.deny_delete is True
+
+
+async def test_a_bound_bus_requires_the_features_resources_until_applied(
+    nats_server: EmbeddedServer, root: str, js: JetStreamContext, keyring: Keyring
+) -> None:
+    """Workflows, the step worker and the cache make their resources on first use; bound
+    only, each names what is missing and creates nothing, and works once they are applied
+    (as `eventwire streams apply` does)."""
+    identity = make_identity("orchestrator", keyring)
+    async with _bus(nats_server, root, keyring=keyring):  # the core resources
+        pass
+    async with _bus(nats_server, root, keyring=keyring, provision=False) as bound:
+        with pytest.raises(NotProvisioned, match=f"stream '{root}-wftimers' does not exist"):
+            async with Orchestrator(bound, identity, []):
+                pass
+        with pytest.raises(NotProvisioned, match=f"KV bucket '{root}-wfsteps' does not exist"):
+            await StepWorker(bound)._kv()
+        with pytest.raises(NotProvisioned, match=f"KV bucket '{root}-cache' does not exist"):
+            async with EventCache(bound, "custom.>"):
+                pass
+    resources = declared(root, **SETTINGS)
+    features = [r for r in resources if not r.on_connect]
+    assert [await diff_resource(js, r) for r in features] == [None] * 5  # nothing created
+    for resource in resources:
+        await apply_resource(js, resource)
+    async with _bus(nats_server, root, keyring=keyring, provision=False) as bound:
+        timers = Orchestrator(bound, identity, []).timers
+        await timers.schedule("w1", 1, 4_000_000_000.0)  # binds, then schedules
+        assert (await js.stream_info(f"{root}-wftimers")).state.messages == 1
+        await StepWorker(bound)._kv()
+        async with EventCache(bound, "custom.>") as cache:
+            assert await cache.latest("custom.none") is None
+
+
+async def test_a_provisioning_orchestrator_makes_the_declared_timers_stream(
+    nats_server: EmbeddedServer, root: str, js: JetStreamContext, keyring: Keyring
+) -> None:
+    identity = make_identity("orchestrator", keyring)
+    async with _bus(nats_server, root, keyring=keyring) as bus, Orchestrator(bus, identity, []):
+        pass
+    timers = Resource(wftimers_stream_config(root))
+    assert await diff_resource(js, timers) == []
+
+
+async def test_a_timers_stream_without_schedules_is_named_and_fixed(
+    nats_server: EmbeddedServer, root: str, js: JetStreamContext, keyring: Keyring
+) -> None:
+    wanted = wftimers_stream_config(root)
+    await js.add_stream(
+        dataclasses.replace(wanted, allow_msg_schedules=None, allow_rollup_hdrs=False)
+    )
+    resource = Resource(wanted, "wf timers", on_connect=False)
+    diffs = await diff_resource(js, resource) or []
+    assert [(d.field, d.server, d.code, d.updatable) for d in diffs] == [
+        ("allow_rollup_hdrs", False, True, True),
+        ("allow_msg_schedules", None, True, True),
+    ]
+    async with _bus(nats_server, root, keyring=keyring) as bus:
+        with pytest.raises(StreamConfigError, match="allow_msg_schedules: server has None"):
+            await Orchestrator(bus, make_identity("orchestrator", keyring), []).timers.ensure()
+    applied = await apply_resource(js, resource)
+    assert [d.field for d in applied.updated] == ["allow_rollup_hdrs", "allow_msg_schedules"]
+    assert await diff_resource(js, resource) == []

@@ -547,7 +547,7 @@ EXPECTED_SUMMARIZER: dict[str, Any] = {
                 "ew", "summarizer", ["summarizer-7b3f64209379", "summarizer-29bef4b53186"]
             ),
         ],
-        "deny": ["ew.system.>"],
+        "deny": ["ew.system.>", "ew.custom.es.workflow.>", "ew.wftimer.>"],  # + not orchestrator
     },
     "subscribe": {
         "allow": ["_INBOX_summarizer.>", "ew.direct.acme.summarizer"],
@@ -641,4 +641,7 @@ def test_compile_permissions_for_a_partitioned_stream() -> None:
         "ew.knowledge.>",
         "ew.keyed.*.knowledge.>",
     ]
-    assert permissions["publish"]["deny"] == ["ew.system.>", "ew.keyed.*.system.>"]
+    assert permissions["publish"]["deny"] == [
+        "ew.system.>", "ew.keyed.*.system.>",  # the policy's, then: not an orchestrator
+        "ew.custom.es.workflow.>", "ew.keyed.*.custom.es.workflow.>", "ew.wftimer.>",
+    ]  # fmt: skip
