@@ -37,6 +37,10 @@ from ._breaker import (
 from ._bus import DEFAULT_REPLAY_WINDOW, Bus, PublishAck, connect
 from ._calls import Caller
 from ._choose import Candidate, Choice, Chooser, Load, NobodyServing, Strategy
+from ._choreography import ChoreographyTracker, TrackerStats
+from ._choreography_events import FlowRecovered, FlowStuck, StuckStep, read_stuck
+from ._choreography_flow import Flow, FlowStep, InvalidFlow
+from ._choreography_state import FlowProgress
 from ._codec import SIGNATURE_HEADER, Rejection, SecurityStats
 from ._consumer import Subscription, SubscriptionStats
 from ._dlq import DeadLetter, DeadLetterQueue
@@ -218,6 +222,7 @@ __all__ = [
     "Change",
     "Choice",
     "Chooser",
+    "ChoreographyTracker",
     "CircuitBreaker",
     "CircuitOpen",
     "CircuitState",
@@ -250,12 +255,18 @@ __all__ = [
     "FailureWatch",
     "Feed",
     "FindingKind",
+    "Flow",
+    "FlowProgress",
+    "FlowRecovered",
+    "FlowStep",
+    "FlowStuck",
     "Forbidden",
     "HelpRequested",
     "HostNotFound",
     "Identity",
     "InvalidArgument",
     "InvalidEvent",
+    "InvalidFlow",
     "InvalidRule",
     "Keyring",
     "KeyringError",
@@ -308,6 +319,7 @@ __all__ = [
     "StatusUpdate",
     "Strategy",
     "StreamConfigError",
+    "StuckStep",
     "SubscribeKeywords",
     "SubscribeOptions",
     "Subscription",
@@ -319,6 +331,7 @@ __all__ = [
     "TenantExists",
     "TenantUser",
     "TimeoutPolicy",
+    "TrackerStats",
     "TransportError",
     "TrustedKey",
     "UnknownTenant",
@@ -338,6 +351,7 @@ __all__ = [
     "read_key_entry",
     "read_keyring_file",
     "read_keyring_token",
+    "read_stuck",
     "run_agents",
     "serve_agents",
     "serve_metrics",

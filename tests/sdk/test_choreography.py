@@ -1,0 +1,270 @@
+"""Choreography tracking on a real nats-server: an overdue step is reported once per run
+and step (two trackers, restarts), flows on time are not, late steps are recorded as
+recovered, forged events and forged progress never count, bad definitions are refused."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+import eventwire
+from eventwire import (
+    ChoreographyTracker,
+    CustomEvent,
+    Flow,
+    FlowStep,
+    Identity,
+    InvalidArgument,
+    InvalidFlow,
+    Keyring,
+    read_stuck,
+)
+from eventwire_security import sign_claims
+from tests.conftest import TENANT, make_identity, wait_until
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from eventwire import Bus, EmbeddedServer
+
+TICK = 0.1
+ORDER = Flow(
+    "order",
+    [
+        FlowStep("custom.order.placed"),
+        FlowStep("custom.payment.captured", within=1),
+        FlowStep("custom.order.shipped", within=1),
+    ],
+)
+SUBJECTS = [step.pattern for step in ORDER.steps]
+
+
+async def step(bus: Bus, who: Identity, index: int, correlation: str) -> None:
+    event = CustomEvent(SUBJECTS[index], SUBJECTS[index], {"step": index})
+    await bus.publish(event, identity=who, correlation_id=correlation)
+
+
+async def stored_reports(bus: Bus, kind: str = "stuck") -> int:
+    """How many reports of ``kind`` the events stream holds."""
+    wire = f"{bus.root}.system.coordination.{kind}"
+    info = await bus.jetstream.stream_info(bus.stream, subjects_filter=wire)
+    return int((info.state.subjects or {}).get(wire, 0))
+
+
+async def settle(seconds: float = 1.0) -> None:
+    """Let trackers run a few more ticks past the deadlines, so that a second report
+    would have been published by now."""
+    await asyncio.sleep(seconds)
+
+
+def tracker(bus: Bus, identity: Identity, **keywords: Any) -> ChoreographyTracker:
+    return ChoreographyTracker(bus, [ORDER], identity=identity, tick=TICK, **keywords)
+
+
+def total(trackers: list[ChoreographyTracker], field: str) -> Callable[[], int]:
+    return lambda: sum(getattr(each.stats, field) for each in trackers)
+
+
+async def test_an_overdue_step_is_reported_once_per_run_and_step_by_two_trackers(
+    nats_server: EmbeddedServer, root: str, keyring: Keyring
+) -> None:
+    shop, watcher = make_identity("shop", keyring), make_identity("watcher", keyring)
+    connect = {"tenant": TENANT, "keyring": keyring, "root": root}
+    async with (
+        eventwire.connect(nats_server.url, **connect) as one,
+        eventwire.connect(nats_server.url, **connect) as two,
+        tracker(one, watcher) as first,
+        tracker(two, watcher) as second,
+    ):
+        await step(one, shop, 0, "run-a")  # placed, never paid
+        await step(one, shop, 0, "run-b")  # placed and paid, never shipped
+        await step(one, shop, 1, "run-b")
+        trackers = [first, second]
+        await wait_until(lambda: total(trackers, "stuck")() == 2)
+        await settle()
+        assert total(trackers, "stuck")() == 2
+        assert await stored_reports(one) == 2
+        reports = sorted(await first.stuck(), key=lambda entry: entry.correlation)
+    assert [(r.correlation, r.step, r.step_index, r.last_step) for r in reports] == [
+        ("run-a", "custom.payment.captured", 1, "custom.order.placed"),
+        ("run-b", "custom.order.shipped", 2, "custom.payment.captured"),
+    ]
+    for report in reports:
+        assert report.flow == "order"
+        assert report.signer == f"{TENANT}/watcher"
+        assert report.deadline == pytest.approx(report.last_seen + 1)
+        assert report.overdue_by >= 0
+        assert report.recovered_at is None
+
+
+async def test_a_flow_that_completes_in_time_is_never_reported(bus: Bus, keyring: Keyring) -> None:
+    shop, watcher = make_identity("shop", keyring), make_identity("watcher", keyring)
+    async with tracker(bus, watcher) as observing:
+        for index in range(3):
+            await step(bus, shop, index, "run-ok")
+        await wait_until(lambda: observing.stats.recorded == 3)
+        await settle(1.5)  # past every deadline the run could have had
+        progress = await observing.progress("order", "run-ok")
+    assert progress is not None
+    assert sorted(progress.seen) == [0, 1, 2]
+    assert progress.stuck == {}
+    assert observing.stats.stuck == observing.stats.duplicates == 0
+    assert await stored_reports(bus) == 0
+    assert await read_stuck(bus) == []
+
+
+async def test_a_tracker_restarted_mid_flow_reports_once(bus: Bus, keyring: Keyring) -> None:
+    shop, watcher = make_identity("shop", keyring), make_identity("watcher", keyring)
+    async with tracker(bus, watcher) as before:
+        await step(bus, shop, 0, "run-r")
+        await wait_until(lambda: before.stats.recorded == 1)
+    await asyncio.sleep(1.2)  # the payment is overdue while no tracker runs
+    async with tracker(bus, watcher) as after:
+        await wait_until(lambda: after.stats.stuck == 1)
+        await settle()
+    async with tracker(bus, watcher) as again:  # the report is marked: not published again
+        await settle()
+    assert again.stats.stuck == again.stats.duplicates == 0
+    assert await stored_reports(bus) == 1
+    [report] = await read_stuck(bus)
+    assert (report.correlation, report.step_index) == ("run-r", 1)
+
+
+async def test_a_late_step_is_recorded_as_recovered(bus: Bus, keyring: Keyring) -> None:
+    shop, watcher = make_identity("shop", keyring), make_identity("watcher", keyring)
+    async with tracker(bus, watcher) as observing:
+        await step(bus, shop, 0, "run-l")
+        await wait_until(lambda: observing.stats.stuck == 1)
+        await step(bus, shop, 1, "run-l")  # the payment, late
+        await wait_until(lambda: observing.stats.recovered == 1)
+        await step(bus, shop, 2, "run-l")  # shipped within a second of the payment
+        await wait_until(lambda: observing.stats.recorded == 3)
+        await settle()
+        progress = await observing.progress("order", "run-l")
+    assert progress is not None
+    assert (sorted(progress.seen), set(progress.stuck), progress.recovered) == ([0, 1, 2], {1}, {1})
+    [report] = await read_stuck(bus)
+    assert report.recovered_at is not None
+    assert report.recovered_at > report.deadline
+    assert await read_stuck(bus, include_recovered=False) == []
+    assert await stored_reports(bus, "recovered") == 1
+    assert observing.stats.stuck == 1
+
+
+async def test_forged_events_never_count_as_progress(bus: Bus, keyring: Keyring) -> None:
+    shop, watcher = make_identity("shop", keyring), make_identity("watcher", keyring)
+    impostor = Identity.generate(TENANT, "shop")  # the shop's name, a key nobody trusts
+    payments = Flow(
+        "paid",
+        [FlowStep("custom.order.placed"), FlowStep("custom.payment.captured", within=1, by="bank")],
+    )
+    observing = ChoreographyTracker(bus, [ORDER, payments], identity=watcher, tick=TICK)
+    async with observing:
+        await step(bus, shop, 0, "run-f")
+        await step(bus, impostor, 1, "run-f")  # forged: refused before the tracker sees it
+        await wait_until(lambda: observing.stats.stuck == 2)  # in both flows
+        await step(bus, shop, 1, "run-g")  # order: a payment before its order (kept)
+        await step(bus, shop, 0, "run-g")  # paid: the shop is not the bank
+        await wait_until(lambda: observing.stats.stuck == 4)
+        progress = await observing.progress("order", "run-f")
+        await settle()
+    assert progress is not None
+    assert sorted(progress.seen) == [0]
+    assert bus.security.rejected["unknown-key"] >= 1
+    reports = {(r.flow, r.correlation, r.step_index) for r in await read_stuck(bus)}
+    assert reports == {
+        ("order", "run-f", 1),
+        ("paid", "run-f", 1),
+        ("order", "run-g", 2),  # shipping is due a second after the payment
+        ("paid", "run-g", 1),
+    }
+
+
+async def test_forged_progress_documents_are_ignored(bus: Bus, keyring: Keyring) -> None:
+    """A trusted agent that is not a tracker overwrites the run's progress document with
+    one claiming the payment arrived: the tracker ignores it, reports the step stuck and
+    writes back the progress it trusted."""
+    shop, watcher = make_identity("shop", keyring), make_identity("watcher", keyring)
+    mallory = make_identity("mallory", keyring)
+    async with tracker(bus, watcher) as observing:
+        await step(bus, shop, 0, "run-m")
+        await wait_until(lambda: observing.stats.recorded == 1)
+        key = "order." + hashlib.sha256(b"run-m").hexdigest()[:32]
+        claims = {
+            "source": mallory.principal.source, "tenant": TENANT, "root": bus.root,
+            "kind": "choreography", "key": key, "iat": int(time.time()), "flow": "order",
+            "correlation": "run-m", "seen": {"0": [time.time(), "x"], "1": [time.time(), "y"]},
+            "stuck": {}, "recovered": [],
+        }  # fmt: skip
+        bucket = await bus.jetstream.key_value(f"{bus.root}-choreography")
+        await bucket.put(key, sign_claims(claims, mallory))
+        await wait_until(lambda: observing.stats.stuck == 1)
+        progress = await observing.progress("order", "run-m")
+    assert progress is not None
+    assert (sorted(progress.seen), set(progress.stuck)) == ([0], {1})
+    [report] = await read_stuck(bus)
+    assert (report.correlation, report.step_index, report.signer) == ("run-m", 1, "acme/watcher")
+
+
+def test_a_flow_without_steps_is_refused() -> None:
+    with pytest.raises(InvalidFlow) as caught:
+        Flow("empty", [])
+    assert caught.value.field == "steps"
+    assert isinstance(caught.value, InvalidArgument)
+
+
+@pytest.mark.parametrize(
+    ("build", "field"),
+    [
+        (lambda: Flow("one", [FlowStep("custom.a")]), "steps"),
+        (lambda: Flow("bad name!", [FlowStep("custom.a"), FlowStep("custom.b", within=1)]), "name"),
+        (lambda: Flow("dup", [FlowStep("custom.a"), FlowStep("custom.a", within=1)]), "steps[1]"),
+        (
+            lambda: Flow("overlap", [FlowStep("custom.a.*"), FlowStep("custom.a.b", within=1)]),
+            "steps[1]",
+        ),
+        (
+            lambda: Flow("first", [FlowStep("custom.a", within=1), FlowStep("custom.b", within=1)]),
+            "steps[0].within",
+        ),
+        (lambda: Flow("nolimit", [FlowStep("custom.a"), FlowStep("custom.b")]), "steps[1].within"),
+        (lambda: Flow("types", [FlowStep("custom.a"), "custom.b"]), "steps[1]"),
+        (lambda: Flow("text", "custom.a"), "steps"),  # type: ignore[arg-type]
+        (lambda: FlowStep("custom.b", within=0), "within"),
+        (lambda: FlowStep("custom.b", within=-2), "within"),
+        (lambda: FlowStep("custom.b", within=float("nan")), "within"),
+        (lambda: FlowStep("custom.b", within=True), "within"),
+        (lambda: FlowStep("custom.b", within="5"), "within"),  # type: ignore[arg-type]
+        (lambda: FlowStep("order.placed"), "pattern"),  # no family
+        (lambda: FlowStep("custom..placed"), "pattern"),
+        (lambda: FlowStep("custom.>.placed"), "pattern"),
+        (lambda: FlowStep("custom.a", by="not a name"), "by"),
+    ],
+)
+def test_bad_flow_definitions_are_typed_errors(build: Callable[[], object], field: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        build()
+    assert caught.value.field == field
+
+
+async def test_bad_tracker_settings_are_typed_errors(bus: Bus, keyring: Keyring) -> None:
+    watcher = make_identity("watcher", keyring)
+    for keywords, field in [
+        ({"tick": 0}, "tick"),
+        ({"retention": 1}, "retention"),
+        ({"start": "later"}, "start"),
+        ({"name": "two words"}, "name"),
+    ]:
+        with pytest.raises(InvalidArgument) as caught:
+            ChoreographyTracker(bus, [ORDER], identity=watcher, **keywords)
+        assert caught.value.field == field
+    for flows, field in [([], "flows"), ([ORDER, ORDER], "flows[1]"), (["order"], "flows[0]")]:
+        with pytest.raises(InvalidFlow) as caught:
+            ChoreographyTracker(bus, flows, identity=watcher)  # type: ignore[arg-type]
+        assert caught.value.field == field
+    with pytest.raises(InvalidFlow):
+        await ChoreographyTracker(bus, [ORDER], identity=watcher).progress("other", "x")
