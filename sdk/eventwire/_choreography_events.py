@@ -125,6 +125,7 @@ class StuckStep:
     step: str
     step_index: int
     last_step: str
+    last_step_index: int
     last_seen: float
     deadline: float
     overdue_by: float
@@ -151,6 +152,7 @@ async def read_stuck(
         if stuck is not None and (flow is None or stuck.flow == flow):
             entry = StuckStep(
                 stuck.flow, stuck.correlation, stuck.step, stuck.step_index, stuck.last_step,
+                stuck.last_step_index,
                 stuck.last_seen, stuck.deadline, stuck.overdue_by, event.time.timestamp(),
                 event.source, event.id,
             )  # fmt: skip

@@ -22,6 +22,7 @@ from ._run import run
 from ._server import SETTINGS as SERVER_SETTINGS
 from ._server import server
 from ._streams import app as streams_app
+from ._stuck import stuck
 from ._tenant import app as tenant_app
 from ._tls import app as tls_app
 
@@ -55,6 +56,7 @@ app.add_typer(tenant_app, name="tenant")
 app.add_typer(policy_app, name="policy")
 app.command(context_settings=SERVER_SETTINGS, options_metavar="[NATS-SERVER OPTIONS]")(server)
 app.add_typer(tls_app, name="tls")
+app.command(help="List choreography steps reported stuck (missing, or arrived late).")(stuck)
 
 
 @app.command()
