@@ -119,7 +119,7 @@ class ChoreographyTracker:
         self._by_name = {flow.name: flow for flow in self.flows}
         self.stats = TrackerStats()
         self.error: BaseException | None = None
-        self._runs: dict[str, FlowProgress] = {}  # what the watch knows, by key
+        self._runs: dict[str, FlowProgress] = {}  # the runs waiting for a deadline, by key
         self._store: ProgressStore | None = None
         self._subscriptions: list[Subscription] = []
         self._loop: Loop | None = None
@@ -172,6 +172,11 @@ class ChoreographyTracker:
         log.error("choreography tracker %s stopped reporting: %r", self.name, error)
 
     @property
+    def waiting(self) -> int:
+        """How many runs this tracker watches for a deadline now (of every tracker's)."""
+        return len(self._runs)
+
+    @property
     def running(self) -> bool:
         """Whether the watch-and-report loop runs (false before, after, or once it failed)."""
         return self._loop is not None and self._loop.running
@@ -194,7 +199,7 @@ class ChoreographyTracker:
         key = correlation_key(flow.name, event.correlationid)
         store = self._running_store()
         known = self._runs.get(key)
-        self._runs[key] = await store.change(flow, event.correlationid, edit, known=known)
+        self._remember(key, await store.change(flow, event.correlationid, edit, known=known))
         self.stats.recorded += recorded
 
     def _running_store(self) -> ProgressStore:
@@ -232,7 +237,7 @@ class ChoreographyTracker:
                 continue
             progress = store.decode(entry.key, entry.value)
             if progress is not None:  # a refused (forged) value: keep what was trusted
-                self._runs[entry.key] = progress
+                self._remember(entry.key, progress)
         raise TransportError("the choreography progress watch ended")
 
     async def _report_due(self) -> None:
@@ -287,7 +292,15 @@ class ChoreographyTracker:
         else:
             self.stats.recovered += 1
         marked = await store.change(flow, action.correlation, _Marker(due[0]), known=known)
-        self._runs[key] = marked
+        self._remember(key, marked)
+
+    def _remember(self, key: str, progress: FlowProgress) -> None:
+        """Keep the runs something may become due about; forget the others (a write to
+        them comes back through the watch)."""
+        if progress.waiting(self._by_name[progress.flow]):
+            self._runs[key] = progress
+        else:
+            self._runs.pop(key, None)
 
     # -- queries -----------------------------------------------------------------------------
 

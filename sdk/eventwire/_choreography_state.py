@@ -69,6 +69,15 @@ class FlowProgress:
     def furthest(self) -> int:
         return max(self.seen, default=-1)
 
+    def waiting(self, flow: Flow) -> bool:
+        """Whether something may become due about this run without a new write: a next
+        step's deadline not reported yet, or a stuck step reached but not reported
+        recovered. A run that is not waiting needs no watching until it changes."""
+        last, following = self.furthest, self.furthest + 1
+        if last >= 0 and following < len(flow.steps) and following not in self.stuck:
+            return True
+        return any(step not in self.recovered and step <= last for step in self.stuck)
+
     def claims(self) -> dict[str, Any]:
         return {
             "flow": self.flow,

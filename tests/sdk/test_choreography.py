@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from eventwire import Bus, EmbeddedServer
 
 TICK = 0.1
+BACKLOG = 200
 ORDER = Flow(
     "order",
     [
@@ -132,6 +133,33 @@ async def test_a_tracker_restarted_mid_flow_reports_once(bus: Bus, keyring: Keyr
     assert await stored_reports(bus) == 1
     [report] = await read_stuck(bus)
     assert (report.correlation, report.step_index) == ("run-r", 1)
+
+
+async def test_a_restarted_tracker_handles_queued_steps_before_reporting(
+    bus: Bus, keyring: Keyring
+) -> None:
+    """The payment arrived on time while no tracker ran, queued behind other runs' events:
+    after the restart its deadline is past in the stored progress, but its event is not
+    handled yet, so it is not reported stuck; shipping, due a second after it, is."""
+    shop, watcher = make_identity("shop", keyring), make_identity("watcher", keyring)
+    async with tracker(bus, watcher) as before:
+        await step(bus, shop, 0, "run-q")
+        await wait_until(lambda: before.stats.recorded == 1)
+    queued = [CustomEvent(SUBJECTS[1], "paid", {"n": n}) for n in range(BACKLOG)]
+    await bus.publish_many(queued, identity=shop)  # each its own run, paid but never placed
+    await step(bus, shop, 1, "run-q")
+    await asyncio.sleep(1.2)  # every deadline passes while the events wait in the consumer
+    async with tracker(bus, watcher) as after:
+        await wait_until(lambda: after.stats.stuck >= BACKLOG + 1, timeout=30)
+        await settle()
+        progress = await after.progress("order", "run-q")
+        assert after.waiting == 0  # all reported: nothing falls due without a new step
+    assert progress is not None
+    assert (sorted(progress.seen), set(progress.stuck)) == ([0, 1], {2})
+    reports = {(r.correlation, r.step_index) for r in await read_stuck(bus)}
+    assert ("run-q", 2) in reports
+    assert ("run-q", 1) not in reports
+    assert len(reports) == BACKLOG + 1
 
 
 async def test_a_late_step_is_recorded_as_recovered(bus: Bus, keyring: Keyring) -> None:
