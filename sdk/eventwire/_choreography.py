@@ -34,11 +34,26 @@ from typing import TYPE_CHECKING, Literal, Self
 import nats.errors
 from nats.js.kv import KV_DEL, KV_PURGE
 
-from ._choreography_events import StuckStep, read_stuck, report_msg_id, report_of
+from eventwire_security import Actor
+
+from ._choreography_events import (
+    RECOVERED_SUBJECT,
+    STUCK_SUBJECT,
+    StuckStep,
+    read_stuck,
+    report_msg_id,
+    report_of,
+)
 from ._choreography_flow import Flow, InvalidFlow, check_flows
 from ._choreography_state import Action, FlowProgress, actions, correlation_key
 from ._choreography_store import ProgressStore
-from ._errors import BusyResource, TransportError, checked_name, mapped_nats_errors
+from ._errors import (
+    BusyResource,
+    EventwireError,
+    TransportError,
+    checked_name,
+    mapped_nats_errors,
+)
 from ._supervisor import Loop, is_transport_error
 
 if TYPE_CHECKING:
@@ -87,7 +102,10 @@ class ChoreographyTracker:
     documents this one accepts (its own always); ``tick`` is how often due reports are
     looked for; ``retention`` how long a run's progress is kept after its last change
     (longer than any flow takes); ``start`` whether new consumers begin with the events
-    already stored (``"all"``) or only new ones (``"new"``, the default).
+    already stored (``"all"``) or only new ones (``"new"``, the default). On a bus with a
+    policy the tracker acts as ``actor`` (default: its identity's agent): it must be allowed
+    to consume the step subjects and to publish ``system.coordination.stuck`` and
+    ``system.coordination.recovered`` (else :class:`Forbidden` when it starts).
     """
 
     def __init__(  # noqa: PLR0913 - public constructor: what to track, then keywords
@@ -101,6 +119,7 @@ class ChoreographyTracker:
         tick: float = 0.5,
         retention: float = DEFAULT_RETENTION,
         start: Literal["all", "new"] = "new",
+        actor: Actor | None = None,
     ) -> None:
         self.bus, self.identity = bus, identity
         self.flows = check_flows(flows)
@@ -115,6 +134,8 @@ class ChoreographyTracker:
         if start not in ("all", "new"):
             raise InvalidFlow(f"must be 'all' or 'new', got {start!r}", field="start")
         self._start = start
+        principal = identity.principal
+        self._actor = actor or Actor(principal.tenant, principal.agent)
         self._trusted = {identity.principal.source, *trusted}
         self._by_name = {flow.name: flow for flow in self.flows}
         self.stats = TrackerStats()
@@ -130,6 +151,9 @@ class ChoreographyTracker:
         if self._loop is not None:
             raise BusyResource("this ChoreographyTracker was started before")
         bus = self.bus
+        actor = self._actor if bus.policy is not None else None
+        for subject in (STUCK_SUBJECT, RECOVERED_SUBJECT):  # Forbidden now, not at a deadline
+            bus._check_publish(self.identity, actor, subject)
         self._store = await ProgressStore.open(
             bus.jetstream, root=bus.root, identity=self.identity, keyring=bus.keyring,
             trusted=self._trusted, flows=self._by_name, retention=self.retention,
@@ -142,8 +166,9 @@ class ChoreographyTracker:
         try:
             for pattern in dict.fromkeys(p for flow in self.flows for p in flow.patterns):
                 subscription = bus.subscribe(
-                    pattern, self._handler(pattern), durable=self.name, start=self._start
-                )
+                    pattern, self._handler(pattern), durable=self.name, start=self._start,
+                    actor=actor,
+                )  # fmt: skip
                 self._subscriptions.append(subscription)
                 await subscription.start()
             self._loop.start()
@@ -254,7 +279,15 @@ class ChoreographyTracker:
                     caught_up = await self._caught_up()
                 if not caught_up:
                     continue
-            await self._report(flow, action)
+            try:
+                await self._report(flow, action)
+            except TransportError:
+                raise  # the connection: the loop runs again after a pause
+            except EventwireError as exc:  # e.g. a publish not acknowledged: next tick
+                log.warning(
+                    "choreography %s: reporting step %d of %s/%s %s failed: %s",
+                    self.name, action.step, flow.name, action.correlation, action.kind, exc,
+                )  # fmt: skip
 
     async def _caught_up(self) -> bool:
         """Whether every step consumer has handled all events stored until now."""

@@ -17,10 +17,12 @@ from eventwire import (
     CustomEvent,
     Flow,
     FlowStep,
+    Forbidden,
     Identity,
     InvalidArgument,
     InvalidFlow,
     Keyring,
+    Policy,
     read_stuck,
 )
 from eventwire_security import sign_claims
@@ -236,6 +238,39 @@ async def test_forged_progress_documents_are_ignored(bus: Bus, keyring: Keyring)
     assert (sorted(progress.seen), set(progress.stuck)) == ([0], {1})
     [report] = await read_stuck(bus)
     assert (report.correlation, report.step_index, report.signer) == ("run-m", 1, "acme/watcher")
+
+
+POLICY = """
+version = 1
+[[rule]]
+principal = "agent:shop"
+publish = ["custom.>"]
+[[rule]]
+principal = "agent:watcher"
+consume = ["custom.>"]
+publish = ["system.coordination.stuck", "system.coordination.recovered"]
+[[rule]]
+principal = "agent:blind"
+consume = ["custom.>"]
+"""
+
+
+async def test_under_a_policy_the_tracker_acts_as_its_agent(
+    nats_server: EmbeddedServer, root: str, keyring: Keyring
+) -> None:
+    shop, watcher = make_identity("shop", keyring), make_identity("watcher", keyring)
+    blind = make_identity("blind", keyring)
+    policy = Policy.from_toml(POLICY)
+    async with eventwire.connect(
+        nats_server.url, tenant=TENANT, keyring=keyring, root=root, policy=policy
+    ) as policed:
+        with pytest.raises(Forbidden) as denied:
+            async with tracker(policed, blind):
+                pass  # never entered: it may not publish its reports
+        async with tracker(policed, watcher) as observing:
+            await step(policed, shop, 0, "run-p")
+            await wait_until(lambda: observing.stats.stuck == 1)
+    assert (denied.value.subject, denied.value.action) == ("system.coordination.stuck", "publish")
 
 
 def test_a_flow_without_steps_is_refused() -> None:
