@@ -72,6 +72,7 @@ __all__ = ["ChoreographyTracker", "TrackerStats"]
 
 log = logging.getLogger("eventwire.choreography")
 DEFAULT_RETENTION = 7 * 24 * 3600.0
+IN_FLIGHT = 16  # step events recorded at once per consumer (optimistic writes keep them apart)
 
 
 @dataclass(slots=True)
@@ -167,7 +168,7 @@ class ChoreographyTracker:
             for pattern in dict.fromkeys(p for flow in self.flows for p in flow.patterns):
                 subscription = bus.subscribe(
                     pattern, self._handler(pattern), durable=self.name, start=self._start,
-                    actor=actor,
+                    max_in_flight=IN_FLIGHT, actor=actor,
                 )  # fmt: skip
                 self._subscriptions.append(subscription)
                 await subscription.start()
