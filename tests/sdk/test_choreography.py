@@ -17,6 +17,7 @@ from eventwire import (
     CustomEvent,
     Flow,
     FlowStep,
+    FlowStuck,
     Forbidden,
     Identity,
     InvalidArgument,
@@ -135,6 +136,37 @@ async def test_a_tracker_restarted_mid_flow_reports_once(bus: Bus, keyring: Keyr
     assert await stored_reports(bus) == 1
     [report] = await read_stuck(bus)
     assert (report.correlation, report.step_index) == ("run-r", 1)
+
+
+async def test_a_report_published_by_a_tracker_that_died_before_marking_it_is_not_repeated(
+    bus: Bus, keyring: Keyring
+) -> None:
+    """A tracker published the report, then died before marking it in the progress: the
+    next one publishes it again under the same message id, and the stream drops it."""
+    shop, watcher = make_identity("shop", keyring), make_identity("watcher", keyring)
+    async with tracker(bus, watcher) as before:
+        await step(bus, shop, 0, "run-d")
+        await wait_until(lambda: before.stats.recorded == 1)
+        progress = await before.progress("order", "run-d")
+    assert progress is not None
+    await asyncio.sleep(1.1)
+    dead = FlowStuck(
+        flow="order", correlation="run-d", step=SUBJECTS[1], step_index=1,
+        last_step=SUBJECTS[0], last_step_index=0, last_seen=progress.seen[0].at,
+        deadline=progress.seen[0].at + 1, overdue_by=0.1,
+    )  # fmt: skip
+    msg_id = f"{bus.root}.stuck.order.{hashlib.sha256(b'run-d').hexdigest()[:32]}.1"
+    await bus.publish_report(dead, identity=watcher, key=msg_id)
+    async with tracker(bus, watcher) as after:
+        await wait_until(lambda: after.stats.duplicates == 1)
+        await settle()
+        progress = await after.progress("order", "run-d")
+    assert (after.stats.stuck, after.stats.duplicates) == (0, 1)
+    assert progress is not None
+    assert set(progress.stuck) == {1}  # marked now: never published again
+    assert await stored_reports(bus) == 1
+    [report] = await read_stuck(bus)
+    assert report.overdue_by == 0.1  # the dead tracker's
 
 
 async def test_a_restarted_tracker_handles_queued_steps_before_reporting(
