@@ -214,7 +214,7 @@ class ChoreographyTracker:
         return _Handler(self, pattern, flows)
 
     async def _record(self, flow: Flow, step: int, event: Event) -> None:
-        at = event.time.timestamp()
+        at = _signed_at(event)
         recorded = False
 
         def edit(progress: FlowProgress) -> bool:
@@ -350,6 +350,13 @@ class ChoreographyTracker:
             raise InvalidFlow(f"{flow!r} is not a flow of this tracker", field="flow")
         progress, _ = await self._running_store().load(correlation_key(flow, correlation))
         return progress
+
+
+def _signed_at(event: Event) -> float:
+    """When a step happened: the event's ``time``, if it lies in the second of its ``iat``
+    (as the SDK signs them); else ``iat``, the claim the replay window checked."""
+    at = event.time.timestamp()
+    return at if event.iat <= at < event.iat + 1 else float(event.iat)
 
 
 class _Marker:

@@ -7,7 +7,8 @@ step but the first, ``within``: the seconds it may take after the previous step.
 of one run of the flow share their ``correlationid``. Everything is checked here, at
 construction, and refused with :class:`InvalidFlow` (an :class:`InvalidArgument`): no
 steps, a first step with a limit or a later one without, a limit that is not a positive
-number, a subject outside the grammar, two steps one event could match.
+number, a subject outside the grammar, two steps one event could match, a step that
+matches the trackers' own reports (``system.coordination.stuck`` / ``recovered``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ __all__ = ["MAX_STEPS", "MAX_WITHIN", "Flow", "FlowStep", "InvalidFlow"]
 
 MAX_STEPS = 64
 MAX_WITHIN = 30 * 24 * 3600.0  # a step may wait at most 30 days
+# what trackers publish: no step may be one of their own reports
+REPORTS = ("system.coordination.stuck", "system.coordination.recovered")
 
 
 class InvalidFlow(InvalidArgument):
@@ -53,6 +56,9 @@ class FlowStep:
         problem = pattern_problem(pattern, families=True)
         if problem is not None:
             raise InvalidFlow(problem, field="pattern")
+        for report in REPORTS:
+            if tokens_intersect(pattern.split("."), report.split(".")):
+                raise InvalidFlow(f"{pattern!r} matches the trackers' {report!r}", field="pattern")
         self.pattern = pattern
         self.within = _within(within, "within")
         self.by = None if by is None else checked_name("by", by)

@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 import eventwire
 from eventwire import (
+    SIGNATURE_HEADER,
     ChoreographyTracker,
     CustomEvent,
     Flow,
@@ -26,7 +28,7 @@ from eventwire import (
     Policy,
     read_stuck,
 )
-from eventwire_security import sign_claims
+from eventwire_security import sign_claims, sign_event
 from tests.conftest import TENANT, make_identity, wait_until
 
 if TYPE_CHECKING:
@@ -246,6 +248,32 @@ async def test_forged_events_never_count_as_progress(bus: Bus, keyring: Keyring)
     }
 
 
+async def test_a_step_time_far_from_the_checked_iat_is_not_believed(
+    bus: Bus, keyring: Keyring
+) -> None:
+    """The shop signs an order placed "an hour from now": its deadline counts from ``iat``
+    (the claim the replay window checked), so the missing payment is reported now."""
+    shop, watcher = make_identity("shop", keyring), make_identity("watcher", keyring)
+    now = int(time.time())
+    claims = {
+        "specversion": "1.0", "id": str(uuid.uuid4()), "source": shop.principal.source,
+        "type": "placed", "subject": SUBJECTS[0], "time": "2099-01-01T00:00:00Z",
+        "datacontenttype": "application/json", "data": None, "tenant": TENANT,
+        "root": bus.root, "iat": now, "correlationid": "run-t",
+    }  # fmt: skip
+    async with tracker(bus, watcher) as observing:
+        signed = sign_event(claims, shop)
+        await bus.jetstream.publish(
+            f"{bus.root}.{SUBJECTS[0]}", signed.body, headers={SIGNATURE_HEADER: signed.signature}
+        )
+        await wait_until(lambda: observing.stats.stuck == 1)
+        progress = await observing.progress("order", "run-t")
+    assert progress is not None
+    assert progress.seen[0].at == now
+    [report] = await read_stuck(bus)
+    assert report.deadline == now + 1
+
+
 async def test_forged_progress_documents_are_ignored(bus: Bus, keyring: Keyring) -> None:
     """A trusted agent that is not a tracker overwrites the run's progress document with
     one claiming the payment arrived: the tracker ignores it, reports the step stuck and
@@ -338,6 +366,8 @@ def test_a_flow_without_steps_is_refused() -> None:
         (lambda: FlowStep("custom..placed"), "pattern"),
         (lambda: FlowStep("custom.>.placed"), "pattern"),
         (lambda: FlowStep("custom.a", by="not a name"), "by"),
+        (lambda: FlowStep("system.coordination.*"), "pattern"),  # the trackers' own reports
+        (lambda: FlowStep("system.>"), "pattern"),
     ],
 )
 def test_bad_flow_definitions_are_typed_errors(build: Callable[[], object], field: str) -> None:
