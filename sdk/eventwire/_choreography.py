@@ -50,6 +50,7 @@ from ._choreography_store import ProgressStore
 from ._errors import (
     BusyResource,
     EventwireError,
+    InvalidArgument,
     TransportError,
     checked_name,
     mapped_nats_errors,
@@ -89,9 +90,9 @@ class TrackerStats:
 
 def _seconds(value: object, field: str, upper: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise InvalidFlow(f"must be a number of seconds, got {value!r}", field=field)
+        raise InvalidArgument(f"must be a number of seconds, got {value!r}", field=field)
     if not 0 < value <= upper:
-        raise InvalidFlow(f"must be > 0 and <= {upper:g}, got {value!r}", field=field)
+        raise InvalidArgument(f"must be > 0 and <= {upper:g}, got {value!r}", field=field)
     return float(value)
 
 
@@ -129,18 +130,18 @@ class ChoreographyTracker:
         self.retention = _seconds(retention, "retention", 10 * 365 * 24 * 3600.0)
         longest = max(step.within or 0.0 for flow in self.flows for step in flow.steps)
         if self.retention <= longest:
-            raise InvalidFlow(
+            raise InvalidArgument(
                 f"must be longer than the longest step ({longest:g} s)", field="retention"
             )
         if start not in ("all", "new"):
-            raise InvalidFlow(f"must be 'all' or 'new', got {start!r}", field="start")
+            raise InvalidArgument(f"must be 'all' or 'new', got {start!r}", field="start")
         self._start = start
         principal = identity.principal
         self._actor = actor or Actor(principal.tenant, principal.agent)
         self._trusted = {identity.principal.source, *trusted}
         self._by_name = {flow.name: flow for flow in self.flows}
         self.stats = TrackerStats()
-        self.error: BaseException | None = None
+        self.error: BaseException | None = None  # why the loop stopped, if it did
         self._runs: dict[str, FlowProgress] = {}  # the runs waiting for a deadline, by key
         self._store: ProgressStore | None = None
         self._subscriptions: list[Subscription] = []
@@ -185,6 +186,8 @@ class ChoreographyTracker:
         traceback: TracebackType | None,
     ) -> None:
         await self._stop()
+        if self.error is not None and error is None:
+            raise self.error  # the loop died while the block ran: never a silent death
 
     async def _stop(self) -> None:
         if self._loop is not None:

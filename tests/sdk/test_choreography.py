@@ -25,6 +25,7 @@ from eventwire import (
     InvalidArgument,
     InvalidFlow,
     Keyring,
+    NotFound,
     Policy,
     read_stuck,
 )
@@ -393,3 +394,18 @@ async def test_bad_tracker_settings_are_typed_errors(bus: Bus, keyring: Keyring)
         assert caught.value.field == field
     with pytest.raises(InvalidFlow):
         await ChoreographyTracker(bus, [ORDER], identity=watcher).progress("other", "x")
+
+
+async def test_a_tracker_whose_bucket_is_deleted_under_it_fails_loudly_on_exit(
+    bus: Bus, keyring: Keyring
+) -> None:
+    observing = tracker(bus, make_identity("watcher", keyring))
+
+    async def run() -> None:
+        async with observing:
+            await bus.jetstream.delete_key_value(f"{bus.root}-choreography")
+            await wait_until(lambda: not observing.running)
+
+    with pytest.raises(NotFound, match="watch the choreography progress") as failed:
+        await run()
+    assert observing.error is failed.value
