@@ -13,7 +13,9 @@
   reached after all. Each is re-checked against the latest document, published with a
   ``Nats-Msg-Id`` derived from the run and step (two trackers, or a restart, store it
   once), then marked in the document (so it is never published again, even after the
-  stream's duplicate window).
+  stream's duplicate window). A duplicate is checked to be a trusted tracker's report of
+  the same run and step; if something else took the id first, the report is published
+  under the id and that message's sequence.
 * Stuck steps are only reported once every step consumer has handled the events stored
   up to now (no events pending, or its ack floor past the stream's last sequence): a
   tracker catching up after a pause never reports a step whose event is still queued.
@@ -40,6 +42,7 @@ from ._choreography_events import (
     RECOVERED_SUBJECT,
     STUCK_SUBJECT,
     StuckStep,
+    is_stored_report,
     read_stuck,
     report_msg_id,
     report_of,
@@ -51,6 +54,7 @@ from ._errors import (
     BusyResource,
     EventwireError,
     InvalidArgument,
+    PublishFailed,
     TransportError,
     checked_name,
     mapped_nats_errors,
@@ -65,7 +69,7 @@ if TYPE_CHECKING:
 
     from eventwire_security import Identity
 
-    from ._bus import Bus
+    from ._bus import Bus, PublishAck
     from ._consumer import Subscription
     from ._event import Event
 
@@ -73,19 +77,22 @@ __all__ = ["ChoreographyTracker", "TrackerStats"]
 
 log = logging.getLogger("eventwire.choreography")
 DEFAULT_RETENTION = 7 * 24 * 3600.0
+_CLAIMS = 4  # report ids tried when the first ones were taken
 IN_FLIGHT = 16  # step events recorded at once per consumer (optimistic writes keep them apart)
 
 
 @dataclass(slots=True)
 class TrackerStats:
     """What this tracker did: step events recorded, reports it published that the stream
-    stored (``stuck``, ``recovered``), and reports the stream dropped as already stored
-    (``duplicates``: another tracker, or this one before a restart, was first)."""
+    stored (``stuck``, ``recovered``), reports the stream dropped as already stored
+    (``duplicates``: another tracker, or this one before a restart, was first), and report
+    ids found taken by a message that was no tracker's report (``claimed``)."""
 
     recorded: int = 0
     stuck: int = 0
     recovered: int = 0
     duplicates: int = 0
+    claimed: int = 0  # report ids found taken by something else (then published anew)
 
 
 def _seconds(value: object, field: str, upper: float) -> float:
@@ -320,8 +327,7 @@ class ChoreographyTracker:
         due = [each for each in actions(flow, progress, now) if (each.kind, each.step) == wanted]
         if not due:
             return  # reported by another tracker meanwhile, or the step arrived
-        report, msg_id = report_of(flow, due[0]), report_msg_id(self.bus.root, due[0])
-        ack = await self.bus.publish_report(report, identity=self.identity, key=msg_id)
+        ack = await self._publish(flow, due[0])
         if ack.duplicate:
             self.stats.duplicates += 1
         elif action.kind == "stuck":
@@ -339,12 +345,34 @@ class ChoreographyTracker:
         else:
             self._runs.pop(key, None)
 
+    async def _publish(self, flow: Flow, action: Action) -> PublishAck:
+        """Publish the report of ``action`` under its message id. A duplicate must be the
+        same report by a trusted tracker: if another message took the id first (a
+        pre-claimed id), the report goes out under the id and that message's sequence,
+        which every tracker derives alike."""
+        report, msg_id = report_of(flow, action), report_msg_id(self.bus.root, action)
+        for _ in range(_CLAIMS):
+            ack = await self.bus.publish_report(report, identity=self.identity, key=msg_id)
+            if not ack.duplicate or await is_stored_report(
+                self.bus, ack.seq, report, self._trusted
+            ):
+                return ack
+            log.warning(
+                "report id %s was taken by stream sequence %d: not a report", msg_id, ack.seq
+            )
+            self.stats.claimed += 1
+            msg_id = f"{report_msg_id(self.bus.root, action)}.{ack.seq}"
+        raise PublishFailed(f"report ids of {msg_id} keep being taken", subject=report.subject())
+
     # -- queries -----------------------------------------------------------------------------
 
     async def stuck(self, *, include_recovered: bool = True) -> list[StuckStep]:
-        """The steps of this tracker's flows reported stuck (by any tracker), from the
-        stream, oldest first; without ``include_recovered`` only those still missing."""
-        found = await read_stuck(self.bus, include_recovered=include_recovered)
+        """The steps of this tracker's flows reported stuck (by it or a ``trusted``
+        tracker), from the stream, oldest first; without ``include_recovered`` only those
+        still missing."""
+        found = await read_stuck(
+            self.bus, include_recovered=include_recovered, signers=self._trusted
+        )
         return [entry for entry in found if entry.flow in self._by_name]
 
     async def progress(self, flow: str, correlation: str) -> FlowProgress | None:

@@ -6,7 +6,9 @@ reached after all. Each is published once per run (correlation) and step: its
 ``Nats-Msg-Id`` is derived from the flow, a hash of the correlation id and the step
 (:func:`report_msg_id`), so reports of the same thing by two trackers, or by one tracker
 before and after a restart, are stored once (the events stream's duplicate window is a
-day by default; the tracker's signed KV marks cover the time after it).
+day by default; the tracker's signed KV marks cover the time after it). Whoever
+publishes an id first wins (SECURITY.md): :func:`is_stored_report` tells a tracker whether
+the message its report was dropped for is such a report, by a trusted tracker.
 
 :func:`read_stuck` reads them back, verified like every event, newest state per run and
 step: a :class:`StuckStep` each, with ``recovered_at`` set once it was reached.
@@ -31,6 +33,8 @@ from ._event import Event
 from ._kinds import TYPE_PREFIX, EventData, Token
 
 if TYPE_CHECKING:
+    from collections.abc import Collection
+
     from nats.js import JetStreamContext
 
     from ._bus import Bus
@@ -42,6 +46,7 @@ __all__ = [
     "FlowRecovered",
     "FlowStuck",
     "StuckStep",
+    "is_stored_report",
     "read_stuck",
     "report_msg_id",
 ]
@@ -140,15 +145,22 @@ class StuckStep:
 
 
 async def read_stuck(
-    bus: Bus, *, flow: str | None = None, include_recovered: bool = True
+    bus: Bus,
+    *,
+    flow: str | None = None,
+    include_recovered: bool = True,
+    signers: Collection[str] | None = None,
 ) -> list[StuckStep]:
     """Every step reported stuck on ``bus`` (of ``flow`` only, if given), oldest report
     first, one per run and step; without ``include_recovered`` only those still missing.
-    Events that do not verify, or do not parse as reports, are skipped (and counted by
-    the bus as refused)."""
+    With ``signers`` (sources, ``tenant/agent``) only reports they signed count. Events
+    that do not verify, or do not parse as reports, are skipped (and counted by the bus
+    as refused)."""
     found: dict[tuple[str, str, int], StuckStep] = {}
     for event in await _verified_events(bus, STUCK_SUBJECT):
         stuck = _parsed(event, FlowStuck)
+        if signers is not None and event.source not in signers:
+            continue
         if stuck is not None and (flow is None or stuck.flow == flow):
             entry = StuckStep(
                 stuck.flow, stuck.correlation, stuck.step, stuck.step_index, stuck.last_step,
@@ -159,11 +171,36 @@ async def read_stuck(
             found.setdefault((stuck.flow, stuck.correlation, stuck.step_index), entry)
     for event in await _verified_events(bus, RECOVERED_SUBJECT) if found else []:
         back = _parsed(event, FlowRecovered)
+        if signers is not None and event.source not in signers:
+            continue
         key = None if back is None else (back.flow, back.correlation, back.step_index)
         if back is not None and key in found and found[key].recovered_at is None:
             entry = found[key]
             found[key] = dataclasses.replace(entry, recovered_at=back.arrived)
     return [entry for entry in found.values() if include_recovered or not entry.recovered]
+
+
+async def is_stored_report(
+    bus: Bus, seq: int, report: FlowStuck | FlowRecovered, signers: Collection[str]
+) -> bool:
+    """Whether the event at stream sequence ``seq`` is ``report`` (the same kind, flow,
+    run and step), verified and signed by one of ``signers``: a duplicate publish of a
+    report was dropped for it, and not for a message that took the id first."""
+    js, codec = bus.jetstream, bus._running("check a stored report").codec
+    try:
+        with mapped_nats_errors(f"read stream sequence {seq}"):
+            stored = await js.get_msg(bus.stream, seq)
+    except EventwireError as exc:
+        if isinstance(exc.__cause__, nats.js.errors.NotFoundError):
+            return True  # gone (limits, purge): it cannot be checked, nor repeated
+        raise
+    stamp = stored.time.timestamp() if stored.time is not None else None
+    result = codec.open(stored.data or b"", stored.headers, stored.subject or "", stamp)
+    if not isinstance(result, Event) or result.source not in signers:
+        return False
+    found = _parsed(result, type(report))
+    same = ("flow", "correlation", "step_index")
+    return found is not None and all(getattr(found, n) == getattr(report, n) for n in same)
 
 
 def _parsed(event: Event, kind: type[_K]) -> _K | None:

@@ -48,6 +48,7 @@ ORDER = Flow(
     ],
 )
 SUBJECTS = [step.pattern for step in ORDER.steps]
+STUCK = "system.coordination.stuck"
 
 
 async def step(bus: Bus, who: Identity, index: int, correlation: str) -> None:
@@ -170,6 +171,32 @@ async def test_a_report_published_by_a_tracker_that_died_before_marking_it_is_no
     assert await stored_reports(bus) == 1
     [report] = await read_stuck(bus)
     assert report.overdue_by == 0.1  # the dead tracker's
+
+
+async def test_a_pre_claimed_report_id_does_not_silence_the_report(
+    bus: Bus, keyring: Keyring
+) -> None:
+    """Mallory (a trusted agent, not a tracker) publishes a fake report under the id the
+    real one will use: the tracker sees the duplicate is no report of a tracker and
+    publishes its own under the id and the squatter's sequence."""
+    shop, watcher = make_identity("shop", keyring), make_identity("watcher", keyring)
+    mallory = make_identity("mallory", keyring)
+    fake = FlowStuck(
+        flow="order", correlation="run-s", step=SUBJECTS[1], step_index=1,
+        last_step=SUBJECTS[0], last_step_index=0, last_seen=0.0, deadline=1.0, overdue_by=0.0,
+    )  # fmt: skip
+    msg_id = f"{bus.root}.stuck.order.{hashlib.sha256(b'run-s').hexdigest()[:32]}.1"
+    squat = await bus.publish_report(fake, identity=mallory, key=msg_id)
+    async with tracker(bus, watcher) as observing:
+        await step(bus, shop, 0, "run-s")
+        await wait_until(lambda: observing.stats.stuck == 1)
+        [report] = await observing.stuck()
+        await settle()
+    assert (observing.stats.claimed, observing.stats.duplicates) == (1, 0)
+    assert (report.signer, report.correlation) == (f"{TENANT}/watcher", "run-s")
+    assert report.last_seen > 0  # the real one
+    assert await stored_reports(bus) == 2  # the fake, and the real one after it
+    assert squat.seq < (await bus.jetstream.get_last_msg(bus.stream, f"{bus.root}.{STUCK}")).seq
 
 
 async def test_a_restarted_tracker_handles_queued_steps_before_reporting(
