@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import math
 import time
@@ -150,6 +151,7 @@ class ChoreographyTracker:
         self.stats = TrackerStats()
         self.error: BaseException | None = None  # why the loop stopped, if it did
         self._runs: dict[str, FlowProgress] = {}  # the runs waiting for a deadline, by key
+        self._deadlines: list[tuple[float, str]] = []  # heap: (when due, key) of those runs
         self._store: ProgressStore | None = None
         self._subscriptions: list[Subscription] = []
         self._loop: Loop | None = None
@@ -276,25 +278,35 @@ class ChoreographyTracker:
                 self._remember(entry.key, progress)
         raise TransportError("the choreography progress watch ended")
 
+    def _due(self, now: float) -> list[tuple[Flow, Action]]:
+        """The runs whose next deadline has come (from the deadline heap; an entry whose
+        run moved on since it was pushed is dropped), and what is due about each."""
+        found: dict[str, list[tuple[Flow, Action]]] = {}
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, key = heapq.heappop(self._deadlines)
+            progress = self._runs.get(key)
+            if progress is not None and key not in found:
+                flow = self._by_name[progress.flow]
+                found[key] = [(flow, action) for action in actions(flow, progress, now)]
+        return [each for due in found.values() for each in due]
+
     async def _report_due(self) -> None:
-        now = time.time()
-        due = [
-            (self._by_name[progress.flow], action)
-            for progress in list(self._runs.values())
-            for action in actions(self._by_name[progress.flow], progress, now)
-        ]
         caught_up: bool | None = None
-        for flow, action in due:
+        for flow, action in self._due(time.time()):
+            key = correlation_key(flow.name, action.correlation)
             if action.kind == "stuck":
                 if caught_up is None:
                     caught_up = await self._caught_up()
                 if not caught_up:
+                    heapq.heappush(self._deadlines, (action.deadline, key))  # next tick
                     continue
             try:
                 await self._report(flow, action)
             except TransportError:
+                heapq.heappush(self._deadlines, (0.0, key))
                 raise  # the connection: the loop runs again after a pause
             except EventwireError as exc:  # e.g. a publish not acknowledged: next tick
+                heapq.heappush(self._deadlines, (0.0, key))
                 log.warning(
                     "choreography %s: reporting step %d of %s/%s %s failed: %s",
                     self.name, action.step, flow.name, action.correlation, action.kind, exc,
@@ -338,12 +350,14 @@ class ChoreographyTracker:
         self._remember(key, marked)
 
     def _remember(self, key: str, progress: FlowProgress) -> None:
-        """Keep the runs something may become due about; forget the others (a write to
-        them comes back through the watch)."""
-        if progress.waiting(self._by_name[progress.flow]):
-            self._runs[key] = progress
-        else:
+        """Keep the runs something may fall due about, with when; forget the others (a
+        write to them comes back through the watch or the handler)."""
+        due = progress.next_due(self._by_name[progress.flow])
+        if due is None:
             self._runs.pop(key, None)
+            return
+        self._runs[key] = progress
+        heapq.heappush(self._deadlines, (due, key))
 
     async def _publish(self, flow: Flow, action: Action) -> PublishAck:
         """Publish the report of ``action`` under its message id. A duplicate must be the

@@ -69,14 +69,18 @@ class FlowProgress:
     def furthest(self) -> int:
         return max(self.seen, default=-1)
 
-    def waiting(self, flow: Flow) -> bool:
-        """Whether something may become due about this run without a new write: a next
-        step's deadline not reported yet, or a stuck step reached but not reported
-        recovered. A run that is not waiting needs no watching until it changes."""
+    def next_due(self, flow: Flow) -> float | None:
+        """When something may next fall due about this run without a new write (seconds
+        since the epoch; 0: now), or None. Due now: a stuck step reached but not reported
+        recovered; later: the next step's deadline, unless it was reported already."""
         last, following = self.furthest, self.furthest + 1
-        if last >= 0 and following < len(flow.steps) and following not in self.stuck:
-            return True
-        return any(step not in self.recovered and step <= last for step in self.stuck)
+        if any(step not in self.recovered and step <= last for step in self.stuck):
+            return 0.0
+        if last < 0 or following >= len(flow.steps) or following in self.stuck:
+            return None
+        within = flow.steps[following].within
+        assert within is not None  # every step after the first has a limit
+        return self.seen[last].at + within
 
     def claims(self) -> dict[str, Any]:
         return {
