@@ -16,10 +16,10 @@ import asyncio
 import eventwire
 from eventwire import (
     Agent,
+    Choreography,
     ChoreographyTracker,
     CustomEvent,
     Event,
-    Flow,
     FlowStep,
     FlowStuck,
     Identity,
@@ -27,7 +27,7 @@ from eventwire import (
 )
 
 TENANT = "acme"
-ORDER = Flow(
+ORDER = Choreography(
     "order",
     [
         FlowStep("custom.order.placed", by="shop"),

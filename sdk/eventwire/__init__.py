@@ -39,7 +39,7 @@ from ._calls import Caller
 from ._choose import Candidate, Choice, Chooser, Load, NobodyServing, Strategy
 from ._choreography import ChoreographyTracker, TrackerStats
 from ._choreography_events import FlowRecovered, FlowStuck, StuckStep, read_stuck
-from ._choreography_flow import Flow, FlowStep, InvalidFlow
+from ._choreography_flow import Choreography, FlowStep, InvalidChoreography
 from ._choreography_state import FlowProgress
 from ._codec import SIGNATURE_HEADER, Rejection, SecurityStats
 from ._consumer import Subscription, SubscriptionStats
@@ -222,6 +222,7 @@ __all__ = [
     "Change",
     "Choice",
     "Chooser",
+    "Choreography",
     "ChoreographyTracker",
     "CircuitBreaker",
     "CircuitOpen",
@@ -255,7 +256,6 @@ __all__ = [
     "FailureWatch",
     "Feed",
     "FindingKind",
-    "Flow",
     "FlowProgress",
     "FlowRecovered",
     "FlowStep",
@@ -265,8 +265,8 @@ __all__ = [
     "HostNotFound",
     "Identity",
     "InvalidArgument",
+    "InvalidChoreography",
     "InvalidEvent",
-    "InvalidFlow",
     "InvalidRule",
     "Keyring",
     "KeyringError",

@@ -48,7 +48,7 @@ from ._choreography_events import (
     report_msg_id,
     report_of,
 )
-from ._choreography_flow import Flow, InvalidFlow, check_flows
+from ._choreography_flow import Choreography, InvalidChoreography, check_flows
 from ._choreography_state import Action, FlowProgress, actions, correlation_key
 from ._choreography_store import ProgressStore
 from ._errors import (
@@ -121,7 +121,7 @@ class ChoreographyTracker:
     def __init__(  # noqa: PLR0913 - public constructor: what to track, then keywords
         self,
         bus: Bus,
-        flows: Sequence[Flow],
+        flows: Sequence[Choreography],
         *,
         identity: Identity,
         name: str = "choreography",
@@ -225,7 +225,7 @@ class ChoreographyTracker:
         flows = [flow for flow in self.flows if pattern in flow.patterns]
         return _Handler(self, pattern, flows)
 
-    async def _record(self, flow: Flow, step: int, event: Event) -> None:
+    async def _record(self, flow: Choreography, step: int, event: Event) -> None:
         at = _signed_at(event)
         recorded = False
 
@@ -278,10 +278,10 @@ class ChoreographyTracker:
                 self._remember(entry.key, progress)
         raise TransportError("the choreography progress watch ended")
 
-    def _due(self, now: float) -> list[tuple[Flow, Action]]:
+    def _due(self, now: float) -> list[tuple[Choreography, Action]]:
         """The runs whose next deadline has come (from the deadline heap; an entry whose
         run moved on since it was pushed is dropped), and what is due about each."""
-        found: dict[str, list[tuple[Flow, Action]]] = {}
+        found: dict[str, list[tuple[Choreography, Action]]] = {}
         while self._deadlines and self._deadlines[0][0] <= now:
             _, key = heapq.heappop(self._deadlines)
             progress = self._runs.get(key)
@@ -325,7 +325,7 @@ class ChoreographyTracker:
                     return False
         return True
 
-    async def _report(self, flow: Flow, action: Action) -> None:
+    async def _report(self, flow: Choreography, action: Action) -> None:
         """Publish ``action`` if the latest progress still calls for it, then mark it."""
         store = self._running_store()
         key = correlation_key(flow.name, action.correlation)
@@ -359,7 +359,7 @@ class ChoreographyTracker:
         self._runs[key] = progress
         heapq.heappush(self._deadlines, (due, key))
 
-    async def _publish(self, flow: Flow, action: Action) -> PublishAck:
+    async def _publish(self, flow: Choreography, action: Action) -> PublishAck:
         """Publish the report of ``action`` under its message id. A duplicate must be the
         same report by a trusted tracker: if another message took the id first (a
         pre-claimed id), the report goes out under the id and that message's sequence,
@@ -392,7 +392,7 @@ class ChoreographyTracker:
     async def progress(self, flow: str, correlation: str) -> FlowProgress | None:
         """The stored progress of run ``correlation`` of ``flow`` (None: not seen)."""
         if flow not in self._by_name:
-            raise InvalidFlow(f"{flow!r} is not a flow of this tracker", field="flow")
+            raise InvalidChoreography(f"{flow!r} is not a flow of this tracker", field="flow")
         progress, _ = await self._running_store().load(correlation_key(flow, correlation))
         return progress
 
@@ -430,7 +430,9 @@ class _Handler:
 
     __slots__ = ("flows", "pattern", "tracker")
 
-    def __init__(self, tracker: ChoreographyTracker, pattern: str, flows: list[Flow]) -> None:
+    def __init__(
+        self, tracker: ChoreographyTracker, pattern: str, flows: list[Choreography]
+    ) -> None:
         self.tracker, self.pattern, self.flows = tracker, pattern, flows
 
     async def __call__(self, event: Event) -> None:

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from nats.js import JetStreamContext
 
     from ._bus import Bus
-    from ._choreography_flow import Flow
+    from ._choreography_flow import Choreography
 
 __all__ = [
     "RECOVERED_SUBJECT",
@@ -97,7 +97,7 @@ class FlowRecovered(EventData):
         return RECOVERED_SUBJECT
 
 
-def report_of(flow: Flow, action: Action) -> FlowStuck | FlowRecovered:
+def report_of(flow: Choreography, action: Action) -> FlowStuck | FlowRecovered:
     """The event that publishes ``action`` about a run of ``flow``."""
     step = flow.steps[action.step].pattern
     if action.kind == "recovered":

@@ -1,11 +1,11 @@
 """Declared choreographies: the steps a flow is expected to take, each within a time limit.
 
-A :class:`Flow` is a name and an ordered list of :class:`FlowStep`. A step is a logical
+A :class:`Choreography` is a name and an ordered list of :class:`FlowStep`. A step is a logical
 subject pattern (NATS wildcards allowed, under a family: ``custom.order.placed``,
 ``task.payment.*``), optionally the agent that must publish it (``by``), and, for every
 step but the first, ``within``: the seconds it may take after the previous step. Events
 of one run of the flow share their ``correlationid``. Everything is checked here, at
-construction, and refused with :class:`InvalidFlow` (an :class:`InvalidArgument`): no
+construction, and refused with :class:`InvalidChoreography` (an :class:`InvalidArgument`): no
 steps, a first step with a limit or a later one without, a limit that is not a positive
 number, a subject outside the grammar, two steps one event could match, a step that
 matches the trackers' own reports (``system.coordination.stuck`` / ``recovered``).
@@ -20,7 +20,7 @@ from eventwire_security._layout import matches, pattern_problem, tokens_intersec
 
 from ._errors import InvalidArgument, checked_name
 
-__all__ = ["MAX_STEPS", "MAX_WITHIN", "Flow", "FlowStep", "InvalidFlow"]
+__all__ = ["MAX_STEPS", "MAX_WITHIN", "Choreography", "FlowStep", "InvalidChoreography"]
 
 MAX_STEPS = 64
 MAX_WITHIN = 30 * 24 * 3600.0  # a step may wait at most 30 days
@@ -28,7 +28,7 @@ MAX_WITHIN = 30 * 24 * 3600.0  # a step may wait at most 30 days
 REPORTS = ("system.coordination.stuck", "system.coordination.recovered")
 
 
-class InvalidFlow(InvalidArgument):
+class InvalidChoreography(InvalidArgument):
     """A flow or step definition is not valid; ``field`` names what (``steps``,
     ``steps[1].within``, ``name``...)."""
 
@@ -37,9 +37,9 @@ def _within(value: object, field: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidFlow(f"must be a number of seconds, got {value!r}", field=field)
+        raise InvalidChoreography(f"must be a number of seconds, got {value!r}", field=field)
     if not 0 < value <= MAX_WITHIN or math.isnan(value):
-        raise InvalidFlow(
+        raise InvalidChoreography(
             f"must be > 0 and <= {MAX_WITHIN:.0f} seconds, got {value!r}", field=field
         )
     return float(value)
@@ -55,10 +55,12 @@ class FlowStep:
     def __init__(self, pattern: str, *, within: float | None = None, by: str | None = None) -> None:
         problem = pattern_problem(pattern, families=True)
         if problem is not None:
-            raise InvalidFlow(problem, field="pattern")
+            raise InvalidChoreography(problem, field="pattern")
         for report in REPORTS:
             if tokens_intersect(pattern.split("."), report.split(".")):
-                raise InvalidFlow(f"{pattern!r} matches the trackers' {report!r}", field="pattern")
+                raise InvalidChoreography(
+                    f"{pattern!r} matches the trackers' {report!r}", field="pattern"
+                )
         self.pattern = pattern
         self.within = _within(within, "within")
         self.by = None if by is None else checked_name("by", by)
@@ -73,7 +75,7 @@ class FlowStep:
         return f"FlowStep({self.pattern!r}{within}{by})"
 
 
-class Flow:
+class Choreography:
     """An expected choreography named ``name`` (a token): ``steps`` in order."""
 
     __slots__ = ("name", "steps")
@@ -82,11 +84,15 @@ class Flow:
         try:
             self.name = checked_name("name", name)
         except InvalidArgument as exc:
-            raise InvalidFlow(str(exc).partition(": ")[2], field="name") from exc
+            raise InvalidChoreography(str(exc).partition(": ")[2], field="name") from exc
         if isinstance(steps, str) or not isinstance(steps, Sequence):
-            raise InvalidFlow(f"must be a sequence of FlowStep, got {steps!r}", field="steps")
+            raise InvalidChoreography(
+                f"must be a sequence of FlowStep, got {steps!r}", field="steps"
+            )
         if not 2 <= len(steps) <= MAX_STEPS:
-            raise InvalidFlow(f"a flow has 2 to {MAX_STEPS} steps, got {len(steps)}", field="steps")
+            raise InvalidChoreography(
+                f"a flow has 2 to {MAX_STEPS} steps, got {len(steps)}", field="steps"
+            )
         for index, step in enumerate(steps):
             _check_step(index, step, steps[:index])
         self.steps: tuple[FlowStep, ...] = tuple(steps)
@@ -103,40 +109,42 @@ class Flow:
         return None
 
     def __repr__(self) -> str:
-        return f"Flow({self.name!r}, {list(self.steps)!r})"
+        return f"Choreography({self.name!r}, {list(self.steps)!r})"
 
 
 def _check_step(index: int, step: object, before: Sequence[FlowStep]) -> None:
     field = f"steps[{index}]"
     if not isinstance(step, FlowStep):
-        raise InvalidFlow(f"must be a FlowStep, got {step!r}", field=field)
+        raise InvalidChoreography(f"must be a FlowStep, got {step!r}", field=field)
     if index == 0 and step.within is not None:
-        raise InvalidFlow(
+        raise InvalidChoreography(
             "the first step starts the flow: it has no limit", field=f"{field}.within"
         )
     if index > 0 and step.within is None:
-        raise InvalidFlow(
+        raise InvalidChoreography(
             "every step after the first needs within=seconds", field=f"{field}.within"
         )
     for other, earlier in enumerate(before):
         if tokens_intersect(earlier.pattern.split("."), step.pattern.split(".")):
-            raise InvalidFlow(
+            raise InvalidChoreography(
                 f"{step.pattern!r} and step {other} {earlier.pattern!r} can match the same event",
                 field=field,
             )
 
 
-def check_flows(flows: Sequence[Flow]) -> tuple[Flow, ...]:
-    """``flows`` if they are distinct :class:`Flow` objects with distinct names."""
-    if isinstance(flows, Flow):
+def check_flows(flows: Sequence[Choreography]) -> tuple[Choreography, ...]:
+    """``flows`` if they are distinct :class:`Choreography` objects with distinct names."""
+    if isinstance(flows, Choreography):
         flows = [flows]
     if not isinstance(flows, Sequence) or not flows:
-        raise InvalidFlow("track at least one Flow", field="flows")
+        raise InvalidChoreography("track at least one Choreography", field="flows")
     names: set[str] = set()
     for index, flow in enumerate(flows):
-        if not isinstance(flow, Flow):
-            raise InvalidFlow(f"must be a Flow, got {flow!r}", field=f"flows[{index}]")
+        if not isinstance(flow, Choreography):
+            raise InvalidChoreography(
+                f"must be a Choreography, got {flow!r}", field=f"flows[{index}]"
+            )
         if flow.name in names:
-            raise InvalidFlow(f"two flows are named {flow.name!r}", field=f"flows[{index}]")
+            raise InvalidChoreography(f"two flows are named {flow.name!r}", field=f"flows[{index}]")
         names.add(flow.name)
     return tuple(flows)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from ._choreography_flow import Flow
+    from ._choreography_flow import Choreography
 
 __all__ = ["Action", "FlowProgress", "Seen", "actions", "correlation_key", "progress_of_claims"]
 
@@ -69,7 +69,7 @@ class FlowProgress:
     def furthest(self) -> int:
         return max(self.seen, default=-1)
 
-    def next_due(self, flow: Flow) -> float | None:
+    def next_due(self, flow: Choreography) -> float | None:
         """When something may next fall due about this run without a new write (seconds
         since the epoch; 0: now), or None. Due now: a stuck step reached but not reported
         recovered; later: the next step's deadline, unless it was reported already."""
@@ -107,7 +107,7 @@ class Action:
     at: float  # stuck: now; recovered: when the step (or a later one) was signed
 
 
-def actions(flow: Flow, progress: FlowProgress, now: float) -> list[Action]:
+def actions(flow: Choreography, progress: FlowProgress, now: float) -> list[Action]:
     """What is due about ``progress`` at ``now``: the overdue step not reported yet, and
     the stuck steps reached since they were reported."""
     found: list[Action] = []
@@ -143,7 +143,7 @@ def actions(flow: Flow, progress: FlowProgress, now: float) -> list[Action]:
     return found
 
 
-def progress_of_claims(claims: dict[str, Any], flow: Flow) -> FlowProgress:
+def progress_of_claims(claims: dict[str, Any], flow: Choreography) -> FlowProgress:
     """The progress a verified document holds; :class:`ValueError` if it does not fit
     ``flow`` (unknown steps, wrong types, numbers that are not finite)."""
     correlation = claims.get("correlation")
@@ -164,13 +164,13 @@ def progress_of_claims(claims: dict[str, Any], flow: Flow) -> FlowProgress:
     return progress
 
 
-def _steps(value: object, flow: Flow) -> dict[int, object]:
+def _steps(value: object, flow: Choreography) -> dict[int, object]:
     if not isinstance(value, dict):
         raise ValueError("seen and stuck must be objects keyed by step")
     return {_step(int(key) if key.isdigit() else -1, flow): item for key, item in value.items()}
 
 
-def _step(value: object, flow: Flow) -> int:
+def _step(value: object, flow: Choreography) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < len(flow.steps):
         raise ValueError(f"{value!r} is not a step of flow {flow.name!r}")
     return value

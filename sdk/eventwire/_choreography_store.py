@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from eventwire_security import Identity, Keyring
 
-    from ._choreography_flow import Flow
+    from ._choreography_flow import Choreography
 
 __all__ = ["ProgressStore", "choreography_bucket"]
 
@@ -61,7 +61,7 @@ class ProgressStore:
         identity: Identity,
         keyring: Keyring,
         trusted: Collection[str],
-        flows: Mapping[str, Flow],
+        flows: Mapping[str, Choreography],
     ) -> None:
         self.bucket = bucket
         self._root = root
@@ -79,7 +79,7 @@ class ProgressStore:
         identity: Identity,
         keyring: Keyring,
         trusted: Collection[str],
-        flows: Mapping[str, Flow],
+        flows: Mapping[str, Choreography],
         retention: float,
         replicas: int = 1,
         create: bool = True,
@@ -153,7 +153,7 @@ class ProgressStore:
 
     async def change(
         self,
-        flow: Flow,
+        flow: Choreography,
         correlation: str,
         edit: Callable[[FlowProgress], bool],
         *,

@@ -15,15 +15,15 @@ import pytest
 import eventwire
 from eventwire import (
     SIGNATURE_HEADER,
+    Choreography,
     ChoreographyTracker,
     CustomEvent,
-    Flow,
     FlowStep,
     FlowStuck,
     Forbidden,
     Identity,
     InvalidArgument,
-    InvalidFlow,
+    InvalidChoreography,
     Keyring,
     NotFound,
     Policy,
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 TICK = 0.1
 BACKLOG = 200
-ORDER = Flow(
+ORDER = Choreography(
     "order",
     [
         FlowStep("custom.order.placed"),
@@ -250,7 +250,7 @@ async def test_a_late_step_is_recorded_as_recovered(bus: Bus, keyring: Keyring) 
 async def test_forged_events_never_count_as_progress(bus: Bus, keyring: Keyring) -> None:
     shop, watcher = make_identity("shop", keyring), make_identity("watcher", keyring)
     impostor = Identity.generate(TENANT, "shop")  # the shop's name, a key nobody trusts
-    payments = Flow(
+    payments = Choreography(
         "paid",
         [FlowStep("custom.order.placed"), FlowStep("custom.payment.captured", within=1, by="bank")],
     )
@@ -362,8 +362,8 @@ async def test_under_a_policy_the_tracker_acts_as_its_agent(
 
 
 def test_a_flow_without_steps_is_refused() -> None:
-    with pytest.raises(InvalidFlow) as caught:
-        Flow("empty", [])
+    with pytest.raises(InvalidChoreography) as caught:
+        Choreography("empty", [])
     assert caught.value.field == "steps"
     assert isinstance(caught.value, InvalidArgument)
 
@@ -371,20 +371,35 @@ def test_a_flow_without_steps_is_refused() -> None:
 @pytest.mark.parametrize(
     ("build", "field"),
     [
-        (lambda: Flow("one", [FlowStep("custom.a")]), "steps"),
-        (lambda: Flow("bad name!", [FlowStep("custom.a"), FlowStep("custom.b", within=1)]), "name"),
-        (lambda: Flow("dup", [FlowStep("custom.a"), FlowStep("custom.a", within=1)]), "steps[1]"),
+        (lambda: Choreography("one", [FlowStep("custom.a")]), "steps"),
         (
-            lambda: Flow("overlap", [FlowStep("custom.a.*"), FlowStep("custom.a.b", within=1)]),
+            lambda: Choreography(
+                "bad name!", [FlowStep("custom.a"), FlowStep("custom.b", within=1)]
+            ),
+            "name",
+        ),
+        (
+            lambda: Choreography("dup", [FlowStep("custom.a"), FlowStep("custom.a", within=1)]),
             "steps[1]",
         ),
         (
-            lambda: Flow("first", [FlowStep("custom.a", within=1), FlowStep("custom.b", within=1)]),
+            lambda: Choreography(
+                "overlap", [FlowStep("custom.a.*"), FlowStep("custom.a.b", within=1)]
+            ),
+            "steps[1]",
+        ),
+        (
+            lambda: Choreography(
+                "first", [FlowStep("custom.a", within=1), FlowStep("custom.b", within=1)]
+            ),
             "steps[0].within",
         ),
-        (lambda: Flow("nolimit", [FlowStep("custom.a"), FlowStep("custom.b")]), "steps[1].within"),
-        (lambda: Flow("types", [FlowStep("custom.a"), "custom.b"]), "steps[1]"),
-        (lambda: Flow("text", "custom.a"), "steps"),  # type: ignore[arg-type]
+        (
+            lambda: Choreography("nolimit", [FlowStep("custom.a"), FlowStep("custom.b")]),
+            "steps[1].within",
+        ),
+        (lambda: Choreography("types", [FlowStep("custom.a"), "custom.b"]), "steps[1]"),
+        (lambda: Choreography("text", "custom.a"), "steps"),  # type: ignore[arg-type]
         (lambda: FlowStep("custom.b", within=0), "within"),
         (lambda: FlowStep("custom.b", within=-2), "within"),
         (lambda: FlowStep("custom.b", within=float("nan")), "within"),
@@ -416,10 +431,10 @@ async def test_bad_tracker_settings_are_typed_errors(bus: Bus, keyring: Keyring)
             ChoreographyTracker(bus, [ORDER], identity=watcher, **keywords)
         assert caught.value.field == field
     for flows, field in [([], "flows"), ([ORDER, ORDER], "flows[1]"), (["order"], "flows[0]")]:
-        with pytest.raises(InvalidFlow) as caught:
+        with pytest.raises(InvalidChoreography) as caught:
             ChoreographyTracker(bus, flows, identity=watcher)  # type: ignore[arg-type]
         assert caught.value.field == field
-    with pytest.raises(InvalidFlow):
+    with pytest.raises(InvalidChoreography):
         await ChoreographyTracker(bus, [ORDER], identity=watcher).progress("other", "x")
 
 
