@@ -155,6 +155,7 @@ class ChoreographyTracker:
         self._store: ProgressStore | None = None
         self._subscriptions: list[Subscription] = []
         self._loop: Loop | None = None
+        self._closing = asyncio.Event()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -199,6 +200,9 @@ class ChoreographyTracker:
             raise self.error  # the loop died while the block ran: never a silent death
 
     async def _stop(self) -> None:
+        # The flag ends the loop even where a cancellation gets lost (Python 3.11's
+        # wait_for inside nats-py can swallow one that arrives as its future completes).
+        self._closing.set()
         if self._loop is not None:
             await self._loop.stop(cancel=True)
         subscriptions, self._subscriptions = self._subscriptions, []
@@ -256,9 +260,12 @@ class ChoreographyTracker:
             async with asyncio.TaskGroup() as group:
                 follow = group.create_task(self._follow(watcher))
                 try:
-                    while True:
-                        await asyncio.sleep(self.tick)
-                        await self._report_due()
+                    while not self._closing.is_set():
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(self.tick):
+                                await self._closing.wait()
+                        if not self._closing.is_set():
+                            await self._report_due()
                 finally:
                     follow.cancel()
         finally:
