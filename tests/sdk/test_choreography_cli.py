@@ -12,6 +12,9 @@ from tests.conftest import TENANT, make_identity, wait_until
 from tests.sdk.test_choreography import ORDER, TICK, step
 from tests.sdk.test_cli import cli
 
+# ``eventwire stuck`` until it is registered in the workflows group: ("workflows", "stuck")
+STUCK = ("stuck",)
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -31,10 +34,10 @@ async def test_stuck_lists_the_reports_it_can_verify(
     entry = tmp_path / "watcher.json"
     entry.write_text(json.dumps(KeyEntry.from_trusted(watcher.trusted()).to_json()))
     where = ("--url", nats_server.url, "--root", root, "--tenant", TENANT)
-    code, out = await cli("stuck", *where, "--trust", str(entry))
-    code_open, out_open = await cli("stuck", *where, "--trust", str(entry), "--open", "--json")
-    code_other, out_other = await cli("stuck", *where, "--trust", str(entry), "--flow", "other")
-    code_untrusted, out_untrusted = await cli("stuck", *where)
+    code, out = await cli(*STUCK, *where, "--trust", str(entry))
+    code_open, out_open = await cli(*STUCK, *where, "--trust", str(entry), "--open", "--json")
+    code_other, out_other = await cli(*STUCK, *where, "--trust", str(entry), "--flow", "other")
+    code_untrusted, out_untrusted = await cli(*STUCK, *where)
     assert code == 0, out
     for text in ("run-late", "run-lost", "1: custom.payment.captured", "0: custom.order.placed"):
         assert text in out
@@ -54,7 +57,7 @@ async def test_stuck_lists_the_reports_it_can_verify(
 
 
 async def test_stuck_without_a_server_is_one_line() -> None:
-    code, out = await cli("stuck", "--url", "nats://127.0.0.1:1")
+    code, out = await cli(*STUCK, "--url", "nats://127.0.0.1:1")
     assert code == 1
     assert out.startswith("error:")
     assert "Traceback" not in out
