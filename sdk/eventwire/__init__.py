@@ -134,6 +134,24 @@ if TYPE_CHECKING:
         EventCache,
     )
     from ._certs import CertificateError, CertificateFiles, ClientCertificate, init_certificates
+    from ._choreography import (
+        ChoreographyTracker,
+        TrackerStats,
+    )
+    from ._choreography_events import (
+        FlowRecovered,
+        FlowStuck,
+        StuckStep,
+        read_stuck,
+    )
+    from ._choreography_flow import (
+        Choreography,
+        FlowStep,
+        InvalidChoreography,
+    )
+    from ._choreography_state import (
+        FlowProgress,
+    )
     from ._cluster import EmbeddedCluster
     from ._health import (
         Health,
@@ -230,6 +248,16 @@ else:
     # Names for admin tools and tests, imported on first use (PEP 562) so that
     # ``import eventwire`` stays light; type checkers see the imports above.
     _LAZY = {
+        "ChoreographyTracker": "_choreography",
+        "TrackerStats": "_choreography",
+        "FlowRecovered": "_choreography_events",
+        "FlowStuck": "_choreography_events",
+        "StuckStep": "_choreography_events",
+        "read_stuck": "_choreography_events",
+        "Choreography": "_choreography_flow",
+        "FlowStep": "_choreography_flow",
+        "InvalidChoreography": "_choreography_flow",
+        "FlowProgress": "_choreography_state",
         "Anomaly": "_anomaly",
         "AnomalyDetector": "_anomaly",
         "AnomalySettings": "_anomaly",
@@ -383,6 +411,8 @@ __all__ = [
     "Change",
     "Choice",
     "Chooser",
+    "Choreography",
+    "ChoreographyTracker",
     "CircuitBreaker",
     "CircuitOpen",
     "CircuitState",
@@ -421,6 +451,10 @@ __all__ = [
     "FindingKind",
     "Flow",
     "FlowNode",
+    "FlowProgress",
+    "FlowRecovered",
+    "FlowStep",
+    "FlowStuck",
     "Forbidden",
     "FromSequence",
     "FromTime",
@@ -432,6 +466,7 @@ __all__ = [
     "HostNotFound",
     "Identity",
     "InvalidArgument",
+    "InvalidChoreography",
     "InvalidEvent",
     "InvalidRule",
     "Keyring",
@@ -505,6 +540,7 @@ __all__ = [
     "StoredEvent",
     "Strategy",
     "StreamConfigError",
+    "StuckStep",
     "SubscribeKeywords",
     "SubscribeOptions",
     "Subscription",
@@ -518,6 +554,7 @@ __all__ = [
     "Threshold",
     "TimelineEntry",
     "TimeoutPolicy",
+    "TrackerStats",
     "TransportError",
     "TrustedKey",
     "UnknownTenant",
@@ -557,6 +594,7 @@ __all__ = [
     "read_key_entry",
     "read_keyring_file",
     "read_keyring_token",
+    "read_stuck",
     "reset_projection",
     "run_agents",
     "serve_agents",

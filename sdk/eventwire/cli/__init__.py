@@ -25,6 +25,7 @@ from ._run import run
 from ._server import SETTINGS as SERVER_SETTINGS
 from ._server import server
 from ._streams import app as streams_app
+from ._stuck import stuck
 from ._tail import tail
 from ._tenant import app as tenant_app
 from ._tls import app as tls_app
@@ -38,6 +39,8 @@ app = typer.Typer(
     add_completion=False,
     cls=Boundary,
 )
+
+
 @app.callback()
 def _options(
     debug: bool = typer.Option(
@@ -67,6 +70,9 @@ app.command(help="Print the causation tree of a flow across agents, with timings
 app.command(help="Write the AsyncAPI 3.0 document of an application's agents.")(asyncapi)
 app.add_typer(workflows_app, name="workflows")
 app.add_typer(projections_app, name="projections")
+workflows_app.command(
+    "stuck", help="List choreography steps reported stuck (missing, or arrived late)."
+)(stuck)
 
 
 @app.command()
