@@ -56,6 +56,8 @@ _RECREATE = "cannot change in place: recreate it (its data is lost)"
 def _rows(resource: Resource, diffs: list[Difference] | None) -> list[tuple[str, ...]]:
     """The table rows of one resource: missing, matches, or one row per difference."""
     head = (str(resource), resource.role)
+    if diffs is None and not resource.on_connect:
+        return [(*head, "not yet made", "", "", "", "made on first use, or by apply")]
     if diffs is None:
         return [(*head, "missing", "", "", "", "apply creates it")]
     if not diffs:
@@ -72,14 +74,15 @@ def _value(value: object) -> str:
 
 
 async def _diff(js: JetStreamContext, root: str, url: str, resources: list[Resource]) -> int:
-    """Print every resource's state; how many drift."""
+    """Print every resource's state; how many drift (a resource made on first use that was
+    not used yet is not drift)."""
     table = Table(title=f"declared streams and buckets of root {root!r} at {redact_url(url)}")
     for column in ("resource", "role", "state", "setting", "server", "code", "fix"):
         table.add_column(column)
     drift = 0
     for resource in resources:
         diffs = await diff_resource(js, resource)
-        drift += diffs != []
+        drift += diffs != [] and (diffs is not None or resource.on_connect)
         for row in _rows(resource, diffs):
             table.add_row(*(escape(cell) for cell in row))
     console.print(table)
