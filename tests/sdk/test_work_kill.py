@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import eventwire
-from eventwire import AgentFailed, Event, HelpRequested, Identity, Keyring, PublishAck
+from eventwire import Agent, AgentFailed, Event, HelpRequested, Identity, Keyring, PublishAck
+from eventwire_security import consumer_name
 from tests.conftest import TENANT, make_identity, wait_until
 
 if TYPE_CHECKING:
@@ -262,3 +263,33 @@ def report(outcome: Outcome) -> None:
         f"after the kill; failed event seen {min(seen, default=-1):.2f}s after the kill; last "
         f"run {max(m.at for m in ran) - killed:.2f}s after the kill; other failed reports: {others}"
     )
+
+
+async def test_work_pulled_ahead_is_kept_while_it_waits_for_a_slow_handler(
+    bus: eventwire.Bus,
+) -> None:
+    """An agent pulls work ahead of its one handler slot; slow handlers make the last pulled
+    event wait longer than the work's ack wait: in-progress acks keep it (no redelivery to
+    the other agent, no second run), where it used to be handled by both."""
+    runs: Counter[str] = Counter()
+    agents = [
+        Agent(name, capabilities=["summarize"], identity=make_identity(name, bus.keyring))
+        for name in ("slow-a", "slow-b")
+    ]
+    for each in agents:
+
+        @each.on("capability.summarize.help")
+        async def summarize(event: Event) -> None:
+            runs[event.id] += 1
+            await asyncio.sleep(0.5)  # 16 pulled ahead: the last waits 7.5 s > 5 s
+
+    asker = make_identity("asker", bus.keyring)
+    async with agents[0].serve(bus), agents[1].serve(bus):
+        acks = [await bus.publish(QUESTION, identity=asker, deliver="one") for _ in range(32)]
+        await wait_until(lambda: len(runs) == len(acks), timeout=30)
+        await asyncio.sleep(0.5)  # a second run would start now
+        work = consumer_name("work", "capability.summarize.work.*")
+        info = await bus.jetstream.consumer_info(bus.stream, work)
+    assert set(runs) == {ack.event_id for ack in acks}
+    assert max(runs.values()) == 1
+    assert info.num_redelivered == 0
