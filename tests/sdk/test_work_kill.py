@@ -255,10 +255,13 @@ def report(outcome: Outcome) -> None:
     taken = sorted(m.at - killed for m in ran if m.event_id in reruns and m.agent != victim.name)
     seen = [at - killed for at, r in outcome.failed if r.instance == victim.instance]
     others = [(r.agent, r.instance) for _, r in outcome.failed if r.instance != victim.instance]
+    first = min(m.at for m in ran)
+    rate = sum(1 for m in ran if m.at <= killed) / max(killed - first, 1e-6)
     print(
-        f"\nshares {dict(sorted(shares.items()))}; {len(ran)} runs, {len(reruns)} re-runs "
+        f"\nshares {dict(sorted(shares.items()))}; {rate:.0f} runs/s before the kill; "
+        f"{len(ran)} runs, {len(reruns)} re-runs "
         f"({len(unfinished)} unfinished by the killed agent, {len(outcome.held)} effect "
-        f"recorded before the kill); killed {killed - min(m.at for m in ran):.2f}s after the "
+        f"recorded before the kill); killed {killed - first:.2f}s after the "
         f"first run; re-runs {taken[0] if taken else 0:.2f}..{taken[-1] if taken else 0:.2f}s "
         f"after the kill; failed event seen {min(seen, default=-1):.2f}s after the kill; last "
         f"run {max(m.at for m in ran) - killed:.2f}s after the kill; other failed reports: {others}"
