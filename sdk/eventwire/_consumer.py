@@ -3,8 +3,10 @@
 Success acks. An exception naks with the retry policy's delay; once the policy's deliveries
 are spent, or at once for :class:`Unprocessable` (and the handler's declared terminal
 errors), the event goes to the dead-letter queue and is terminated. Long handlers keep
-their message with in-progress acks. A consumer instance that dies on the last delivery is
-covered too: the server's max-deliveries advisory dead-letters the event.
+their message with in-progress acks, and so do messages pulled ahead that wait for a
+handler (else the server delivers them again while they are held here). A consumer
+instance that dies on the last delivery is covered too: the server's max-deliveries
+advisory dead-letters the event.
 
 The loop is supervised (``_supervisor``): if talking to NATS fails under it (an ack on a
 lost connection, a full outbound buffer), the run ends, is logged and counted
@@ -141,6 +143,7 @@ class Subscription(StatefulResource):
         self._batch_handler: Callable[[Batch], Awaitable[None]] | None = None
         self._priority_gate: tuple[PriorityGate, Priority] | None = None
         self._in_flight: dict[int, tuple[Msg, float]] = {}  # by id(msg): Msg is unhashable
+        self._waiting: dict[int, Msg] = {}  # the batch's messages no handler took yet
         self._pull: Pull | None = None  # the current run's
         self._settler: Settler | None = None  # the current run's, if idempotent
         self._advisories: NatsSubscription | None = None
@@ -273,6 +276,7 @@ class Subscription(StatefulResource):
         if self._pull is not None:  # a restart: what the last run held is redelivered
             self.stats.restarts += 1
             self._in_flight.clear()
+            self._waiting = {}
             await self._until_connected()
         if self._stopping:
             return
@@ -315,18 +319,22 @@ class Subscription(StatefulResource):
         self._fresh: set[int] = set()  # messages being handled whose replay claim was new
         async with asyncio.TaskGroup() as group:
             while taken := await pull.next_batch():
-                msgs, results = await self._screen(taken)
-                if (fresh := await self._refuse_replays(msgs, results)) is None:
-                    continue
-                if self._batch_handler is not None:
-                    await self._deliver_batch(msgs, results)
-                    continue
-                for index, (msg, result) in enumerate(zip(msgs, results, strict=True)):
-                    if self._stopping:
-                        await _nak_all(msgs[index:])
-                        await self._done(len(msgs) - index)
-                        break
-                    await self._deliver(msg, result, group, fresh=fresh[index])
+                self._waiting = {id(msg): msg for msg in taken}
+                try:
+                    msgs, results = await self._screen(taken)
+                    if (fresh := await self._refuse_replays(msgs, results)) is None:
+                        continue
+                    if self._batch_handler is not None:
+                        await self._deliver_batch(msgs, results)
+                        continue
+                    for index, (msg, result) in enumerate(zip(msgs, results, strict=True)):
+                        if self._stopping:
+                            await _nak_all(msgs[index:])
+                            await self._done(len(msgs) - index)
+                            break
+                        await self._deliver(msg, result, group, fresh=fresh[index])
+                finally:
+                    self._waiting = {}  # each was handed to a handler or settled
 
     async def _screen(self, taken: list[Msg]) -> tuple[list[Msg], list[Event | Rejection]]:
         """Open each message (verify, validate, place, time) and refuse what the policy or a
@@ -505,6 +513,7 @@ class Subscription(StatefulResource):
         """Run the handler and settle the message by its outcome. Never raises (but
         cancelled): a failure of the consumer's own is :meth:`_broken`."""
         self._in_flight[id(msg)] = (msg, time.monotonic())
+        self._waiting.pop(id(msg), None)
         deliveries = 0  # read from the message only when something fails
         settling = False
         try:
@@ -668,3 +677,7 @@ class Subscription(StatefulResource):
                 if now - started >= interval:
                     with contextlib.suppress(nats.errors.Error):
                         await msg.in_progress()
+            held = [*self._waiting.values(), *(self._pull.buffered() if self._pull else ())]
+            for msg in held:  # pulled ahead, waiting for a handler slot
+                with contextlib.suppress(nats.errors.Error):
+                    await msg.in_progress()

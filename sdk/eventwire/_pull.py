@@ -94,6 +94,10 @@ class Pull:
         self._held += len(taken)
         return taken
 
+    def buffered(self) -> list[Msg]:
+        """The messages that arrived and were not taken yet."""
+        return list(self._buffer)
+
     async def done(self, count: int) -> None:
         """``count`` taken messages were acked, naked or terminated: room to pull more."""
         self._held -= count

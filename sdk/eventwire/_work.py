@@ -12,10 +12,10 @@ can be delivered two ways, chosen by the publisher per event:
 
 The shared consumer acks only what was handled (and, being idempotent, records each handled
 id so a redelivery is never handled twice); an agent that dies leaves its unacknowledged
-events to be redelivered to the others after ``WORK_ACK_WAIT`` seconds (live handlers keep
-theirs with in-progress acks). With nobody serving, events wait in the events stream; the
-publisher learns it from :func:`work_status` or from :class:`NobodyServing` when it asks to
-wait for a server.
+events to be redelivered to the others after ``WORK_ACK_WAIT`` seconds (a live agent keeps
+what it holds, handled or waiting for a handler slot, with in-progress acks). With nobody
+serving, events wait in the events stream; the publisher learns it from :func:`work_status`
+or from :class:`NobodyServing` when it asks to wait for a server.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ DEFAULT_DELIVER: Deliver = "all"
 WORK = "work"  # the token that marks a one-of-N subject, and the shared consumer's owner
 WORK_ACK_WAIT = 5.0  # seconds before a dead agent's unacknowledged event goes to another
 # Events an agent pulls ahead of its handlers: few, so work is not held by one agent while
-# others idle, and what waits is handled well within WORK_ACK_WAIT.
+# others idle (what waits keeps in-progress acks, so it is not redelivered meanwhile).
 WORK_BATCH = 8
 
 
