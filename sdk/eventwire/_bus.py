@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, overload
 
@@ -112,6 +113,18 @@ class PublishAck:
     duplicate: bool
 
 
+
+def _seconds(field: str, value: object) -> float:
+    """``value`` if it is a finite number of seconds > 0, else :class:`InvalidArgument`."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise InvalidArgument(f"must be a finite number of seconds > 0, got {value!r}", field=field)
+    return float(value)
+
 class Bus(StatefulResource):
     """A connection for one tenant, used as ``async with connect(...) as bus``.
 
@@ -168,12 +181,12 @@ class Bus(StatefulResource):
         self.stream = events_stream_name(root)
         self._url = url
         self._store_dir = store_dir
-        self._registry_ttl = registry_ttl
+        self._registry_ttl = _seconds("registry_ttl", registry_ttl)
         self._replicas = replicas
         self._name = check_connection_name(name)
         self._on_reject = on_reject
         self._connect_timeout = connect_timeout
-        self._dedupe_window = dedupe_window
+        self._dedupe_window = _seconds("dedupe_window", dedupe_window)
         self._replay_window = replay_window
         self.policy = policy
         self._audit_identity = audit_identity

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import TYPE_CHECKING
 
 import nats
@@ -261,3 +262,11 @@ async def test_operations_on_a_closed_bus_raise_not_running(nats_server: Embedde
     alice = make_identity("alice", bus.keyring, tenant="default")
     with pytest.raises(NotRunning):
         await bus.publish(KnowledgeShared(topic="ml", content="x"), identity=alice)
+
+
+@pytest.mark.parametrize("field", ["registry_ttl", "dedupe_window"])
+@pytest.mark.parametrize("value", [0, -1.0, math.inf, math.nan, True, "5"])
+def test_bad_durations_are_refused_before_connecting(field: str, value: object) -> None:
+    with pytest.raises(eventwire.InvalidArgument) as caught:
+        eventwire.connect("nats://127.0.0.1:1", tenant="acme", **{field: value})  # type: ignore[arg-type]
+    assert caught.value.field == field
