@@ -98,6 +98,7 @@ from ._metrics import MetricsServer, serve_metrics
 from ._options import DeliveryKeywords, SubscribeKeywords, SubscribeOptions
 from ._ordering import EventTimeOrder, LatePolicy, OrderStats
 from ._ordering_causal import CausalOrder, CausalStats, CausalTimeout
+from ._outbox import Outbox, OutboxBusy, OutboxFull, OutboxUnwritable, PublishUnreachable
 from ._partitions import PartitionedSubscription
 from ._patterns import Absence, Pattern, Sequence, Step, Threshold
 from ._patterns_detector import MATCHED, PatternDetector, PatternMatch
@@ -354,6 +355,10 @@ __all__ = [
     "OperationTimeout",
     "Orchestrator",
     "OrderStats",
+    "Outbox",
+    "OutboxBusy",
+    "OutboxFull",
+    "OutboxUnwritable",
     "PartitionedSubscription",
     "Pattern",
     "PatternDetector",
@@ -371,6 +376,7 @@ __all__ = [
     "ProjectionInfo",
     "PublishAck",
     "PublishFailed",
+    "PublishUnreachable",
     "Publishable",
     "Reason",
     "RecipientKey",
