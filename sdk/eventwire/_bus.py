@@ -444,6 +444,8 @@ class Bus(StatefulResource):
             return await self._send(signed, timeout=timeout, attempts=attempts)
 
     async def _send(self, signed: Signed, *, timeout: float, attempts: int) -> PublishAck:
+        if self._outbox is not None and self._outbox.pending:  # behind those: order kept
+            return self._queued(signed, f"{self._outbox.pending} event(s) wait in the outbox")
         try:
             ack = await self._running("publish").publisher.publish_acked(
                 signed.wire_subject,
@@ -472,9 +474,13 @@ class Bus(StatefulResource):
                 event_id=signed.event_id,
             ) from exc
         try:
-            self._outbox.queue(signed, reason)
+            return self._queued(signed, reason)
         except OutboxFull as full:
             raise full from exc
+
+    def _queued(self, signed: Signed, reason: str) -> PublishAck:
+        assert self._outbox is not None
+        self._outbox.queue(signed, reason)
         return PublishAck(signed.event_id, signed.subject, self.stream, 0, False, queued=True)
 
     @property

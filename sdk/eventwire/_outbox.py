@@ -377,7 +377,9 @@ class Outbox:
                 subject=signed.subject,
                 event_id=signed.event_id,
             ) from exc
-        log.warning(
+        level = logging.WARNING if self.file.pending == 1 else logging.DEBUG  # an outage began
+        log.log(
+            level,
             "publish to %r: %s; event %s queued in outbox %s (%d waiting)",
             signed.subject, reason, signed.event_id, self.path, self.file.pending,
         )  # fmt: skip
@@ -390,10 +392,12 @@ class Outbox:
             if not self.file.pending:
                 delay = _RETRY_MIN
                 continue
-            if self._connected() and await self._flush():
-                delay = _RETRY_MIN
-            else:
-                delay = min(delay * 2, _RETRY_MAX)
+            try:
+                flushed = self._connected() and await self._flush()
+            except Exception:  # a bug: logged; the records stay on disk, tried again later
+                log.exception("outbox %s: flushing failed", self.path)
+                flushed = False
+            delay = _RETRY_MIN if flushed else min(delay * 2, _RETRY_MAX)
 
     async def _woken(self, timeout: float | None) -> None:
         with contextlib.suppress(TimeoutError):

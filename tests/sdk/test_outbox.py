@@ -4,8 +4,11 @@ killed with SIGKILL and restarted on the same port and store (``own_server``).""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import signal
+import sys
 from typing import TYPE_CHECKING
 
 import pytest
@@ -109,13 +112,15 @@ async def test_queued_while_down_then_stored_exactly_once_in_order(
         assert bus.outbox.pending == 3
         assert len(outbox.read_bytes().splitlines()) == 3  # on disk before publish returned
         await own_server.start()
+        late = await bus.publish(item(99), identity=alice)  # queued behind them, or after
         await wait_until(lambda: bus.outbox is not None and bus.outbox.pending == 0, timeout=30)
-        await wait_until(lambda: len(seen) == 4, timeout=30)
+        await wait_until(lambda: len(seen) == 5, timeout=30)
         in_stream = await stored(bus)
-    assert [event_id for event_id, _ in in_stream] == [first.event_id, *ids]  # once, in order
-    assert seen == [first.event_id, *ids]
+    expected = [first.event_id, *ids, late.event_id]
+    assert [event_id for event_id, _ in in_stream] == expected  # each once, in order
+    assert seen == expected
     assert outbox.read_bytes() == b""
-    assert bus.outbox.flushed == 3
+    assert bus.outbox.flushed == (4 if late.queued else 3)
 
 
 async def test_a_record_sent_twice_is_a_duplicate_not_a_second_copy(
@@ -222,7 +227,7 @@ async def test_a_full_outbox_is_a_typed_error(
     assert error.event_id in str(error)
     assert error.limit == 4096 < error.size
     assert size <= 4096
-    assert error.__cause__ is not None  # the unreachability
+    assert "the server is unreachable and the outbox is full" in str(error)
 
 
 async def test_an_error_the_server_states_is_raised_not_queued(
@@ -278,3 +283,55 @@ async def test_one_bus_at_a_time_holds_an_outbox(
     async with eventwire.connect(nats_server.url, root=root, outbox=outbox) as after:
         assert after.outbox is not None
         assert after.outbox.pending == 0
+
+
+WORKER = """
+import asyncio, sys
+import eventwire
+from eventwire import Identity, KnowledgeShared
+
+async def main(url: str, root: str, outbox: str) -> None:
+    alice = Identity.generate("acme", "alice")
+    async with eventwire.connect(url, tenant="acme", root=root, outbox=outbox) as bus:
+        print("ready", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)  # the server is killed meanwhile
+        for n in range(3):
+            item = KnowledgeShared(topic="ml", content=f"fact {n}")
+            ack = await bus.publish(item, identity=alice, timeout=0.3, attempts=2)
+            print(ack.event_id, ack.queued, flush=True)
+        print("done", flush=True)
+        await asyncio.sleep(3600)  # killed here: the bus is never closed
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+async def test_events_queued_by_a_killed_process_are_flushed_by_the_next(
+    own_server: EmbeddedServer, root: str, tmp_path: Path
+) -> None:
+    """A crash right after ``publish`` returned ``queued`` loses nothing: the record was
+    fsync-ed, and the next bus on the same outbox stores it."""
+    outbox = tmp_path / "outbox"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", WORKER, own_server.url, root, str(outbox),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(60):
+            assert await proc.stdout.readline() == b"ready\n"
+            await own_server.kill()
+            proc.stdin.write(b"go\n")
+            await proc.stdin.drain()
+            lines = [(await proc.stdout.readline()).decode().split() for _ in range(4)]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+    assert lines[3] == ["done"]
+    assert all(queued == "True" for _, queued in lines[:3])
+    ids = [event_id for event_id, _ in lines[:3]]
+    await own_server.start()
+    async with eventwire.connect(own_server.url, tenant=TENANT, root=root, outbox=outbox) as bus:
+        await wait_until(lambda: bus.outbox is not None and bus.outbox.pending == 0, timeout=30)
+        assert [event_id for event_id, _ in await stored(bus)] == ids
