@@ -55,6 +55,7 @@ log = logging.getLogger("eventwire.outbox")
 DEFAULT_OUTBOX_MAX_BYTES = 64 * 1024 * 1024
 _CHECK_CHARS = 16
 _FLUSH_CHUNK = 256
+_REMOVE_EVERY = 4096  # acknowledged records removed at once (a rewrite of the file)
 _ACK_TIMEOUT = 5.0
 _RETRY_MIN = 0.25
 _RETRY_MAX = 15.0
@@ -340,6 +341,11 @@ class Outbox:
         """Records waiting in the file."""
         return self.file.pending
 
+    @property
+    def corrupt(self) -> int:
+        """Unreadable records this bus moved to ``<path>.corrupt``."""
+        return self.file.corrupt
+
     async def open(self, publisher: AckedPublisher, connected: Callable[[], bool]) -> None:
         self.file.lock()
         self._publisher, self._connected = publisher, connected
@@ -406,21 +412,39 @@ class Outbox:
         self._wake.clear()
 
     async def _flush(self) -> bool:
-        """Send every record in order; whether all were acknowledged."""
+        """Send every record in order, removing the acknowledged ones from the file every
+        ``_REMOVE_EVERY`` records and at the end (also when stopped); whether all were
+        acknowledged. A crash in between sends some again: the stream drops them."""
         try:
             records = self.file.read()
-            for start in range(0, len(records), _FLUSH_CHUNK):
-                if not await self._flush_chunk(records[start : start + _FLUSH_CHUNK]):
-                    return False
         except OSError as exc:
-            log.error("outbox %s: cannot read or rewrite the file: %r (will retry)", self.path, exc)
+            log.error("outbox %s: cannot read the file: %r (will retry)", self.path, exc)
             return False
-        if self.flushed:
-            log.info("outbox %s: flushed, %d record(s) sent so far", self.path, self.flushed)
+        acked = 0  # acknowledged, still in the file
+        try:
+            for start in range(0, len(records), _FLUSH_CHUNK):
+                chunk = records[start : start + _FLUSH_CHUNK]
+                done = await self._send_chunk(chunk)
+                acked += done
+                if done < len(chunk):
+                    return False
+                if acked >= _REMOVE_EVERY:
+                    self._remove(acked)
+                    acked = 0
+        finally:
+            if acked:
+                self._remove(acked)
+        log.info(
+            "outbox %s: flushed, %d record(s) sent since the bus opened", self.path, self.flushed
+        )
         return True
 
-    async def _flush_chunk(self, records: list[Record]) -> bool:
-        """Send ``records`` pipelined, then remove the acknowledged prefix."""
+    def _remove(self, count: int) -> None:
+        self.file.remove_first(count)
+        self.flushed += count
+
+    async def _send_chunk(self, records: list[Record]) -> int:
+        """Send ``records`` pipelined; how many of them, from the first, were acknowledged."""
         assert self._publisher is not None
         futures: list[asyncio.Future[PubAck]] = []
         done = 0
@@ -442,7 +466,4 @@ class Outbox:
         finally:
             for future in futures[done:]:
                 future.cancel()
-            if done:
-                self.file.remove_first(done)
-                self.flushed += done
-        return done == len(records)
+        return done

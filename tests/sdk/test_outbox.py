@@ -153,13 +153,14 @@ async def test_a_record_sent_twice_is_a_duplicate_not_a_second_copy(
 async def test_a_new_bus_flushes_what_a_closed_one_left(
     own_server: EmbeddedServer, root: str, keyring: Keyring, tmp_path: Path
 ) -> None:
+    """600 records: more than one pipelined chunk of the flusher."""
     outbox = tmp_path / "outbox"
     alice = make_identity("alice", keyring)
     async with eventwire.connect(
         own_server.url, tenant=TENANT, keyring=keyring, root=root, outbox=outbox
     ) as bus:
-        ids = await queue_while_down(own_server, bus, alice, 3)
-    assert len(outbox.read_bytes().splitlines()) == 3  # closed: the records stay on disk
+        ids = await queue_while_down(own_server, bus, alice, 600)
+    assert len(outbox.read_bytes().splitlines()) == 600  # closed: the records stay on disk
     await own_server.start()
     async with eventwire.connect(
         own_server.url, tenant=TENANT, keyring=keyring, root=root, outbox=outbox
@@ -192,7 +193,7 @@ async def test_corrupt_records_are_moved_aside_and_the_rest_is_flushed(
             own_server.url, tenant=TENANT, keyring=keyring, root=root, outbox=outbox
         ) as later:
             assert later.outbox is not None
-            assert later.outbox.file.corrupt == 3
+            assert later.outbox.corrupt == 3
             await wait_until(lambda: later.outbox is not None and later.outbox.pending == 0)
             in_stream = [event_id for event_id, _ in await stored(later)]
     assert in_stream == [ids[0], ids[2]]
