@@ -204,7 +204,8 @@ class Bus(StatefulResource):
         self._subscriptions: list[Subscription] = []
         self._responders: list[NatsSubscription] = []
         self._calls = Caller(resiliency)
-        self._outbox = None if outbox is None else Outbox(outbox, outbox_max_bytes)
+        max_age = None if replay_window is None else replay_window.max_age + replay_window.skew
+        self._outbox = None if outbox is None else Outbox(outbox, outbox_max_bytes, max_age=max_age)
 
     @property
     def url(self) -> str:
@@ -444,10 +445,11 @@ class Bus(StatefulResource):
             return await self._send(signed, timeout=timeout, attempts=attempts)
 
     async def _send(self, signed: Signed, *, timeout: float, attempts: int) -> PublishAck:
+        publisher = self._running("publish").publisher
         if self._outbox is not None and self._outbox.pending:  # behind those: order kept
             return self._queued(signed, f"{self._outbox.pending} event(s) wait in the outbox")
         try:
-            ack = await self._running("publish").publisher.publish_acked(
+            ack = await publisher.publish_acked(
                 signed.wire_subject,
                 signed.body,
                 signed.headers,

@@ -35,6 +35,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -150,6 +151,15 @@ class Record:
         return cls(fields["id"], fields["subject"], fields["wire"], headers, body)
 
 
+def _signed_at(record: Record, default: float) -> float:
+    """The record's signed ``iat`` (``default`` if it cannot be read: receivers decide)."""
+    try:
+        iat = json.loads(record.body).get("iat")
+    except (ValueError, AttributeError):
+        return default
+    return float(iat) if isinstance(iat, int | float) and not isinstance(iat, bool) else default
+
+
 def _check(payload: bytes) -> bytes:
     return hashlib.sha256(payload).hexdigest()[:_CHECK_CHARS].encode("ascii")
 
@@ -226,6 +236,10 @@ class OutboxFile:
         except BaseException:
             self.unlock()
             raise
+
+    @property
+    def locked(self) -> bool:
+        return self._lock_fd is not None
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
@@ -324,8 +338,11 @@ class Outbox:
     """The outbox file and its flusher task (started by :meth:`open`, stopped by
     :meth:`close`); ``flushed`` counts records the stream acknowledged."""
 
-    def __init__(self, path: str | os.PathLike[str], max_bytes: int) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], max_bytes: int, *, max_age: float | None = None
+    ) -> None:
         self.file = OutboxFile(checked_path(path), checked_max_bytes(max_bytes))
+        self.max_age = max_age  # the bus's replay window: older events are refused as too-old
         self.flushed = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -375,6 +392,12 @@ class Outbox:
 
     def queue(self, signed: Signed, reason: str) -> None:
         """Append ``signed`` durably; :class:`OutboxFull` or :class:`OutboxUnwritable`."""
+        if not self.file.locked:  # closed under a publish in flight: another bus may hold it
+            raise OutboxUnwritable(
+                f"the server is unreachable ({reason}) and the outbox is closed",
+                subject=signed.subject,
+                event_id=signed.event_id,
+            )
         try:
             self.file.append(Record.of(signed))
         except OSError as exc:
@@ -420,6 +443,7 @@ class Outbox:
         except OSError as exc:
             log.error("outbox %s: cannot read the file: %r (will retry)", self.path, exc)
             return False
+        self._warn_stale(records)
         acked = 0  # acknowledged, still in the file
         try:
             for start in range(0, len(records), _FLUSH_CHUNK):
@@ -438,6 +462,22 @@ class Outbox:
             "outbox %s: flushed, %d record(s) sent since the bus opened", self.path, self.flushed
         )
         return True
+
+    def _warn_stale(self, records: list[Record]) -> None:
+        """Warn about records signed longer ago than the replay window: receivers with
+        one refuse them as ``too-old`` (their ``iat`` is checked against the store time)."""
+        if self.max_age is None:
+            return
+        now = time.time()
+        stale = [
+            record.event_id for record in records if now - _signed_at(record, now) > self.max_age
+        ]
+        if stale:
+            log.warning(
+                "outbox %s: %d event(s) were signed more than %.0f s ago (first: %s); "
+                "receivers with a replay window will refuse them as too-old",
+                self.path, len(stale), self.max_age, stale[0],
+            )  # fmt: skip
 
     def _remove(self, count: int) -> None:
         self.file.remove_first(count)

@@ -24,8 +24,10 @@ from eventwire import (
     OutboxFull,
     PublishFailed,
     PublishUnreachable,
+    Rejection,
     ServerUnavailable,
 )
+from eventwire_security import ReplayWindow
 from tests.conftest import TENANT, make_identity, wait_until
 
 if TYPE_CHECKING:
@@ -336,3 +338,38 @@ async def test_events_queued_by_a_killed_process_are_flushed_by_the_next(
     async with eventwire.connect(own_server.url, tenant=TENANT, root=root, outbox=outbox) as bus:
         await wait_until(lambda: bus.outbox is not None and bus.outbox.pending == 0, timeout=30)
         assert [event_id for event_id, _ in await stored(bus)] == ids
+
+
+async def test_an_event_queued_longer_than_the_replay_window_is_refused_as_too_old(
+    own_server: EmbeddedServer,
+    root: str,
+    keyring: Keyring,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The documented limit: the receiver checks ``iat`` against the stream's store time, so
+    an event that waited in the outbox beyond the replay window is stored but refused (and
+    the flusher warns)."""
+    alice = make_identity("alice", keyring)
+    refused: list[Rejection] = []
+    handled: list[Event] = []
+
+    async def handler(event: Event) -> None:
+        handled.append(event)
+
+    async with (
+        eventwire.connect(
+            own_server.url, tenant=TENANT, keyring=keyring, root=root, outbox=tmp_path / "o",
+            replay_window=ReplayWindow(max_age=1.0, skew=0.0), on_reject=refused.append,
+        ) as bus,
+        bus.subscribe("knowledge.>", handler, durable="reader"),
+    ):  # fmt: skip
+        await queue_while_down(own_server, bus, alice, 1)
+        await asyncio.sleep(2.5)  # older than the window (iat is whole seconds) when stored
+        with caplog.at_level(logging.WARNING, logger="eventwire.outbox"):
+            await own_server.start()
+            await wait_until(lambda: bus.outbox is not None and bus.outbox.pending == 0)
+        await wait_until(lambda: len(refused) == 1)
+    assert refused[0].reason == "too-old"
+    assert handled == []
+    assert "will refuse them as too-old" in caplog.text
