@@ -421,6 +421,9 @@ class Bus(StatefulResource):
         :class:`Clock` of the identity's source (ticked, kept once stored) or a mapping
         signed as given. ``event_time`` signs that CloudEvents ``time`` (a timezone-aware
         datetime: when it happened, for :class:`EventTimeOrder`) instead of now.
+        When the server cannot be reached (every attempt failed) the bus's ``outbox``, if
+        it has one, takes the signed event (``PublishAck.queued``); else
+        :class:`PublishUnreachable` names the subject and the event id.
         """
         codec = self._running("publish").codec
         subject = item.subject()

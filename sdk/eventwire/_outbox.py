@@ -22,6 +22,27 @@ rewritten to ``<path>.tmp`` and moved over the file with ``os.replace``). A reco
 cannot be read (torn by a crash, edited) is appended to ``<path>.corrupt`` with a
 warning, never silently dropped. The file is bounded (``max_bytes``): a full outbox
 raises :class:`OutboxFull`. On close the flusher stops; records left wait for the next run.
+
+Order: while records wait, every publish of the bus (``publish``, ``publish_report``) is
+queued behind them, so events are stored in the order they were published, and an outage
+costs one publish its retries, not every publish. ``publish_many`` pipelines past the
+outbox; only its events that fail are queued.
+
+Limits, stated:
+
+- ``connect`` itself needs the server: the outbox covers a server lost after the bus opened.
+- "No responders" (no stream leader, or no stream at all) counts as unreachable and is
+  queued; an error the server states (a full stream with ``discard=new``) is raised.
+- A receiver checks the signed ``iat`` against the stream's store time: an event that waits
+  in the outbox longer than the replay window (``connect(replay_window=...)``, a day by
+  default) is stored but refused by receivers as ``too-old``; the flusher warns. An event
+  published with ``ttl`` may expire while it waits.
+- A crash after the stream acknowledged records but before they left the file sends them
+  again; the stream drops them as duplicates within its duplicate window (120 s). Later
+  than that a second copy is stored, which receivers refuse as a replay (same event id at
+  a new sequence) where replay checks are on, and idempotent handlers skip.
+- File work is synchronous on the event loop (an fsync per queued event: a few hundred to
+  a few thousand a second, bound by the disk).
 """
 
 from __future__ import annotations
