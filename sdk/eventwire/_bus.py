@@ -545,6 +545,9 @@ class Bus(StatefulResource):
         for publishable in items:
             self._check_publish(identity, actor, publishable.subject())
         codec, publisher = link.codec, link.publisher
+        if self._outbox is not None and self._outbox.pending:  # behind those: order kept
+            signed = codec.sign_many(items, identity, traceparent=current_traceparent())
+            return [await self._send(each, timeout=timeout, attempts=1) for each in signed]
         slots = asyncio.Semaphore(window)
         sent: list[tuple[Signed, asyncio.Future[PubAck]]] = []
         try:

@@ -23,10 +23,12 @@ cannot be read (torn by a crash, edited) is appended to ``<path>.corrupt`` with 
 warning, never silently dropped. The file is bounded (``max_bytes``): a full outbox
 raises :class:`OutboxFull`. On close the flusher stops; records left wait for the next run.
 
-Order: while records wait, every publish of the bus (``publish``, ``publish_report``) is
-queued behind them, so events are stored in the order they were published, and an outage
-costs one publish its retries, not every publish. ``publish_many`` pipelines past the
-outbox; only its events that fail are queued.
+Order: while records wait, every publish of the bus (``publish``, ``publish_report``,
+``publish_many``) is queued behind them, so events are stored in the order they were
+published, and an outage costs one publish its retries, not every publish. A
+``publish_many`` whose events get no ack queues them (one after the other's retries fail,
+the rest behind it); one the connection refuses outright (its buffer full while
+reconnecting) raises :class:`PublishFailed` as before.
 
 Limits, stated:
 

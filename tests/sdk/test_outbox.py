@@ -373,3 +373,22 @@ async def test_an_event_queued_longer_than_the_replay_window_is_refused_as_too_o
     assert refused[0].reason == "too-old"
     assert handled == []
     assert "will refuse them as too-old" in caplog.text
+
+
+async def test_publish_many_while_down_queues_every_event_in_order(
+    own_server: EmbeddedServer, root: str, keyring: Keyring, tmp_path: Path
+) -> None:
+    alice = make_identity("alice", keyring)
+    async with eventwire.connect(
+        own_server.url, tenant=TENANT, keyring=keyring, root=root, outbox=tmp_path / "o"
+    ) as bus:
+        await own_server.kill()
+        first = await bus.publish_many([item(n) for n in range(5)], identity=alice, timeout=0.3)
+        behind = await bus.publish_many([item(n) for n in range(5, 8)], identity=alice)
+        acks = first + behind
+        assert all(ack.queued for ack in acks)
+        assert bus.outbox is not None
+        assert bus.outbox.pending == 8
+        await own_server.start()
+        await wait_until(lambda: bus.outbox is not None and bus.outbox.pending == 0, timeout=30)
+        assert [event_id for event_id, _ in await stored(bus)] == [ack.event_id for ack in acks]
