@@ -43,6 +43,9 @@ Limits, stated:
   again; the stream drops them as duplicates within its duplicate window (120 s). Later
   than that a second copy is stored, which receivers refuse as a replay (same event id at
   a new sequence) where replay checks are on, and idempotent handlers skip.
+- A record the stream refuses when flushed (an API error, e.g. a full stream with
+  ``discard=new``) stays first and is tried again with a backoff (up to 15 s), with a
+  warning each time; publishes queue behind it meanwhile (watch ``bus.outbox.pending``).
 - File work is synchronous on the event loop (an fsync per queued event: a few hundred to
   a few thousand a second, bound by the disk).
 """

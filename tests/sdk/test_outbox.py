@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 import signal
 import sys
 from typing import TYPE_CHECKING
@@ -22,6 +23,7 @@ from eventwire import (
     KnowledgeShared,
     OutboxBusy,
     OutboxFull,
+    OutboxUnwritable,
     PublishFailed,
     PublishUnreachable,
     Rejection,
@@ -392,3 +394,25 @@ async def test_publish_many_while_down_queues_every_event_in_order(
         await own_server.start()
         await wait_until(lambda: bus.outbox is not None and bus.outbox.pending == 0, timeout=30)
         assert [event_id for event_id, _ in await stored(bus)] == [ack.event_id for ack in acks]
+
+
+async def test_an_outbox_that_cannot_be_written_is_a_typed_error(
+    own_server: EmbeddedServer, root: str, keyring: Keyring, tmp_path: Path
+) -> None:
+    alice = make_identity("alice", keyring)
+    directory = tmp_path / "gone"
+    directory.mkdir()
+    async with eventwire.connect(
+        own_server.url, tenant=TENANT, keyring=keyring, root=root, outbox=directory / "o"
+    ) as bus:
+        shutil.rmtree(directory)  # the disk under the outbox went away
+        await own_server.kill()
+        with pytest.raises(OutboxUnwritable) as caught:
+            await publish_fast(bus, alice, 0)
+        assert bus.outbox is not None
+        assert bus.outbox.pending == 0
+    error = caught.value
+    assert isinstance(error, PublishUnreachable)
+    assert error.event_id in str(error)
+    assert "the outbox cannot be written" in str(error)
+    assert isinstance(error.__cause__, FileNotFoundError)
