@@ -295,9 +295,12 @@ class OutboxFile:
                 raise
         finally:
             os.close(fd)
-        if size == 0:
-            _fsync_dir(self.path.parent)  # a new file: its directory entry is durable too
         self.pending += 1
+        if size == 0:  # a new file: make its directory entry durable too
+            try:
+                _fsync_dir(self.path.parent)
+            except OSError as exc:  # the record is written: queued, with a warning
+                log.warning("outbox %s: cannot fsync its directory: %r", self.path, exc)
 
     def _lines(self) -> list[bytes]:
         try:
