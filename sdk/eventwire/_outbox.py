@@ -44,7 +44,7 @@ Limits, stated:
   than that a second copy is stored, which receivers refuse as a replay (same event id at
   a new sequence) where replay checks are on, and idempotent handlers skip.
 - A record the stream refuses when flushed (an API error, e.g. a full stream with
-  ``discard=new``) stays first and is tried again with a backoff (up to 15 s), with a
+  ``discard=new``) stays first and is tried again with a backoff (up to 5 s), with a
   warning each time; publishes queue behind it meanwhile (watch ``bus.outbox.pending``).
 - File work is synchronous on the event loop (an fsync per queued event: a few hundred to
   a few thousand a second, bound by the disk).
@@ -85,7 +85,7 @@ _FLUSH_CHUNK = 256
 _REMOVE_EVERY = 4096  # acknowledged records removed at once (a rewrite of the file)
 _ACK_TIMEOUT = 5.0
 _RETRY_MIN = 0.25
-_RETRY_MAX = 15.0
+_RETRY_MAX = 5.0
 _FIELDS = {"id", "subject", "wire", "headers", "body"}
 
 
@@ -446,9 +446,9 @@ class Outbox:
     async def _run(self) -> None:
         delay = _RETRY_MIN
         while True:
-            await self._woken(delay if self.file.pending else None)
+            if await self._woken(delay if self.file.pending else None):
+                delay = _RETRY_MIN  # the connection came back, or a record was queued
             if not self.file.pending:
-                delay = _RETRY_MIN
                 continue
             try:
                 flushed = self._connected() and await self._flush()
@@ -457,11 +457,15 @@ class Outbox:
                 flushed = False
             delay = _RETRY_MIN if flushed else min(delay * 2, _RETRY_MAX)
 
-    async def _woken(self, timeout: float | None) -> None:
-        with contextlib.suppress(TimeoutError):
+    async def _woken(self, timeout: float | None) -> bool:
+        """Wait for :meth:`wake` (True) or ``timeout`` seconds (False)."""
+        try:
             async with asyncio.timeout(timeout):
                 await self._wake.wait()
+        except TimeoutError:
+            return False
         self._wake.clear()
+        return True
 
     async def _flush(self) -> bool:
         """Send every record in order, removing the acknowledged ones from the file every
