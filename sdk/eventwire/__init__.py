@@ -90,6 +90,7 @@ from ._kinds import (
 )
 from ._metrics import MetricsServer, serve_metrics
 from ._options import DeliveryKeywords, SubscribeKeywords, SubscribeOptions
+from ._outbox import Outbox, OutboxBusy, OutboxFull, OutboxUnwritable, PublishUnreachable
 from ._partitions import PartitionedSubscription
 from ._phi import FailureDetectors, PhiAccrualDetector, PhiSettings, Suspicion
 from ._priority import Priority, PriorityGate
@@ -487,6 +488,10 @@ __all__ = [
     "OperationTimeout",
     "Orchestrator",
     "OrderStats",
+    "Outbox",
+    "OutboxBusy",
+    "OutboxFull",
+    "OutboxUnwritable",
     "PartitionedSubscription",
     "Pattern",
     "PatternDetector",
@@ -506,6 +511,7 @@ __all__ = [
     "ProjectionStats",
     "PublishAck",
     "PublishFailed",
+    "PublishUnreachable",
     "Publishable",
     "Reason",
     "RecipientKey",

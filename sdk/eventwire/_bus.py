@@ -38,12 +38,14 @@ from ._errors import (
     Forbidden,
     InvalidArgument,
     checked_name,
+    describe,
     mapped_nats_errors,
 )
 from ._idempotency import DEFAULT_WINDOW, ProcessedIds
 from ._link import Link, close_connection
 from ._observe import count_refused, current_traceparent, observed_publish
 from ._options import ConsumerWiring, durable_name, options_of
+from ._outbox import DEFAULT_OUTBOX_MAX_BYTES, Outbox, OutboxFull, PublishUnreachable
 from ._partitions import chosen_partitions, consumer_plan, partitioned
 from ._publisher import NO_LEADER_WINDOW, AckedPublisher, acquire_slot, publish_error
 from ._recipients import Recipients
@@ -64,6 +66,7 @@ from ._work import (
 )
 
 if TYPE_CHECKING:
+    import os
     import ssl
     from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
     from datetime import datetime
@@ -111,6 +114,9 @@ class PublishAck:
     stream: str
     seq: int
     duplicate: bool
+    queued: bool = False
+    """True: the server was unreachable and the event waits in the bus's outbox (``seq``
+    is 0); it is sent, with the same bytes and message id, once the server is back."""
 
 
 
@@ -140,6 +146,9 @@ class Bus(StatefulResource):
     With ``partitions`` = n the events stream assigns keyed events to n partitions
     (:meth:`subscribe_partitioned`). ``resiliency`` sets the timeouts, retries and circuit
     breakers of direct calls per target (:class:`~eventwire.Resiliency`).
+    With ``outbox`` (a file path) a publish that cannot reach the server is queued there
+    on disk (``PublishAck.queued``) and flushed when the server is back, instead of raising
+    :class:`PublishUnreachable`; at most ``outbox_max_bytes`` (see ``_outbox``).
 
     ``state`` is NEW, OPENING, RUNNING, CLOSING, then CLOSED (or FAILED: see
     :class:`~eventwire.ResourceState`); a bus that is not running raises
@@ -172,6 +181,8 @@ class Bus(StatefulResource):
         partitions: int = 0,
         tls: TLS | ssl.SSLContext | None = None,
         resiliency: Resiliency | None = None,
+        outbox: str | os.PathLike[str] | None = None,
+        outbox_max_bytes: int = DEFAULT_OUTBOX_MAX_BYTES,
     ) -> None:
         self.tenant = checked_name("tenant", tenant)
         self.partitions = check_partitions(partitions)
@@ -205,6 +216,8 @@ class Bus(StatefulResource):
         self._subscriptions: list[Subscription] = []
         self._responders: list[NatsSubscription] = []
         self._calls = Caller(resiliency)
+        max_age = None if replay_window is None else replay_window.max_age + replay_window.skew
+        self._outbox = None if outbox is None else Outbox(outbox, outbox_max_bytes, max_age=max_age)
 
     @property
     def url(self) -> str:
@@ -265,6 +278,9 @@ class Bus(StatefulResource):
         with mapped_nats_errors("opening the bus (streams, buckets)"):
             nc = await self._connect()
             self._link = await self._open_streams(nc)
+        if self._outbox is not None:
+            await self._outbox.open(self._link.publisher, lambda: nc.is_connected)
+            self._undo.append(("closing the outbox", self._outbox.close))
 
     async def _connect(self) -> NatsClient:
         if self._url is None:
@@ -319,6 +335,8 @@ class Bus(StatefulResource):
     async def _on_reconnected(self) -> None:
         for subscription in self._subscriptions:
             subscription.reset_pull()
+        if self._outbox is not None:
+            self._outbox.wake()
 
     def _rejected(self, rejection: Rejection) -> None:
         count_refused(rejection.reason)
@@ -415,6 +433,9 @@ class Bus(StatefulResource):
         :class:`Clock` of the identity's source (ticked, kept once stored) or a mapping
         signed as given. ``event_time`` signs that CloudEvents ``time`` (a timezone-aware
         datetime: when it happened, for :class:`EventTimeOrder`) instead of now.
+        When the server cannot be reached (every attempt failed) the bus's ``outbox``, if
+        it has one, takes the signed event (``PublishAck.queued``); else
+        :class:`PublishUnreachable` names the subject and the event id.
         """
         codec = self._running("publish").codec
         subject = item.subject()
@@ -439,8 +460,11 @@ class Bus(StatefulResource):
             return await self._send(signed, timeout=timeout, attempts=attempts)
 
     async def _send(self, signed: Signed, *, timeout: float, attempts: int) -> PublishAck:
+        publisher = self._running("publish").publisher
+        if self._outbox is not None and self._outbox.pending:  # behind those: order kept
+            return self._queued(signed, f"{self._outbox.pending} event(s) wait in the outbox")
         try:
-            ack = await self._running("publish").publisher.publish_acked(
+            ack = await publisher.publish_acked(
                 signed.wire_subject,
                 signed.body,
                 signed.headers,
@@ -448,9 +472,38 @@ class Bus(StatefulResource):
                 attempts=attempts,
                 leader_wait=self._leader_wait,
             )
-        except (nats.errors.Error, TimeoutError) as exc:
+        except nats.js.errors.APIError as exc:
             raise publish_error(exc, signed.subject) from exc
+        except (nats.errors.Error, TimeoutError) as exc:
+            return self._unreachable(signed, exc, attempts)
         return PublishAck(signed.event_id, signed.subject, ack.stream, ack.seq, bool(ack.duplicate))
+
+    def _unreachable(self, signed: Signed, exc: BaseException, attempts: int) -> PublishAck:
+        """The server could not take ``signed``: queued in the outbox, or the typed error."""
+        if isinstance(exc, nats.js.errors.NoStreamResponseError):
+            reason = "no stream answered (no responders)"
+        else:
+            reason = f"no ack from the stream ({describe(exc)}) after {attempts} attempt(s)"
+        if self._outbox is None:
+            raise PublishUnreachable(
+                f"the server is unreachable ({reason}); nothing is queued without an outbox",
+                subject=signed.subject,
+                event_id=signed.event_id,
+            ) from exc
+        try:
+            return self._queued(signed, reason)
+        except OutboxFull as full:
+            raise full from exc
+
+    def _queued(self, signed: Signed, reason: str) -> PublishAck:
+        assert self._outbox is not None
+        self._outbox.queue(signed, reason)
+        return PublishAck(signed.event_id, signed.subject, self.stream, 0, False, queued=True)
+
+    @property
+    def outbox(self) -> Outbox | None:
+        """The bus's outbox (``pending`` records, ``flushed`` so far), if it has one."""
+        return self._outbox
 
     async def publish_report(
         self,
@@ -504,6 +557,9 @@ class Bus(StatefulResource):
         for publishable in items:
             self._check_publish(identity, actor, publishable.subject())
         codec, publisher = link.codec, link.publisher
+        if self._outbox is not None and self._outbox.pending:  # behind those: order kept
+            signed = codec.sign_many(items, identity, traceparent=current_traceparent())
+            return [await self._send(each, timeout=timeout, attempts=1) for each in signed]
         slots = asyncio.Semaphore(window)
         sent: list[tuple[Signed, asyncio.Future[PubAck]]] = []
         try:
