@@ -144,6 +144,7 @@ class Subscription(StatefulResource):
         self._priority_gate: tuple[PriorityGate, Priority] | None = None
         self._in_flight: dict[int, tuple[Msg, float]] = {}  # by id(msg): Msg is unhashable
         self._waiting: dict[int, Msg] = {}  # the batch's messages no handler took yet
+        self._released: dict[int, Msg] = {}  # handed back (naked) by the stop: never handled
         self._pull: Pull | None = None  # the current run's
         self._settler: Settler | None = None  # the current run's, if idempotent
         self._advisories: NatsSubscription | None = None
@@ -255,8 +256,16 @@ class Subscription(StatefulResource):
             await steps.run("unsubscribing from advisories", self._advisories.unsubscribe)
 
     async def _release_pull(self) -> None:
+        """Hand back at once what was pulled and not handed to a handler yet: the pull's
+        buffer and the current batch's messages still waiting (kept alive with in-progress
+        acks, they would otherwise wait for the handler in flight); the dispatch loop skips
+        those it meets afterwards."""
+        held = list(self._waiting.values())
+        self._released.update(self._waiting)
+        self._waiting = {}
         if self._pull is not None:
-            await _nak_all(await self._pull.close())
+            held += await self._pull.close()
+        await _nak_all(held)
 
     def _may_pass(self, exc: BaseException) -> bool:
         """A NATS error on a connection that may come back: run again."""
@@ -277,6 +286,7 @@ class Subscription(StatefulResource):
             self.stats.restarts += 1
             self._in_flight.clear()
             self._waiting = {}
+            self._released = {}
             await self._until_connected()
         if self._stopping:
             return
@@ -329,7 +339,7 @@ class Subscription(StatefulResource):
                         continue
                     for index, (msg, result) in enumerate(zip(msgs, results, strict=True)):
                         if self._stopping:
-                            await _nak_all(msgs[index:])
+                            await _nak_all([m for m in msgs[index:] if id(m) not in self._released])
                             await self._done(len(msgs) - index)
                             break
                         await self._deliver(msg, result, group, fresh=fresh[index])
@@ -461,6 +471,9 @@ class Subscription(StatefulResource):
     ) -> None:
         """Refuse a rejection, or hand the event to :meth:`_handle`; ``fresh`` if its replay
         claim was new (it cannot have been handled here before)."""
+        if id(msg) in self._released:  # handed back by the stop while it was screened
+            await self._done(1)
+            return
         if self._gate is not None and not self._gate.passes(msg):
             await ack(msg)  # before the start point: only claimed (see ``_start``)
             await self._done(1)
@@ -512,6 +525,9 @@ class Subscription(StatefulResource):
     async def _handle(self, msg: Msg, event: Event) -> None:
         """Run the handler and settle the message by its outcome. Never raises (but
         cancelled): a failure of the consumer's own is :meth:`_broken`."""
+        if id(msg) in self._released:  # handed back by the stop while it waited for a slot
+            await self._done(1)
+            return
         self._in_flight[id(msg)] = (msg, time.monotonic())
         self._waiting.pop(id(msg), None)
         deliveries = 0  # read from the message only when something fails

@@ -82,4 +82,4 @@ async def test_a_pull_hands_out_at_most_its_batch(bus: eventwire.Bus) -> None:
                 sizes.append(len(await pull.next_batch()))
     finally:
         await pull.close()
-    assert sizes == [4, 4, 4]
+    assert all(0 < size <= 4 for size in sizes), sizes  # never more than one batch

@@ -133,15 +133,18 @@ async def test_removing_lets_the_handler_in_flight_finish_and_loses_nothing(
         handled[event.id] += 1
 
     async with leaver.serve(bus):
-        ids = await ask(bus, 6)
-        await started.wait()  # the leaver holds one, and has the rest pulled
-        async with stayer.serve(bus):
-            removing = asyncio.create_task(leaver.remove_capability("summarize"))
-            await wait_until(lambda: sum(handled.values()) == 5)  # released to the stayer
-            assert not removing.done()  # it waits for the handler in flight
-            release.set()
-            await removing
-            status = await bus.work_status("summarize")
+        try:
+            ids = await ask(bus, 6)
+            await started.wait()  # the leaver holds one, and has the rest pulled
+            async with stayer.serve(bus):
+                removing = asyncio.create_task(leaver.remove_capability("summarize"))
+                await wait_until(lambda: sum(handled.values()) == 5)  # released to the stayer
+                assert not removing.done()  # it waits for the handler in flight
+                release.set()
+                await removing
+                status = await bus.work_status("summarize")
+        finally:
+            release.set()  # never leave the handler (and the stop) waiting
     assert len(by_leaver) == 1
     assert sorted(handled) == sorted(ids)
     assert set(handled.values()) == {1}
