@@ -43,5 +43,7 @@ async def test_off_and_on_runs_report_a_slowdown(nats_server: EmbeddedServer) ->
     assert all(us > 0 for us in per_event)
     cpu_ratio = statistics.median(overhead.on.cpu) / statistics.median(overhead.off.cpu)
     assert record["cpu_slowdown"] == round(cpu_ratio, 3)
+    assert record["cpu_slowdown_best"] == round(min(overhead.on.cpu) / min(overhead.off.cpu), 3)
+    assert {"cpu_slowdown_sampled", "cpu_slowdown_sampled_best"} <= set(record)
     assert record["sampled_ratio"] == 0.01
     assert observability_table(results).row_count == 1

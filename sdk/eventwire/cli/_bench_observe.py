@@ -137,6 +137,8 @@ class Overhead:
             "sampled_cpu_us_per_event": round(self.cpu_us(sampled), 1),
             "cpu_slowdown": round(_slowdown(on.cpu, off.cpu, median), 3),
             "cpu_slowdown_sampled": round(_slowdown(sampled.cpu, off.cpu, median), 3),
+            "cpu_slowdown_best": round(_slowdown(on.cpu, off.cpu, best), 3),
+            "cpu_slowdown_sampled_best": round(_slowdown(sampled.cpu, off.cpu, best), 3),
             "sampled_ratio": SAMPLED,
             "target": TARGET,
             "tracing": self.tracing,
