@@ -134,18 +134,6 @@ class Tracing:
         ) as current:
             yield current
 
-    def producer(self, operation: str, destination: str) -> AbstractContextManager[Span]:
-        """A PRODUCER span ``{operation} {destination}`` (``publish``, ``send``)."""
-        return self.span(
-            f"{operation} {destination}",
-            trace.SpanKind.PRODUCER,
-            {
-                "messaging.operation.name": operation,
-                "messaging.operation.type": "send",
-                "messaging.destination.name": destination,
-            },
-        )
-
     def dead_letter(
         self, destination: str, reason: str, parent: Context | None
     ) -> AbstractContextManager[Span]:
@@ -160,22 +148,6 @@ class Tracing:
                 "eventwire.dlq.reason": reason,
             },
             parent=parent,
-        )
-
-    def consumer(
-        self, destination: str, consumer: str, traceparent: str | None
-    ) -> AbstractContextManager[Span]:
-        """A CONSUMER ``process`` span continuing the event's verified trace context."""
-        return self.span(
-            f"process {destination}",
-            trace.SpanKind.CONSUMER,
-            {
-                "messaging.operation.name": "process",
-                "messaging.operation.type": "process",
-                "messaging.destination.name": destination,
-                "messaging.consumer.group.name": consumer,
-            },
-            parent=self.parent(traceparent),
         )
 
     def client(self, target: str, destination: str) -> AbstractContextManager[Span]:
