@@ -19,18 +19,18 @@ from __future__ import annotations
 
 import functools
 import time
-from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from eventwire_security import dlq_subject
 
 from ._metrics import METRICS
-from ._tracing import TRACING, claimed_traceparent
+from ._tracing import TRACING, Tracing, activate, claimed_traceparent, deactivate, failed
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from nats.aio.client import Client
+    from prometheus_client import Counter, Histogram
 
     from eventwire_security import Identity
 
@@ -71,10 +71,6 @@ count_refused = _counter("refused")
 count_retried = _counter("retried")
 
 
-def _producer(operation: str, destination: str) -> Any:
-    return TRACING.producer(operation, destination) if TRACING is not None else nullcontext()
-
-
 def observed_publish(
     fn: Callable[Concatenate[S, Publishable, P], Awaitable[PublishAck]],
 ) -> Callable[Concatenate[S, Publishable, P], Awaitable[PublishAck]]:
@@ -85,16 +81,53 @@ def observed_publish(
     @functools.wraps(fn)
     async def publish(bus: S, item: Publishable, /, *args: P.args, **kwargs: P.kwargs) -> Any:
         started = time.perf_counter()
-        with _producer("publish", item.subject()) as span:
+        if TRACING is None:
             ack = await fn(bus, item, *args, **kwargs)
-            if span is not None:
-                span.set_attribute("messaging.message.id", ack.event_id)
+        else:
+            ack = await _produced(TRACING, item.subject(), lambda: fn(bus, item, *args, **kwargs))
         if METRICS is not None:
             METRICS.published.labels(item.event_type).inc()
             METRICS.publish_seconds.labels(item.event_type).observe(time.perf_counter() - started)
         return ack
 
     return publish
+
+
+async def _produced(
+    tracing: Tracing, destination: str, send: Callable[[], Awaitable[PublishAck]]
+) -> PublishAck:
+    """``send()`` with a ``publish <destination>`` PRODUCER span current; the span gets the
+    stored event's id."""
+    span = tracing.start_producer("publish", destination)
+    token = activate(span)
+    try:
+        ack = await send()
+        if span.is_recording():
+            span.set_attribute("messaging.message.id", ack.event_id)
+    except Exception as exc:
+        failed(span, exc)
+        raise
+    finally:
+        deactivate(token)
+        span.end()
+    return ack
+
+
+class _HandlerMetrics:
+    """A subscription's labelled children, looked up once: a run is one count and one
+    observation, a failed run one more count."""
+
+    __slots__ = ("delivered", "errors", "seconds")
+
+    def __init__(self, consumer: str) -> None:
+        assert METRICS is not None
+        self.delivered: Counter = METRICS.delivered.labels(consumer)
+        self.errors: Counter = METRICS.handler_errors.labels(consumer)
+        self.seconds: Histogram = METRICS.handler_seconds.labels(consumer)
+
+    def ran(self, nanoseconds: int) -> None:
+        self.delivered.inc()
+        self.seconds.observe(max(nanoseconds, 0) / 1e9)
 
 
 def observed_handler(
@@ -104,34 +137,57 @@ def observed_handler(
     timed per ``consumer`` (the durable name)."""
     if not ENABLED:
         return handler
+    metrics = _HandlerMetrics(consumer) if METRICS is not None else None
+    if TRACING is None:
+        assert metrics is not None
+        return _timed(handler, metrics)
+    return _traced(handler, consumer, TRACING, metrics)
 
-    # the labelled children once per subscription, not once per event
-    delivered = METRICS.delivered.labels(consumer) if METRICS is not None else None
-    errors = METRICS.handler_errors.labels(consumer) if METRICS is not None else None
-    seconds = METRICS.handler_seconds.labels(consumer) if METRICS is not None else None
+
+def _timed(
+    handler: Callable[[Event], Awaitable[None]], metrics: _HandlerMetrics
+) -> Callable[[Event], Awaitable[None]]:
+    """``handler`` counted and timed (metrics without tracing)."""
 
     async def handle(event: Event) -> None:
-        started = time.perf_counter()
-        span = (
-            TRACING.consumer(event.subject, consumer, event.traceparent)
-            if TRACING is not None
-            else nullcontext()
-        )
+        started = time.perf_counter_ns()
         try:
-            with span as current:
-                if current is not None:  # the event was verified: its id and signer
-                    current.set_attributes(
-                        {"messaging.message.id": event.id, "eventwire.source": event.source}
-                    )
-                await handler(event)
+            await handler(event)
         except Exception:
-            if errors is not None:
-                errors.inc()
+            metrics.errors.inc()
             raise
         finally:
-            if delivered is not None and seconds is not None:
-                delivered.inc()
-                seconds.observe(time.perf_counter() - started)
+            metrics.ran(time.perf_counter_ns() - started)
+
+    return handle
+
+
+def _traced(
+    handler: Callable[[Event], Awaitable[None]],
+    consumer: str,
+    tracing: Tracing,
+    metrics: _HandlerMetrics | None,
+) -> Callable[[Event], Awaitable[None]]:
+    """``handler`` with its CONSUMER span current while it runs (so what it publishes joins
+    the trace); the span's start and end times are the ones the metrics observe."""
+
+    async def handle(event: Event) -> None:
+        started = time.time_ns()
+        span = tracing.start_consumer(event, consumer, started)
+        token = activate(span)
+        try:
+            await handler(event)
+        except Exception as exc:
+            failed(span, exc)
+            if metrics is not None:
+                metrics.errors.inc()
+            raise
+        finally:
+            deactivate(token)
+            ended = time.time_ns()
+            span.end(ended)
+            if metrics is not None:
+                metrics.ran(ended - started)
 
     return handle
 

@@ -8,15 +8,23 @@ OpenTelemetry's no-op provider, and no ``traceparent`` claim is signed).
 The W3C ``traceparent`` of the current span is signed into each event's claims on publish;
 a consumer continues the trace from the verified claim, so a flow across agents is one
 trace. A claim is read only after the event's signature was verified.
+
+The per-event paths (a handler run, a publish) are kept lean: a span is started with all its
+attributes at once (one call into the tracer, none later), made current with one
+``attach``/``detach`` pair around the handler (the handler's own publishes join the trace)
+instead of nested context managers, and a ``traceparent`` claim is parsed directly instead of
+through the propagator's carrier machinery (other trace-context versions still go to it).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 try:
+    from opentelemetry import context as otel_context
     from opentelemetry import trace
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 except ImportError:  # pragma: no cover - the extra is installed in the tests
@@ -25,12 +33,17 @@ except ImportError:  # pragma: no cover - the extra is installed in the tests
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from contextlib import AbstractContextManager
+    from contextvars import Token
 
     from opentelemetry.context import Context
     from opentelemetry.trace import Span, SpanKind
 
+    from ._event import Event
+
 SYSTEM = "nats"
 _TRACEPARENT = "traceparent"
+# W3C trace context version 00, lower-case hex (as the propagator wants it); others: the propagator
+_VERSION_00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
 
 class Tracing:
@@ -39,18 +52,73 @@ class Tracing:
     def __init__(self) -> None:
         self._tracer = trace.get_tracer("eventwire", _version())
         self._propagator = TraceContextTextMapPropagator()
+        self._last: tuple[str, Context] | None = None  # (traceparent, its parent context)
 
     def traceparent(self) -> str | None:
-        """The current span's W3C ``traceparent``, or ``None`` without a recording one."""
-        carrier: dict[str, str] = {}
-        self._propagator.inject(carrier)
-        return carrier.get(_TRACEPARENT)
+        """The current span's W3C ``traceparent``, or ``None`` without a valid one (as the
+        propagator's ``inject``, without its carrier)."""
+        context = trace.get_current_span().get_span_context()
+        if not context.is_valid:
+            return None
+        return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
 
     def parent(self, traceparent: str | None) -> Context | None:
-        """The context a verified ``traceparent`` claim continues (``None``: the current)."""
+        """The context a verified ``traceparent`` claim continues (``None``: the current).
+
+        The last one parsed is kept: the events of one batch (``publish_many`` in a span)
+        share it. A context holding only the remote span: it serves to start a span,
+        which is then made current in the handler's own context (baggage and all).
+        """
         if traceparent is None:
             return None
-        return self._propagator.extract({_TRACEPARENT: traceparent})
+        last = self._last
+        if last is not None and last[0] == traceparent:
+            return last[1]
+        match = _VERSION_00.fullmatch(traceparent)
+        if match is None:  # another version, or invalid: the propagator decides
+            return self._propagator.extract({_TRACEPARENT: traceparent})
+        trace_id, span_id = int(match[1], 16), int(match[2], 16)
+        if not trace_id or not span_id:
+            return None  # invalid: as the propagator, the current context
+        remote = trace.SpanContext(
+            trace_id, span_id, is_remote=True, trace_flags=trace.TraceFlags(int(match[3], 16))
+        )
+        parent = trace.set_span_in_context(trace.NonRecordingSpan(remote), otel_context.Context())
+        self._last = (traceparent, parent)
+        return parent
+
+    def start_consumer(self, event: Event, consumer: str, start_time: int) -> Span:
+        """A started (not current) CONSUMER ``process`` span of a verified ``event``, with
+        every attribute given at its start, continuing the event's trace context."""
+        subject = event.subject
+        return self._tracer.start_span(
+            f"process {subject}",
+            context=self.parent(event.traceparent),
+            kind=trace.SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": SYSTEM,
+                "messaging.operation.name": "process",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": subject,
+                "messaging.consumer.group.name": consumer,
+                "messaging.message.id": event.id,
+                "eventwire.source": event.source,
+            },
+            start_time=start_time,
+        )
+
+    def start_producer(self, operation: str, destination: str) -> Span:
+        """A started (not current) PRODUCER span ``{operation} {destination}``."""
+        return self._tracer.start_span(
+            f"{operation} {destination}",
+            kind=trace.SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": SYSTEM,
+                "messaging.operation.name": operation,
+                "messaging.operation.type": "send",
+                "messaging.destination.name": destination,
+            },
+        )
 
     @contextmanager
     def span(
@@ -66,18 +134,6 @@ class Tracing:
         ) as current:
             yield current
 
-    def producer(self, operation: str, destination: str) -> AbstractContextManager[Span]:
-        """A PRODUCER span ``{operation} {destination}`` (``publish``, ``send``)."""
-        return self.span(
-            f"{operation} {destination}",
-            trace.SpanKind.PRODUCER,
-            {
-                "messaging.operation.name": operation,
-                "messaging.operation.type": "send",
-                "messaging.destination.name": destination,
-            },
-        )
-
     def dead_letter(
         self, destination: str, reason: str, parent: Context | None
     ) -> AbstractContextManager[Span]:
@@ -92,22 +148,6 @@ class Tracing:
                 "eventwire.dlq.reason": reason,
             },
             parent=parent,
-        )
-
-    def consumer(
-        self, destination: str, consumer: str, traceparent: str | None
-    ) -> AbstractContextManager[Span]:
-        """A CONSUMER ``process`` span continuing the event's verified trace context."""
-        return self.span(
-            f"process {destination}",
-            trace.SpanKind.CONSUMER,
-            {
-                "messaging.operation.name": "process",
-                "messaging.operation.type": "process",
-                "messaging.destination.name": destination,
-                "messaging.consumer.group.name": consumer,
-            },
-            parent=self.parent(traceparent),
         )
 
     def client(self, target: str, destination: str) -> AbstractContextManager[Span]:
@@ -143,6 +183,23 @@ def _version() -> str | None:
         return version("eventwire")
     except PackageNotFoundError:  # pragma: no cover - run from a source tree
         return None
+
+
+def activate(span: Span) -> Token[Context]:
+    """Make ``span`` the current span; the token for :func:`deactivate`."""
+    return otel_context.attach(trace.set_span_in_context(span))
+
+
+def deactivate(token: Token[Context]) -> None:
+    """Restore the context :func:`activate` replaced."""
+    otel_context.detach(token)
+
+
+def failed(span: Span, exc: Exception) -> None:
+    """Record ``exc`` escaping ``span`` (as ``use_span`` does): an event and an error status."""
+    if span.is_recording():
+        span.record_exception(exc)
+        span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
 
 
 def claimed_traceparent(body: bytes) -> str | None:

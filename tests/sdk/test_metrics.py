@@ -7,7 +7,10 @@ a scrape before with one after, on labels only it uses (its durable name) or by 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from typing import TYPE_CHECKING
@@ -119,3 +122,58 @@ def test_a_port_in_use_is_a_config_error() -> None:
         port = taken.getsockname()[1]
         with pytest.raises(ConfigError, match=f"cannot serve metrics on 127.0.0.1:{port}"):
             eventwire.serve_metrics(port)
+
+
+_METRICS_ONLY = """
+import asyncio, json, secrets, sys
+sys.modules["opentelemetry"] = None  # the otel extra absent, prometheus present
+import eventwire
+from eventwire import Identity, Keyring, KnowledgeShared, Unprocessable
+from eventwire import _observe
+from prometheus_client import REGISTRY
+
+async def main(url):
+    alice = Identity.generate("t", "alice")
+    handled = []
+
+    async def handle(event):
+        handled.append(event.id)
+        if event.parse(KnowledgeShared).content == "bad":
+            raise Unprocessable("never")
+
+    root = "m" + secrets.token_hex(4)
+    async with eventwire.connect(url, tenant="t", root=root, keyring=Keyring.of(alice)) as bus:
+        async with bus.subscribe("knowledge.>", handle, durable="plain") as sub:
+            for content in ("fine", "bad"):
+                await bus.publish(KnowledgeShared(topic="m", content=content), identity=alice)
+            while (sub.stats.handled, sub.stats.dead_lettered) != (1, 1):
+                await asyncio.sleep(0.01)
+            durable = sub.durable
+    value = lambda name: REGISTRY.get_sample_value(name, {"consumer": durable})
+    print(json.dumps({
+        "tracing": _observe.TRACING is not None,
+        "otel": [name for name in sys.modules if name.startswith("opentelemetry.")],
+        "delivered": value("eventwire_events_delivered_total"),
+        "errors": value("eventwire_handler_errors_total"),
+        "runs": value("eventwire_handler_duration_seconds_count"),
+        "seconds": value("eventwire_handler_duration_seconds_sum"),
+    }))
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_without_opentelemetry_handler_runs_are_still_counted_and_timed(
+    nats_server: eventwire.EmbeddedServer,
+) -> None:
+    """Metrics without tracing (the ``prometheus`` extra alone): each handler run is counted
+    and timed, a failed one counted as an error; nothing of OpenTelemetry is imported."""
+    done = subprocess.run(
+        [sys.executable, "-c", _METRICS_ONLY, nats_server.url],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert (found["tracing"], found["otel"]) == (False, [])
+    assert (found["delivered"], found["errors"], found["runs"]) == (2.0, 1.0, 2.0)
+    assert found["seconds"] > 0

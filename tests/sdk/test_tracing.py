@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from eventwire import (
     Event,
@@ -27,6 +28,8 @@ from eventwire import (
     TaskCompleted,
     Unprocessable,
 )
+from eventwire._observe import observed_handler
+from eventwire._tracing import TRACING
 from tests.conftest import make_identity, wait_until
 
 if TYPE_CHECKING:
@@ -263,3 +266,136 @@ async def test_publish_many_signs_the_current_trace_context(
     assert {event.traceparent for event in received} == {expected}
     handled = named(spans, "process status.c0")
     assert [parent_of(span) for span in handled] == [context.span_id]
+
+
+PARENTS = [
+    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",  # sampled
+    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",  # not sampled
+    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03",  # sampled, random trace id
+    "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01",  # upper case: invalid
+    "00-00000000000000000000000000000000-00f067aa0ba902b7-01",  # zero trace id
+    "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",  # zero span id
+    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",  # 00 with a fifth part
+    "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future",  # a later version
+    "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",  # the forbidden version
+    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",  # no flags
+    "not a traceparent",
+    "",
+]
+
+
+@pytest.mark.parametrize("claim", PARENTS)
+def test_a_claimed_traceparent_is_continued_as_the_w3c_propagator_reads_it(claim: str) -> None:
+    """The handler's fast parse agrees with OpenTelemetry's own propagator, field by field,
+    on valid, invalid and future-version claims (twice: the second from the cache)."""
+    assert TRACING is not None
+    expected = trace.get_current_span(
+        TraceContextTextMapPropagator().extract({"traceparent": claim})
+    ).get_span_context()
+    for _ in range(2):
+        got = trace.get_current_span(TRACING.parent(claim)).get_span_context()
+        assert (got.trace_id, got.span_id, got.trace_flags, got.is_remote, got.is_valid) == (
+            expected.trace_id,
+            expected.span_id,
+            expected.trace_flags,
+            expected.is_remote,
+            expected.is_valid,
+        )
+
+
+def test_the_signed_traceparent_is_the_one_the_propagator_would_inject() -> None:
+    assert TRACING is not None
+    assert TRACING.traceparent() is None  # no current span: nothing to sign
+    with trace.get_tracer("tests").start_as_current_span("outer"):
+        carrier: dict[str, str] = {}
+        TraceContextTextMapPropagator().inject(carrier)
+        assert TRACING.traceparent() == carrier["traceparent"]
+
+
+async def test_the_handler_span_is_current_while_it_runs_and_the_context_restored_after(
+    bus: eventwire.Bus, spans: InMemorySpanExporter
+) -> None:
+    """The CONSUMER span gets every attribute at its start, is the current span inside the
+    handler only, and the caller's context is back after a handler returned or raised."""
+    alice = make_identity("alice", bus.keyring)
+    received: list[Event] = []
+
+    async def keep(event: Event) -> None:
+        received.append(event)
+
+    async with bus.subscribe("status.>", keep, durable="keep"):
+        await bus.publish(StatusUpdate(component="api", state="up"), identity=alice)
+        await wait_until(lambda: len(received) == 1)
+    [event] = received
+    inside: list[trace.Span] = []
+
+    async def succeed(event: Event) -> None:
+        inside.append(trace.get_current_span())
+
+    async def fail(event: Event) -> None:
+        inside.append(trace.get_current_span())
+        raise ValueError("boom")
+
+    spans.clear()
+    with trace.get_tracer("tests").start_as_current_span("caller") as caller:
+        await observed_handler(succeed, "direct-ok")(event)
+        assert trace.get_current_span() is caller
+        with pytest.raises(ValueError, match="boom"):
+            await observed_handler(fail, "direct-fail")(event)
+        assert trace.get_current_span() is caller
+    ok, failing = named(spans, "process status.api")
+    assert [span.get_span_context() for span in inside] == [ok.context, failing.context]
+    published = event.traceparent
+    for span in (ok, failing):  # continues the event's trace, not the caller's
+        assert traceparent_of(span).split("-")[1] == str(published).split("-")[1]
+        assert span.attributes is not None
+        assert dict(span.attributes) == {
+            "messaging.system": "nats",
+            "messaging.operation.name": "process",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": "status.api",
+            "messaging.consumer.group.name": "direct-ok" if span is ok else "direct-fail",
+            "messaging.message.id": event.id,
+            "eventwire.source": f"{bus.tenant}/alice",
+        }
+    assert ok.status.status_code is StatusCode.UNSET
+    assert failing.status.status_code is StatusCode.ERROR
+    assert failing.status.description == "ValueError: boom"
+    assert [each.name for each in failing.events] == ["exception"]
+
+
+async def test_an_unsampled_upstream_trace_stays_unsampled_across_agents(
+    bus: eventwire.Bus, spans: InMemorySpanExporter
+) -> None:
+    """A publisher whose trace is not sampled signs flags 00: the handler's span is not
+    recorded (parent-based sampling), yet it is current, so what the handler publishes
+    still carries the same trace, unsampled."""
+    alice = make_identity("alice", bus.keyring)
+    relay = make_identity("relay", bus.keyring)
+    received: list[Event] = []
+
+    async def forward(event: Event) -> None:
+        received.append(event)
+        await bus.publish(KnowledgeShared(topic="relayed", content="x"), identity=relay)
+
+    async def keep(event: Event) -> None:
+        received.append(event)
+
+    upstream = trace.SpanContext(
+        0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, is_remote=True
+    )  # trace flags 00: not sampled
+    async with (
+        bus.subscribe("status.>", forward, durable="relay"),
+        bus.subscribe("knowledge.relayed", keep, durable="sink"),
+    ):
+        with trace.use_span(trace.NonRecordingSpan(upstream)):
+            await bus.publish(StatusUpdate(component="edge", state="up"), identity=alice)
+        await wait_until(lambda: len(received) == 2)
+    for event in received:  # the publish span (unrecorded) under the upstream, then the next
+        version, trace_id, span_id, flags = str(event.traceparent).split("-")
+        assert (version, trace_id, flags) == ("00", "4bf92f3577b34da6a3ce929d0e0e4736", "00")
+        assert int(span_id, 16) not in (0, upstream.span_id)
+    assert received[0].traceparent != received[1].traceparent
+    assert not named(spans, "publish status.edge")
+    assert not named(spans, "process status.edge")
+    assert not named(spans, "process knowledge.relayed")

@@ -25,7 +25,7 @@ from ._bench_latency import (
     import_times,
     raw_request_reply,
 )
-from ._bench_observe import Overhead, observability_overhead
+from ._bench_observe import MIN_REPEAT, Overhead, observability_overhead
 from ._bench_report import (
     EVENTWIRE,
     EVENTWIRE_REPLAY,
@@ -75,6 +75,7 @@ class BenchConfig:
     modules: tuple[str, ...] = ("nats", "eventwire")
     repeat: int = DEFAULT_REPEAT
     observability: bool = True
+    observe_repeat: int | None = None  # rounds of the observability case (None: ``repeat``)
 
     @classmethod
     def of(
@@ -94,6 +95,7 @@ class BenchConfig:
         return cls(
             url=url, count=count, requests=requests, import_runs=3 if quick else 5, repeat=repeat,
             observability=observability,
+            observe_repeat=repeat if quick else max(repeat, MIN_REPEAT),
         )  # fmt: skip
 
 
@@ -124,7 +126,7 @@ async def _observability(
         return []
     return await observability_overhead(
         url, config.sizes, config.count, window=config.window, batch=config.batch,
-        repeat=config.repeat, progress=progress,
+        repeat=config.observe_repeat or config.repeat, progress=progress,
     )  # fmt: skip
 
 
@@ -217,7 +219,8 @@ def bench(
         bool,
         typer.Option(
             help="Also run eventwire with tracing and metrics on against off (fresh "
-            "interpreters), and print the slowdown (target <= 1.1x)."
+            f"interpreters, at least {MIN_REPEAT} rounds unless --quick), and print the "
+            "slowdown (target <= 1.1x)."
         ),
     ] = True,
 ) -> None:
