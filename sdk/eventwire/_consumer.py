@@ -145,6 +145,7 @@ class Subscription(StatefulResource):
         self._in_flight: dict[int, tuple[Msg, float]] = {}  # by id(msg): Msg is unhashable
         self._waiting: dict[int, Msg] = {}  # the batch's messages no handler took yet
         self._released: dict[int, Msg] = {}  # handed back (naked) by the stop: never handled
+        self._batch_held: list[Msg] = []  # given to the batch handler, not settled yet
         self._pull: Pull | None = None  # the current run's
         self._settler: Settler | None = None  # the current run's, if idempotent
         self._advisories: NatsSubscription | None = None
@@ -379,7 +380,10 @@ class Subscription(StatefulResource):
         """One call of the batch handler, then one ack decision per event."""
         assert self._batch_handler is not None
         valid: list[tuple[Msg, Event]] = []
+        self._waiting = {}  # handed to the batch handler: the stop no longer hands them back
         for msg, result in zip(msgs, results, strict=True):
+            if id(msg) in self._released:  # handed back by the stop while it was screened
+                continue
             if self._gate is not None and not self._gate.passes(msg):
                 await ack(msg)  # before the start point: only claimed
                 continue
@@ -390,11 +394,14 @@ class Subscription(StatefulResource):
             elif self._provision or not await self._last_delivery(msg):
                 valid.append((msg, result))
         batch = Batch([event for _, event in valid])
+        self._batch_held = [msg for msg, _ in valid]  # kept alive while the handler runs
         try:
             if batch.events:
                 await self._batch_handler(batch)
         except Exception as exc:
             batch.failures = {event.id: exc for event in batch.events}
+        finally:
+            self._batch_held = []
         for msg, event in valid:
             error = batch.failures.get(event.id)
             if error is None:
@@ -693,7 +700,11 @@ class Subscription(StatefulResource):
                 if now - started >= interval:
                     with contextlib.suppress(nats.errors.Error):
                         await msg.in_progress()
-            held = [*self._waiting.values(), *(self._pull.buffered() if self._pull else ())]
-            for msg in held:  # pulled ahead, waiting for a handler slot
+            held = [
+                *self._waiting.values(),
+                *self._batch_held,
+                *(self._pull.buffered() if self._pull else ()),
+            ]
+            for msg in held:  # pulled ahead and waiting for a handler slot, or in a batch
                 with contextlib.suppress(nats.errors.Error):
                     await msg.in_progress()
