@@ -34,7 +34,7 @@ from ._breaker import (
     CircuitState,
     TimeoutPolicy,
 )
-from ._bus import DEFAULT_REPLAY_WINDOW, Bus, PublishAck, connect
+from ._bus import DEFAULT_REPLAY_WINDOW, Bus, connect
 from ._calls import Caller
 from ._choose import Candidate, Choice, Chooser, Load, NobodyServing, Strategy
 from ._codec import SIGNATURE_HEADER, Rejection, SecurityStats
@@ -102,6 +102,7 @@ from ._resource import ResourceState
 from ._retry import DEFAULT_RETRY, RetryPolicy
 from ._rules import InvalidRule, Route, RuleFailed, Rules
 from ._runner import run_agents, serve_agents
+from ._sending import PublishAck
 from ._server import EmbeddedServer, find_nats_server
 from ._start import FromSequence, FromTime, LastN
 from ._tenants import (

@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     from datetime import datetime
     from typing import Unpack
 
-    from ._bus import Bus, PublishAck
+    from ._bus import Bus
     from ._choose import Strategy, StrategyFunction
     from ._consumer import Subscription
     from ._direct import RequestHandler
@@ -70,6 +70,7 @@ if TYPE_CHECKING:
     from ._health import Health, HealthSettings
     from ._options import DeliveryKeywords
     from ._phi import PhiSettings
+    from ._sending import PublishAck
     from ._vclock import Clock
     from ._work import Deliver
 

@@ -8,12 +8,7 @@ import dataclasses
 import functools
 import logging
 import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, overload
-
-import nats
-import nats.errors
-import nats.js.errors
 
 from eventwire_security import (
     DEFAULT_MAX_BYTES,
@@ -38,20 +33,20 @@ from ._errors import (
     Forbidden,
     InvalidArgument,
     checked_name,
-    describe,
     mapped_nats_errors,
 )
 from ._idempotency import DEFAULT_WINDOW, ProcessedIds
 from ._link import Link, close_connection
 from ._observe import count_refused, current_traceparent, observed_publish
 from ._options import ConsumerWiring, durable_name, options_of
-from ._outbox import DEFAULT_OUTBOX_MAX_BYTES, Outbox, OutboxFull, PublishUnreachable
+from ._outbox import DEFAULT_OUTBOX_MAX_BYTES, Outbox
 from ._partitions import chosen_partitions, consumer_plan, partitioned
-from ._publisher import NO_LEADER_WINDOW, AckedPublisher, acquire_slot, publish_error
+from ._publisher import NO_LEADER_WINDOW, AckedPublisher
 from ._recipients import Recipients
 from ._registry import list_agents, open_registry
 from ._resource import ResourceState, StatefulResource
 from ._seen import SeenIds
+from ._sending import PublishAck, Sender
 from ._server import EmbeddedServer
 from ._streams import declared, ensure_declared, events_stream_name
 from ._subjects import DEFAULT_ROOT, check_partitions, check_token
@@ -75,7 +70,6 @@ if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
     from nats.aio.subscription import Subscription as NatsSubscription
     from nats.js import JetStreamContext
-    from nats.js.api import PubAck
     from nats.js.kv import KeyValue
 
     from eventwire_security import CompiledPolicy, Identity, Policy
@@ -105,21 +99,6 @@ _SIGN_CHUNK = 128
 DEFAULT_REPLAY_WINDOW = ReplayWindow(max_age=24 * 3600.0, skew=30.0)
 
 
-@dataclass(frozen=True, slots=True)
-class PublishAck:
-    """JetStream stored the event: where, at which sequence, and whether it was a duplicate."""
-
-    event_id: str
-    subject: str
-    stream: str
-    seq: int
-    duplicate: bool
-    queued: bool = False
-    """True: the server was unreachable and the event waits in the bus's outbox (``seq``
-    is 0); it is sent, with the same bytes and message id, once the server is back."""
-
-
-
 def _seconds(field: str, value: object) -> float:
     """``value`` if it is a finite number of seconds > 0, else :class:`InvalidArgument`."""
     if (
@@ -130,6 +109,7 @@ def _seconds(field: str, value: object) -> float:
     ):
         raise InvalidArgument(f"must be a finite number of seconds > 0, got {value!r}", field=field)
     return float(value)
+
 
 class Bus(StatefulResource):
     """A connection for one tenant, used as ``async with connect(...) as bus``.
@@ -218,6 +198,7 @@ class Bus(StatefulResource):
         self._calls = Caller(resiliency)
         max_age = None if replay_window is None else replay_window.max_age + replay_window.skew
         self._outbox = None if outbox is None else Outbox(outbox, outbox_max_bytes, max_age=max_age)
+        self._sender = Sender(self.stream, self._outbox, leader_wait)
 
     @property
     def url(self) -> str:
@@ -461,44 +442,7 @@ class Bus(StatefulResource):
 
     async def _send(self, signed: Signed, *, timeout: float, attempts: int) -> PublishAck:
         publisher = self._running("publish").publisher
-        if self._outbox is not None and self._outbox.pending:  # behind those: order kept
-            return self._queued(signed, f"{self._outbox.pending} event(s) wait in the outbox")
-        try:
-            ack = await publisher.publish_acked(
-                signed.wire_subject,
-                signed.body,
-                signed.headers,
-                timeout=timeout,
-                attempts=attempts,
-                leader_wait=self._leader_wait,
-            )
-        except nats.js.errors.APIError as exc:
-            raise publish_error(exc, signed.subject) from exc
-        except (nats.errors.Error, TimeoutError) as exc:
-            return self._unreachable(signed, exc, attempts)
-        return PublishAck(signed.event_id, signed.subject, ack.stream, ack.seq, bool(ack.duplicate))
-
-    def _unreachable(self, signed: Signed, exc: BaseException, attempts: int) -> PublishAck:
-        """The server could not take ``signed``: queued in the outbox, or the typed error."""
-        if isinstance(exc, nats.js.errors.NoStreamResponseError):
-            reason = "no stream answered (no responders)"
-        else:
-            reason = f"no ack from the stream ({describe(exc)}) after {attempts} attempt(s)"
-        if self._outbox is None:
-            raise PublishUnreachable(
-                f"the server is unreachable ({reason}); nothing is queued without an outbox",
-                subject=signed.subject,
-                event_id=signed.event_id,
-            ) from exc
-        try:
-            return self._queued(signed, reason)
-        except OutboxFull as full:
-            raise full from exc
-
-    def _queued(self, signed: Signed, reason: str) -> PublishAck:
-        assert self._outbox is not None
-        self._outbox.queue(signed, reason)
-        return PublishAck(signed.event_id, signed.subject, self.stream, 0, False, queued=True)
+        return await self._sender.send(publisher, signed, timeout=timeout, attempts=attempts)
 
     @property
     def outbox(self) -> Outbox | None:
@@ -557,52 +501,15 @@ class Bus(StatefulResource):
         for publishable in items:
             self._check_publish(identity, actor, publishable.subject())
         codec, publisher = link.codec, link.publisher
-        if self._outbox is not None and self._outbox.pending:  # behind those: order kept
-            signed = codec.sign_many(items, identity, traceparent=current_traceparent())
+        traceparent = current_traceparent()
+        if self._sender.queueing:  # behind those: order kept
+            signed = codec.sign_many(items, identity, traceparent=traceparent)
             return [await self._send(each, timeout=timeout, attempts=1) for each in signed]
-        slots = asyncio.Semaphore(window)
-        sent: list[tuple[Signed, asyncio.Future[PubAck]]] = []
-        try:
-            for start in range(0, len(items), _SIGN_CHUNK):
-                chunk = items[start : start + _SIGN_CHUNK]
-                for item in codec.sign_many(chunk, identity, traceparent=current_traceparent()):
-                    await acquire_slot(slots, sent, timeout)
-                    future = await publisher.publish(
-                        item.wire_subject, item.body, item.headers, slots.release
-                    )
-                    sent.append((item, future))
-        except BaseException as exc:
-            for _, future in sent:
-                future.cancel()  # the caller gets the error; nobody waits for these acks
-            if isinstance(exc, nats.errors.Error | asyncio.TimeoutError):
-                raise publish_error(exc, items[len(sent)].subject()) from exc
-            raise
-        return await self._collect_acks(sent, timeout)
-
-    async def _collect_acks(
-        self, sent: list[tuple[Signed, asyncio.Future[PubAck]]], timeout: float
-    ) -> list[PublishAck]:
-        """Await every ack; events whose pipelined publish failed are sent again one by one."""
-        pending = [future for _, future in sent if not future.done()]
-        if pending:
-            _, late = await asyncio.wait(pending, timeout=timeout)
-            for future in late:
-                future.set_exception(TimeoutError())
-        acks = []
-        for item, future in sent:
-            error = future.exception()
-            if error is None:
-                ack = future.result()
-                acks.append(
-                    PublishAck(
-                        item.event_id, item.subject, ack.stream, ack.seq, bool(ack.duplicate)
-                    )
-                )
-            elif isinstance(error, nats.js.errors.APIError):
-                raise publish_error(error, item.subject) from error
-            else:
-                acks.append(await self._send(item, timeout=timeout, attempts=4))
-        return acks
+        chunks = (
+            codec.sign_many(items[start : start + _SIGN_CHUNK], identity, traceparent=traceparent)
+            for start in range(0, len(items), _SIGN_CHUNK)
+        )
+        return await self._sender.send_many(publisher, chunks, window=window, timeout=timeout)
 
     def subscribe(
         self,

@@ -70,9 +70,10 @@ if TYPE_CHECKING:
 
     from eventwire_security import Identity
 
-    from ._bus import Bus, PublishAck
+    from ._bus import Bus
     from ._consumer import Subscription
     from ._event import Event
+    from ._sending import PublishAck
 
 __all__ = ["ChoreographyTracker", "TrackerStats"]
 

@@ -34,10 +34,10 @@ if TYPE_CHECKING:
 
     from eventwire_security import Identity
 
-    from ._bus import PublishAck
     from ._codec import Codec
     from ._dlq import DeadLetterQueue
     from ._event import Event, Publishable
+    from ._sending import PublishAck
 
 P = ParamSpec("P")
 S = TypeVar("S")
