@@ -118,11 +118,14 @@ async def test_queued_while_down_then_stored_exactly_once_in_order(
         await own_server.start()
         late = await bus.publish(item(99), identity=alice)  # queued behind them, or after
         await wait_until(lambda: bus.outbox is not None and bus.outbox.pending == 0, timeout=30)
-        await wait_until(lambda: len(seen) == 5, timeout=30)
+        expected = [first.event_id, *ids, late.event_id]
+        await wait_until(lambda: set(expected) <= set(seen), timeout=30)
         in_stream = await stored(bus)
-    expected = [first.event_id, *ids, late.event_id]
     assert [event_id for event_id, _ in in_stream] == expected  # each once, in order
-    assert seen == expected
+    # at least once, in order: the first event, delivered as the server went away, may be
+    # handled again (its ack can be lost with the connection; the subscription is not
+    # idempotent)
+    assert list(dict.fromkeys(seen)) == expected
     assert outbox.read_bytes() == b""
     assert bus.outbox.flushed == (4 if late.queued else 3)
 
