@@ -18,17 +18,17 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
 from ._errors import InvalidArgument
 from ._event import MAX_ID_CHARS
 from ._kinds import CustomEvent
 from ._patterns import Match, Pattern, Seen
 from ._patterns_feed import (
+    FeedProcessor,
     FeedSettings,
     KeyedFeed,
     Output,
-    ProcessingCounters,
     Start,
     State,
     default_key,
@@ -38,7 +38,6 @@ from ._subjects import check_token
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
-    from types import TracebackType
 
     from pydantic import JsonValue
 
@@ -160,7 +159,7 @@ def _checked_patterns(patterns: Mapping[str, Pattern]) -> dict[str, Pattern]:
     return checked
 
 
-class PatternDetector:
+class PatternDetector(FeedProcessor):
     """Detect ``patterns`` ({name: pattern}) in the events of ``bus``, as ``name``.
 
     ``async with PatternDetector(bus, {"brute-force": ...}, identity=..., name="fraud")``:
@@ -204,36 +203,6 @@ class PatternDetector:
         self._feed = KeyedFeed(bus, engine, settings)
 
     @property
-    def counters(self) -> ProcessingCounters:
-        """Events applied, late, skipped, duplicate, refused; matches published."""
-        return self._feed.counters
-
-    @property
-    def watermark(self) -> float:
-        return self._feed.clock.value
-
-    @property
-    def position(self) -> int:
-        """The stream sequence up to which events are applied and stored."""
-        return self._feed.position
-
-    @property
     def active_keys(self) -> int:
         """How many keys hold a partial match (kept in memory and in KV)."""
         return len(self._feed.states)
-
-    async def wait_for(self, seq: int) -> None:
-        """Wait until the events up to stream sequence ``seq`` are applied and stored."""
-        await self._feed.wait_for(seq)
-
-    async def __aenter__(self) -> Self:
-        await self._feed.__aenter__()
-        return self
-
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self._feed.__aexit__(kind, error, traceback)

@@ -508,3 +508,40 @@ class KeyedFeed:
             await self._progress.wait_for(lambda: self.position >= seq or bool(self._failure))
         if self._failure is not None:
             raise self._failure
+
+
+class FeedProcessor:
+    """What a pattern detector and a windowed stream share: a :class:`KeyedFeed` run as an
+    async context manager, its counters, watermark and position."""
+
+    _feed: KeyedFeed
+
+    @property
+    def counters(self) -> ProcessingCounters:
+        """Events applied, late, skipped, duplicate, refused; outputs published."""
+        return self._feed.counters
+
+    @property
+    def watermark(self) -> float:
+        return self._feed.clock.value
+
+    @property
+    def position(self) -> int:
+        """The stream sequence up to which events are applied and stored."""
+        return self._feed.position
+
+    async def wait_for(self, seq: int) -> None:
+        """Wait until the events up to stream sequence ``seq`` are applied and stored."""
+        await self._feed.wait_for(seq)
+
+    async def __aenter__(self) -> Self:
+        await self._feed.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self._feed.__aexit__(kind, error, traceback)

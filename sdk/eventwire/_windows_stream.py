@@ -19,7 +19,7 @@ import copy
 import hashlib
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 from eventwire_security._layout import pattern_problem
 
@@ -27,10 +27,10 @@ from ._errors import InvalidArgument
 from ._kinds import CustomEvent
 from ._patterns_detector import iso
 from ._patterns_feed import (
+    FeedProcessor,
     FeedSettings,
     KeyedFeed,
     Output,
-    ProcessingCounters,
     Start,
     State,
     default_key,
@@ -40,7 +40,6 @@ from ._windows import Aggregation, Window
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
-    from types import TracebackType
 
     from pydantic import JsonValue
 
@@ -174,7 +173,7 @@ class _WindowEngine:
             await self.sink(output.detail)
 
 
-class WindowedStream:
+class WindowedStream(FeedProcessor):
     """Aggregate the events on ``pattern`` per key in ``window`` s with ``aggregate``.
 
     ``async with WindowedStream(bus, "custom.sensor.>", window=Window.tumbling(60),
@@ -224,11 +223,6 @@ class WindowedStream:
         self._engine.late = lambda: self._feed.counters.late
 
     @property
-    def counters(self) -> ProcessingCounters:
-        """Events applied, late, skipped, duplicate, refused; windows published."""
-        return self._feed.counters
-
-    @property
     def unusable(self) -> int:
         """Events the aggregate could not take (e.g. the field is missing or not a number)."""
         return self._engine.unusable
@@ -237,27 +231,3 @@ class WindowedStream:
     def open_windows(self) -> int:
         """How many windows are open, over all keys (the state kept in memory and KV)."""
         return sum(len(entry.state["open"]) for entry in self._feed.states.values())
-
-    @property
-    def watermark(self) -> float:
-        return self._feed.clock.value
-
-    @property
-    def position(self) -> int:
-        return self._feed.position
-
-    async def wait_for(self, seq: int) -> None:
-        """Wait until the events up to stream sequence ``seq`` are applied and stored."""
-        await self._feed.wait_for(seq)
-
-    async def __aenter__(self) -> Self:
-        await self._feed.__aenter__()
-        return self
-
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self._feed.__aexit__(kind, error, traceback)
