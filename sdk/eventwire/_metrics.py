@@ -16,7 +16,7 @@ from ._errors import ConfigError, InvalidArgument
 try:
     import prometheus_client
 except ImportError:  # pragma: no cover - the extra is installed in the tests
-    prometheus_client = None  # type: ignore[assignment]
+    prometheus_client = None  # type: ignore[assignment]  # the module or None
 
 if TYPE_CHECKING:
     import threading
@@ -90,6 +90,25 @@ class Metrics:
             "eventwire_cache_lookups_total",
             "Event cache lookups by where they were answered (l1, l2, source, miss, refused).",
             ["bucket", "level"],
+        )
+        # the order buffers (event-time and causal): a policy or a release cause as label
+        self.order_late = p.Counter(
+            "eventwire_order_late_total",
+            "Events older than one already released by an event-time order, by policy.",
+            ["policy"],
+        )
+        self.order_early = p.Counter(
+            "eventwire_order_early_releases_total",
+            "Events an event-time order released before the watermark passed them, by cause.",
+            ["cause"],
+        )
+        self.causal_held = p.Counter(
+            "eventwire_causal_held_total", "Events a causal order held for a cause."
+        )
+        self.causal_held_too_long = p.Counter(
+            "eventwire_causal_held_too_long_total",
+            "Events a causal order held until its timeout, by policy.",
+            ["policy"],
         )
 
 
