@@ -154,7 +154,7 @@ async def connect_nats(
                 allow_reconnect=reconnect,
                 max_reconnect_attempts=-1,
                 # nats-py annotates int but sleeps for a float; half a second shortens failover.
-                reconnect_time_wait=0.5,  # type: ignore[arg-type]
+                reconnect_time_wait=0.5,  # type: ignore[arg-type]  # see the line above
                 error_cb=on_error,
                 disconnected_cb=on_disconnected,
                 reconnected_cb=on_reconnected,

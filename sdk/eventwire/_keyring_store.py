@@ -254,9 +254,7 @@ class KeyringWatcher:
         kv = await open_keyring_bucket(
             self._js, self._root, replicas=self._replicas, create=self._create
         )
-        self._watcher = watcher = await start_watch(
-            kv.watch(KEYRING_KEY, include_history=True)
-        )
+        self._watcher = watcher = await start_watch(kv.watch(KEYRING_KEY, include_history=True))
         try:
             await self._catch_up(watcher)
         except BaseException:

@@ -28,7 +28,7 @@ try:
     from opentelemetry import trace
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 except ImportError:  # pragma: no cover - the extra is installed in the tests
-    trace = None  # type: ignore[assignment]
+    trace = None  # type: ignore[assignment]  # the module or None
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -58,4 +58,4 @@ class Sealer:
         plaintext = open_seal(
             jwe, self.key, expected_sender_kid=self.kid, context=_context(workflow_id, op, what)
         )
-        return pydantic_core.from_json(plaintext, allow_inf_nan=False)  # type: ignore[no-any-return]
+        return pydantic_core.from_json(plaintext, allow_inf_nan=False)  # type: ignore[no-any-return]  # a JSON value
