@@ -98,6 +98,8 @@ async def _produced(
 ) -> PublishAck:
     """``send()`` with a ``publish <destination>`` PRODUCER span current; the span gets the
     stored event's id."""
+    if not tracing.configured():
+        return await send()
     span = tracing.start_producer("publish", destination)
     token = activate(span)
     try:
@@ -174,18 +176,21 @@ def _traced(
     async def handle(event: Event) -> None:
         started = time.time_ns()
         span = tracing.start_consumer(event, consumer, started)
-        token = activate(span)
+        token = None if span is None else activate(span)
         try:
             await handler(event)
         except Exception as exc:
-            failed(span, exc)
+            if span is not None:
+                failed(span, exc)
             if metrics is not None:
                 metrics.errors.inc()
             raise
         finally:
-            deactivate(token)
+            if token is not None:
+                deactivate(token)
             ended = time.time_ns()
-            span.end(ended)
+            if span is not None:
+                span.end(ended)
             if metrics is not None:
                 metrics.ran(ended - started)
 

@@ -2,8 +2,11 @@
 
 Checked once, at import: without ``opentelemetry-api`` nothing is imported and
 :data:`TRACING` is ``None``, so the hooks in :mod:`._observe` leave the SDK's functions
-unwrapped. With it, spans go to whatever tracer provider the application configured (none:
-OpenTelemetry's no-op provider, and no ``traceparent`` claim is signed).
+unwrapped. With it, spans go to whatever tracer provider the application configured. Until
+one is configured (OpenTelemetry's proxy or no-op provider) no span is started at all: a
+handler only runs in the context of its event's verified ``traceparent`` claim, as the no-op
+tracer would leave it, so a trace passes through an agent without a provider unbroken, at
+the cost of one check per event instead of a no-op span's.
 
 The W3C ``traceparent`` of the current span is signed into each event's claims on publish;
 a consumer continues the trace from the verified claim, so a flow across agents is one
@@ -53,6 +56,21 @@ class Tracing:
         self._tracer = trace.get_tracer("eventwire", _version())
         self._propagator = TraceContextTextMapPropagator()
         self._last: tuple[str, Context] | None = None  # (traceparent, its parent context)
+        self._configured = False
+
+    def configured(self) -> bool:
+        """Whether the application set a tracer provider (OpenTelemetry allows it once, so
+        a yes is kept); until then spans would all be no-op spans, and none is started."""
+        if not self._configured:
+            provider = trace.get_tracer_provider()
+            self._configured = not isinstance(provider, _NO_PROVIDER)
+        return self._configured
+
+    def passed_through(self, traceparent: str | None) -> Span | None:
+        """Without a provider: the remote span of a verified ``traceparent`` claim, to run
+        in (what the no-op tracer's span would be), or ``None`` without a claim."""
+        parent = self.parent(traceparent)
+        return None if parent is None else trace.get_current_span(parent)
 
     def traceparent(self) -> str | None:
         """The current span's W3C ``traceparent``, or ``None`` without a valid one (as the
@@ -87,9 +105,12 @@ class Tracing:
         self._last = (traceparent, parent)
         return parent
 
-    def start_consumer(self, event: Event, consumer: str, start_time: int) -> Span:
+    def start_consumer(self, event: Event, consumer: str, start_time: int) -> Span | None:
         """A started (not current) CONSUMER ``process`` span of a verified ``event``, with
-        every attribute given at its start, continuing the event's trace context."""
+        every attribute given at its start, continuing the event's trace context. Without
+        a provider, see :meth:`passed_through`."""
+        if not self.configured():
+            return self.passed_through(event.traceparent)
         subject = event.subject
         return self._tracer.start_span(
             f"process {subject}",
@@ -128,7 +149,16 @@ class Tracing:
         attributes: dict[str, Any],
         parent: Context | None = None,
     ) -> Iterator[Span]:
-        """A current span; an exception escaping it is recorded and sets an error status."""
+        """A current span; an exception escaping it is recorded and sets an error status.
+        Without a provider: no span, only ``parent`` made current (if any)."""
+        if not self.configured():
+            remote = trace.INVALID_SPAN if parent is None else trace.get_current_span(parent)
+            if parent is None:
+                yield remote
+            else:
+                with trace.use_span(remote, end_on_exit=False):
+                    yield remote
+            return
         with self._tracer.start_as_current_span(
             name, context=parent, kind=kind, attributes={"messaging.system": SYSTEM, **attributes}
         ) as current:
@@ -211,4 +241,5 @@ def claimed_traceparent(body: bytes) -> str | None:
     return value if isinstance(value, str) and len(value) <= 512 else None
 
 
+_NO_PROVIDER = (trace.ProxyTracerProvider, trace.NoOpTracerProvider) if trace is not None else ()
 TRACING: Tracing | None = Tracing() if trace is not None else None
