@@ -161,6 +161,7 @@ if TYPE_CHECKING:
         HealthSignal,
         Reason,
         agents_health,
+        combine_health,
     )
     from ._healthz import (
         HealthServer,
@@ -271,6 +272,7 @@ else:
         "HealthSignal": "_health",
         "Reason": "_health",
         "agents_health": "_health",
+        "combine_health": "_health",
         "HealthServer": "_healthz",
         "serve_health": "_healthz",
         "EventReader": "_inspect",
@@ -586,6 +588,7 @@ __all__ = [
     "agents_health",
     "asyncapi_document",
     "broadcast_subject",
+    "combine_health",
     "compare_clocks",
     "connect",
     "failure_msg_id",

@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 import weakref
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import nats.errors
@@ -165,6 +165,24 @@ class Findings:
             METRICS.health_score.labels(subject.split(" (", maxsplit=1)[0]).set(score)
         ready = live and running and connected and status != "failing"
         return Health(score, status, reasons, live, ready, subject)
+
+
+def combine_health(healths: Sequence[Health], subject: str) -> Health:
+    """One answer for several (the agents one process serves): the lowest score and its
+    status, every reason with the subject it is about, live and ready only when all are."""
+    if not healths:
+        raise InvalidArgument("needs at least one health to combine", field="healths")
+    if len(healths) == 1:
+        return healths[0]
+    score = min(health.score for health in healths)
+    reasons = [
+        replace(reason, detail=f"{health.subject}: {reason.detail}")
+        for health in sorted(healths, key=lambda health: health.score)
+        for reason in health.reasons
+    ]
+    live = all(health.live for health in healths)
+    ready = all(health.ready for health in healths)
+    return Health(score, status_of(score), reasons, live, ready, subject)
 
 
 @dataclass(frozen=True, slots=True)

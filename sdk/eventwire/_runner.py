@@ -35,15 +35,20 @@ from typing import TYPE_CHECKING, NoReturn
 from ._agent import Agent
 from ._bus import connect
 from ._errors import InvalidArgument
+from ._health import Health, combine_health
+from ._healthz import HOST as HEALTH_HOST
+from ._healthz import serve_health
+from ._metrics import serve_metrics
 from ._subjects import DEFAULT_ROOT
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
     from types import FrameType
 
     from eventwire_security import Identity, Keyring
 
     from ._bus import Bus
+    from ._healthz import HealthServer
     from ._server import EmbeddedServer
 
     Agents = Agent | Sequence[Agent]
@@ -81,6 +86,9 @@ async def run_agents(  # noqa: PLR0913 - the public entry point: the agents, the
     root: str = DEFAULT_ROOT,
     drain_timeout: float = DRAIN_TIMEOUT,
     log_level: int | str | None = None,
+    health_port: int | None = None,
+    health_host: str = HEALTH_HOST,
+    metrics_port: int | None = None,
 ) -> None:
     """Connect to ``url`` (an embedded server when None), serve the agents as
     :func:`serve_agents` does, then close the bus (and stop the embedded server).
@@ -91,18 +99,37 @@ async def run_agents(  # noqa: PLR0913 - the public entry point: the agents, the
     The bus trusts ``keyring`` and the agents' own keys; its tenant is the agents' one
     (``tenant``, if given, must be it). ``log_level`` is the level of the stderr log (if the
     application configured logging: of the ``eventwire`` loggers).
+
+    For orchestrators, ``health_port`` serves ``/healthz``, ``/readyz`` and ``/health`` of
+    all the agents at once (:func:`~eventwire.serve_health`, on ``health_host``; 0: a free
+    port) from before they start until they stopped, and ``metrics_port`` the Prometheus
+    metrics (:func:`~eventwire.serve_metrics`); each logs its URL.
     """
     run = _Run(_drain(drain_timeout))
     level = _level(log_level)
+    health = None if health_port is None else serve_health(run, health_port, host=health_host)
     with _stderr_logging("", level), run.handling_signals(True, remove_stores=True):
         run.agents = await _resolve(agents)
         _use_identities(run.agents, identities)
         bus = connect(url, tenant=_tenant_of(run.agents, tenant), keyring=keyring, root=root)
         run.buses.append(bus)
-        async with bus:
+        async with _endpoints(health, metrics_port), bus:
             _log_server(bus)
             await run.serve(bus)
         log.info("stopped")
+
+
+@contextlib.asynccontextmanager
+async def _endpoints(health: HealthServer | None, metrics_port: int | None) -> AsyncIterator[None]:
+    """The run's health and metrics endpoints, while it lasts."""
+    async with contextlib.AsyncExitStack() as stack:
+        if health is not None:
+            await stack.enter_async_context(health)
+            log.info("health on %s (/healthz, /readyz, /health)", health.url)
+        if metrics_port is not None:
+            metrics = stack.enter_context(serve_metrics(metrics_port))
+            log.info("metrics on %s", metrics.url)
+        yield
 
 
 @dataclass(eq=False)
@@ -113,6 +140,14 @@ class _Run:
     agents: list[Agent] = field(default_factory=list)
     buses: list[Bus] = field(default_factory=list)
     stopping: bool = False
+
+    async def health(self) -> Health:
+        """The agents' health as one answer (see :func:`combine_health`)."""
+        if not self.agents:  # not resolved yet: alive, not ready
+            return Health(0.0, "failing", [], live=True, ready=False, subject="run (starting)")
+        names = ", ".join(agent.name for agent in self.agents)
+        healths = [await agent.health() for agent in self.agents]
+        return combine_health(healths, f"run ({names})")
 
     def stop(self, why: str) -> None:
         """Ask every agent to stop (logged once; later calls only repeat the ask)."""

@@ -263,3 +263,22 @@ def _scrape(url: str) -> str:
 def test_bad_settings_are_refused(field: str, value: object) -> None:
     with pytest.raises(InvalidArgument, match=field):
         HealthSettings(**{field: value})  # type: ignore[arg-type]
+
+
+def test_the_health_of_several_agents_is_the_worst_with_every_reason_named() -> None:
+    from eventwire import Health as Answer
+    from eventwire import Reason, combine_health
+
+    lag = Reason("consumer_lag", 5000.0, 1000.0, 0.3, "5000 stored", 0.44)
+    good = Answer(1.0, "ok", [], live=True, ready=True, subject="agent a (1)")
+    lagging = Answer(0.868, "ok", [lag], live=True, ready=True, subject="agent b (2)")
+    down = Answer(0.0, "failing", [], live=True, ready=False, subject="agent c (3)")
+    both = combine_health([good, lagging], "run (a, b)")
+    assert (both.score, both.status, both.live, both.ready) == (0.868, "ok", True, True)
+    assert [r.detail for r in both.reasons] == ["agent b (2): 5000 stored"]
+    assert both.subject == "run (a, b)"
+    worst = combine_health([good, lagging, down], "run (a, b, c)")
+    assert (worst.score, worst.status, worst.live, worst.ready) == (0.0, "failing", True, False)
+    assert combine_health([good], "run (a)") is good
+    with pytest.raises(eventwire.InvalidArgument, match="at least one"):
+        combine_health([], "run ()")

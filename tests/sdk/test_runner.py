@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
+import socket
 import sys
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -377,3 +381,73 @@ async def test_key_file_problems_are_one_line(keys: Keys, tmp_path: Path) -> Non
         assert message in output
         assert "Traceback" not in output
         assert len(output.strip().splitlines()) == 1, output
+
+
+HEALTH_URL = re.compile(r"health on (http://\S+) ")
+METRICS_URL = re.compile(r"metrics on (http://\S+)")
+
+
+def _text(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, error.read().decode()
+
+
+async def _status(url: str) -> tuple[int, str]:
+    return await asyncio.to_thread(_text, url)
+
+
+async def test_run_serves_the_agents_health_and_metrics_for_orchestrators() -> None:
+    args = ("--health-port", "0", "--metrics-port", "0")
+    async with started(EVENTWIRE, "run", f"{APP}:pair", *args) as runner:
+        await runner.wait_for("agent second serving")
+        await runner.wait_for("agent first serving")
+        health_found = HEALTH_URL.search(runner.stderr)
+        metrics_found = METRICS_URL.search(runner.stderr)
+        assert health_found, runner.stderr
+        assert metrics_found, runner.stderr
+        health = health_found[1]
+        for path in ("/healthz", "/readyz"):
+            status, body = await _status(health + path)
+            assert status == 200, body
+            answer = json.loads(body)
+            assert (answer["live"], answer["ready"], answer["subject"]) == (
+                True, True, "run (first, second)",
+            )  # fmt: skip
+        status, text = await _status(metrics_found[1])
+        assert status == 200
+        assert "# HELP eventwire_events_published_total " in text
+        runner.signal(signal.SIGTERM)
+        assert await runner.exit_code() == 0, runner.stderr
+    with pytest.raises(urllib.error.URLError):  # the endpoint went with the run
+        _text(health + "/healthz")
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("--health-port", "70000"), "port: must be an int from 0 to 65535"),
+        (("--metrics-port", "-1"), "port: must be an int from 0 to 65535"),
+    ],
+)
+async def test_run_refuses_a_bad_endpoint_port_in_one_line(
+    args: tuple[str, ...], said: str
+) -> None:
+    async with started(EVENTWIRE, "run", f"{APP}:agent", *args) as runner:
+        assert await runner.exit_code() != 0
+    assert said in runner.stderr, runner.stderr
+    assert "Traceback" not in runner.stderr
+
+
+async def test_run_says_when_the_health_port_is_taken() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        async with started(EVENTWIRE, "run", f"{APP}:agent", "--health-port", port) as runner:
+            assert await runner.exit_code() != 0
+    assert f"cannot serve health on 127.0.0.1:{port}" in runner.stderr, runner.stderr
+    assert "Traceback" not in runner.stderr

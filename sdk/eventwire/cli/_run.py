@@ -80,6 +80,31 @@ def run(  # noqa: PLR0917 - typer reads options from the signature
         float, typer.Option(help="Seconds in-flight handlers get to finish after a signal.")
     ] = 30.0,
     app_dir: Annotated[str, typer.Option(help="Directory to import MODULE from.")] = ".",
+    health_port: Annotated[
+        int | None,
+        typer.Option(
+            envvar="EVENTWIRE_HEALTH_PORT",
+            help="Serve /healthz, /readyz and /health of the agents on this port (0: a free "
+            "one, logged).",
+            show_default=False,
+        ),
+    ] = None,
+    health_host: Annotated[
+        str,
+        typer.Option(
+            envvar="EVENTWIRE_HEALTH_HOST",
+            help="Address of the health endpoint (0.0.0.0 for probes from outside a container).",
+        ),
+    ] = "127.0.0.1",
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            envvar="EVENTWIRE_METRICS_PORT",
+            help="Serve the Prometheus metrics on 127.0.0.1:PORT/metrics (needs the "
+            "prometheus extra).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve the agents of MODULE:ATTR until SIGINT or SIGTERM (then drain and exit 0)."""
     source = load_target(target, app_dir)
@@ -95,6 +120,9 @@ def run(  # noqa: PLR0917 - typer reads options from the signature
             root=root,
             drain_timeout=drain_timeout,
             log_level=None if log_level is None else log_level.value,
+            health_port=health_port,
+            health_host=health_host,
+            metrics_port=metrics_port,
         )
     )
 
