@@ -14,6 +14,9 @@ lost connection, a full outbound buffer), the run ends, is logged and counted
 not acknowledged is redelivered by the server. Any other error, or a connection closed for
 good, fails the subscription: logged, ``state`` FAILED, ``on_failure`` callbacks called,
 and ``close()`` raises :class:`ResourceFailed`.
+
+Creating or binding the consumer is ``_consumer_setup``'s, the failure outcomes (retry,
+dead letter) ``_consumer_failures``', the in-progress acks ``_consumer_keepalive``'s.
 """
 
 from __future__ import annotations
@@ -191,8 +194,8 @@ class Subscription(StatefulResource):
     async def _open(self) -> None:
         if self._provision:
             await self._create()
-        else:
-            await self._bind()
+        else:  # use the consumer an admin provisioned, if its settings are the code's
+            self._gate = await self._server_side.bind(self._config(), pattern=self.pattern)
         self._loop.start()
 
     async def _create(self) -> None:
@@ -203,10 +206,6 @@ class Subscription(StatefulResource):
             f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self._stream}.{self.durable}",
             cb=self._failures.on_max_deliveries,
         )
-
-    async def _bind(self) -> None:
-        """Use the consumer an admin provisioned, if its settings are the code's."""
-        self._gate = await self._server_side.bind(self._config(), pattern=self.pattern)
 
     async def _shutdown(self, steps: Steps) -> None:
         self._stopping = True
