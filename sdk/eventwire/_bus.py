@@ -1,5 +1,7 @@
 """The bus: one connection to NATS (or an embedded server), the events stream, and the
-operations agents use: publish, subscribe, request, and the registry."""
+operations agents use: publish, subscribe, request, and the registry. Subscribing is its
+base ``_bus_subscribe.Subscribing``'s, the registry and direct requests its base
+``_bus_directory.AgentDirectory``'s; the bus lends them what it holds once open."""
 
 from __future__ import annotations
 
