@@ -4,7 +4,9 @@ An agent serves one bus at a time (``agent.serve(bus)``); its ``state`` is NEW, 
 RUNNING while serving, CLOSING, then CLOSED, or FAILED: serving failed to start, or one of
 its subscriptions (or its heartbeat) died for good. A failure is logged at once, ``serving``
 turns false, :meth:`Agent.run` returns, and leaving ``serve`` raises :class:`ResourceFailed`.
-An agent that stopped may serve again.
+An agent that stopped may serve again. Its handler table and the dispatch of events to
+handlers are ``_agent_handlers``'s; its registry entry and lifecycle events while it serves
+``_agent_presence``'s.
 """
 
 from __future__ import annotations
