@@ -4,14 +4,15 @@ An agent serves one bus at a time (``agent.serve(bus)``); its ``state`` is NEW, 
 RUNNING while serving, CLOSING, then CLOSED, or FAILED: serving failed to start, or one of
 its subscriptions (or its heartbeat) died for good. A failure is logged at once, ``serving``
 turns false, :meth:`Agent.run` returns, and leaving ``serve`` raises :class:`ResourceFailed`.
-An agent that stopped may serve again.
+An agent that stopped may serve again. Its handler table and the dispatch of events to
+handlers are ``_agent_handlers``'s; its registry entry and lifecycle events while it serves
+``_agent_presence``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import functools
 import logging
 import secrets
@@ -26,7 +27,8 @@ from eventwire_security import (
     consumer_filters,
 )
 
-from ._breaker import CircuitState
+from ._agent_handlers import HandlerTable, current_event
+from ._agent_presence import Presence
 from ._capabilities import (
     Capabilities,
     PlanStep,
@@ -42,20 +44,18 @@ from ._errors import (
     InvalidArgument,
     InvalidEvent,
     NotProvisioned,
-    Unprocessable,
     WrongTenant,
     checked_name,
 )
-from ._kinds import AgentLifecycle, CustomEvent
+from ._kinds import CustomEvent
 from ._observer import FailureObserver
 from ._options import SubscribeOptions
 from ._priority import Priority, PriorityGate, priority_of
-from ._registry import announce, withdraw
 from ._resource import Lifecycle, ResourceState, Steps
 from ._rules import Route, RuleFailed, Rules
-from ._subjects import check_pattern, check_token, default_patterns, matches
+from ._subjects import check_pattern, check_token, default_patterns
 from ._supervisor import Loop, is_transport_error
-from ._work import broadcast_subject, check_deliver
+from ._work import check_deliver
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -78,11 +78,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("eventwire.agent")
 NORMAL = Priority.NORMAL
-
-
-_current_event: contextvars.ContextVar[Event | None] = contextvars.ContextVar(
-    "eventwire_current_event", default=None
-)
 
 
 class Agent:
@@ -134,15 +129,13 @@ class Agent:
         self._bus: Bus | None = None
         self.use_identity(identity or Identity.generate(self._tenant or "default", self.name))
         self.instance = secrets.token_hex(4)
-        self.unhandled = 0
         self.defaults = SubscribeOptions(**defaults)
-        self._handlers: dict[str, list[Handler]] = {}
+        self.load = LoadMeter()
+        self._table = HandlerTable(self.name, self.load)
+        self._handlers = self._table.handlers  # by pattern (``_capabilities`` reads them)
         self._options: dict[str, SubscribeOptions] = {}
-        self._fallback: Handler | None = None
         self._on_request: RequestHandler | None = None
         self._stop = asyncio.Event()
-        self._handling: set[asyncio.Task[object]] = set()  # running this agent's handlers
-        self.load = LoadMeter()
         self.watch_failures = True
         self.failure_settings: PhiSettings | None = None
         self.observer: FailureObserver | None = None
@@ -150,9 +143,18 @@ class Agent:
         self._routes: dict[str, Rules] = {}
         self._subscriptions: list[Subscription] = []  # while serving (health)
         self.last_beat: float | None = None  # when the last registry heartbeat landed
-        self._started_at = 0.0  # when the current serve started (its registry entry says)
+        self._presence: Presence | None = None  # while serving: its registry entry
         self._priorities: dict[str, Priority] = {}
         self._gate: PriorityGate | None = None
+
+    @property
+    def unhandled(self) -> int:
+        """How many events of its default subscriptions no handler claimed (no fallback)."""
+        return self._table.unhandled
+
+    @unhandled.setter
+    def unhandled(self, count: int) -> None:
+        self._table.unhandled = count
 
     @property
     def tenant(self) -> str:
@@ -217,7 +219,7 @@ class Agent:
 
     def fallback(self, handler: Handler) -> Handler:
         """Register the handler for default-subscription events no other handler claims."""
-        self._fallback = handler
+        self._table.fallback = handler
         return handler
 
     def on_request(self, handler: RequestHandler) -> RequestHandler:
@@ -309,7 +311,7 @@ class Agent:
         ``seal_to`` encrypts the data to those agents (names, ``capability:<name>``);
         ``deliver="one"`` hands a capability event to one agent with it; ``clock`` and
         ``event_time`` sign a vector clock and an event time (see :meth:`Bus.publish`)."""
-        cause = _current_event.get()
+        cause = current_event.get()
         return await self.bus.publish(
             item,
             identity=self.identity,
@@ -390,15 +392,15 @@ class Agent:
             await self._subscribe(bus, subscriptions)
             if self._on_request is not None:
                 await bus.serve_requests(self.identity, self._on_request)
-            self._started_at = started = time.time()
-            await self._announce(started)
+            presence = self._presence = Presence(self, bus, self._gate, time.time())
+            await presence.announce()
             heartbeat = Loop(
-                f"eventwire-heartbeat:{self.name}", functools.partial(self._heartbeat, started),
+                f"eventwire-heartbeat:{self.name}", presence.heartbeat,
                 transient=is_transport_error, on_failure=self._failed, logger=log,
             )  # fmt: skip
             heartbeat.start()
             self._observe(bus)
-            await self._announce_phase("started")
+            await presence.phase("started")
             self._life.running()
             yield self
         except BaseException as exc:
@@ -493,7 +495,8 @@ class Agent:
         self._life.closing()
         steps = Steps(f"stopping agent {self.name!r}", log)
         loop = asyncio.get_running_loop()
-        timer = None if drain_timeout is None else loop.call_later(drain_timeout, self._abandon)
+        abandon = self._table.abandon  # the handlers still running
+        timer = None if drain_timeout is None else loop.call_later(drain_timeout, abandon)
         try:
             if self._observing is not None:
                 observing, self._observing = self._observing, None
@@ -509,15 +512,15 @@ class Agent:
             if timer is not None:
                 timer.cancel()
             if heartbeat is not None:
+                presence = self._presence
+                assert presence is not None  # the heartbeat beats for it
                 await steps.run(
                     "stopping the heartbeat", functools.partial(heartbeat.stop, cancel=True)
                 )
-                await steps.run("withdrawing from the registry", self._withdraw)
-                await steps.run(
-                    "announcing the stop", functools.partial(self._announce_phase, "stopped")
-                )
+                await steps.run("withdrawing from the registry", presence.withdraw)
+                await steps.run("announcing the stop", functools.partial(presence.phase, "stopped"))
         finally:
-            self._bus = None
+            self._bus = self._presence = None
             error = self._life.closed(steps.first)
         if error is None or error is raised:
             return
@@ -525,127 +528,17 @@ class Agent:
             raise error
         raised.add_note(f"while stopping agent {self.name!r}: {error!r}")
 
-    def _abandon(self) -> None:
-        """The drain took too long: cancel the handlers still running (their events were
-        not acknowledged: the server redelivers them after ``ack_wait``)."""
-        if self._handling:
-            log.warning(
-                "%s: %d handlers still running at the drain timeout: cancelled, their events "
-                "will be redelivered", self.name, len(self._handling),
-            )  # fmt: skip
-        for task in self._handling:
-            task.cancel()
-
-    async def _withdraw(self) -> None:
-        await withdraw(await self.bus.registry(), self.name, self.instance)
-
-    async def _announce_phase(self, phase: str) -> None:
-        await self.publish(
-            AgentLifecycle(
-                agent=self.name,
-                phase="started" if phase == "started" else "stopped",
-                instance=self.instance,
-                capabilities=list(self.capabilities),
-            )
-        )
-
-    async def _announce(self, started: float) -> None:
-        """Put (or refresh) this instance's signed registry entry."""
-        await announce(
-            await self.bus.registry(),
-            self.identity,
-            instance=self.instance,
-            capabilities=self.capabilities,
-            started_at=started,
-            sealing_key=self.sealing_key.public,
-            load=self.load.load(
-                capacity=self.defaults.max_in_flight,
-                queue_depth=self._gate.waiting() if self._gate is not None else 0,
-            ),
-            circuits={
-                status.target: status.state
-                for status in self.bus.breakers.statuses()
-                if status.state is not CircuitState.CLOSED
-            },
-        )
-        self.last_beat = time.time()
-
     async def _refresh_entry(self) -> None:
-        await self._announce(self._started_at)
-
-    async def _heartbeat(self, started: float) -> None:
-        """Refresh the registry entry every ``registry_ttl / 3`` seconds; a failed beat is
-        logged and the next one tried (a reconnect passes)."""
-        bus = self.bus
-        interval = bus.registry_ttl / 3
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self._announce(started)
-            except Exception as exc:  # keep beating through a reconnect
-                log.warning("heartbeat of %s failed: %r", self.name, exc)
+        """Put the registry entry now (while serving: a capability changed)."""
+        if self._presence is None:
+            raise ClosedResource(f"agent {self.name!r} is not serving", state=self.state)
+        await self._presence.announce()
 
     def _dispatcher(self, pattern: str, inner: Sequence[str] = ()) -> Handler:
-        """The handler of ``pattern``'s consumer: its own handlers, those of the narrower
-        ``inner`` patterns it delivers for (bind-only, see ``_capabilities``), or the fallback."""
+        """The handler of ``pattern``'s consumer (see ``HandlerTable.dispatcher``)."""
+        return self._table.dispatcher(pattern, inner)
 
-        async def dispatch(event: Event) -> None:
-            handlers = self._handlers.get(pattern)
-            if inner:
-                extra = [h for p in inner if matches(p, event.subject) for h in self._handlers[p]]
-                handlers = [*(handlers or ()), *extra] if extra else handlers
-            if handlers is None:
-                if any(matches(p, event.subject) for p in self._handlers):
-                    return  # another handler's own subscription delivers it
-                await self._unclaimed(event)
-                return
-            await self._run(event, handlers)
-
-        return dispatch
-
-    async def _work_dispatch(self, event: Event) -> None:
-        """One-of-N work: the handlers of the capability subject it stands for."""
-        subject = broadcast_subject(event.subject) or event.subject
-        handlers = [h for p, hs in self._handlers.items() if matches(p, subject) for h in hs]
-        if handlers:
-            await self._run(event, handlers)
-        else:
-            await self._unclaimed(event)
-
-    async def _unclaimed(self, event: Event) -> None:
-        if self._fallback is None:
-            self.unhandled += 1
-            log.info("%s: no handler for %s (%s)", self.name, event.subject, event.type)
-            return
-        await self._run(event, [self._fallback])
-
-    async def _run(self, event: Event, handlers: list[Handler]) -> None:
-        token = _current_event.set(event)
-        task = asyncio.current_task()
-        assert task is not None  # a consumer always runs handlers in a task
-        self._handling.add(task)
-        try:
-            with self.load.track():
-                for handler in handlers:
-                    await self._call(handler, event)
-        finally:
-            self._handling.discard(task)
-            _current_event.reset(token)
-
-    async def _call(self, handler: Handler, event: Event) -> None:
-        """Run ``handler``; a failure is logged here (with its traceback) and raised on."""
-        try:
-            await handler(event)
-        except Unprocessable as exc:
-            log.warning("%s: %s refused event %s: %s", self.name, _named(handler), event.id, exc)
-            raise
-        except Exception:
-            log.exception(
-                "%s: handler %s failed on event %s (%s)",
-                self.name, _named(handler), event.id, event.subject,
-            )  # fmt: skip
-            raise
-
-
-def _named(handler: object) -> str:
-    return str(getattr(handler, "__qualname__", None) or repr(handler))
+    @property
+    def _work_dispatch(self) -> Handler:
+        """The handler of each capability's one-of-N work consumer."""
+        return self._table.work

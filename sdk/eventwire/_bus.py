@@ -1,14 +1,14 @@
 """The bus: one connection to NATS (or an embedded server), the events stream, and the
-operations agents use: publish, subscribe, request, and the registry."""
+operations agents use: publish, subscribe, request, and the registry. Subscribing is its
+base ``_bus_subscribe.Subscribing``'s, the registry and direct requests its base
+``_bus_directory.AgentDirectory``'s; the bus lends them what it holds once open."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import functools
 import logging
 import math
-from typing import TYPE_CHECKING, overload
+from typing import TYPE_CHECKING
 
 from eventwire_security import (
     DEFAULT_MAX_BYTES,
@@ -20,11 +20,10 @@ from eventwire_security import (
 )
 
 from ._auditing import Auditor
-from ._calls import Caller, loads_of
+from ._bus_directory import AgentDirectory
+from ._bus_subscribe import Subscribing
 from ._codec import MSG_ID_HEADER, Codec
 from ._connection import check_connection_name, connect_nats
-from ._consumer import Subscription
-from ._direct import request, serve_requests
 from ._dlq import DeadLetterQueue
 from ._errors import (
     ClosedResource,
@@ -38,12 +37,10 @@ from ._errors import (
 from ._idempotency import DEFAULT_WINDOW, ProcessedIds
 from ._link import Link, close_connection
 from ._observe import count_refused, current_traceparent, observed_publish
-from ._options import ConsumerWiring, durable_name, options_of
+from ._options import ConsumerWiring
 from ._outbox import DEFAULT_OUTBOX_MAX_BYTES, Outbox
-from ._partitions import chosen_partitions, consumer_plan, partitioned
 from ._publisher import NO_LEADER_WINDOW, AckedPublisher
 from ._recipients import Recipients
-from ._registry import list_agents, open_registry
 from ._resource import ResourceState, StatefulResource
 from ._seen import SeenIds
 from ._sending import PublishAck, Sender
@@ -51,45 +48,29 @@ from ._server import EmbeddedServer
 from ._streams import declared, ensure_declared, events_stream_name
 from ._subjects import DEFAULT_ROOT, check_partitions, check_token
 from ._vclock import stamped
-from ._work import (
-    check_deliver,
-    checked_capability,
-    serving,
-    until_served,
-    work_status,
-    work_subject,
-)
+from ._work import check_deliver, work_subject
 
 if TYPE_CHECKING:
     import os
     import ssl
-    from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
     from datetime import datetime
-    from typing import Unpack
 
     from nats.aio.client import Client as NatsClient
-    from nats.aio.subscription import Subscription as NatsSubscription
     from nats.js import JetStreamContext
-    from nats.js.kv import KeyValue
 
     from eventwire_security import CompiledPolicy, Identity, Policy
 
     from ._audit_log import AuditLog
-    from ._batches import Batch
-    from ._breaker import Breakers
-    from ._choose import Load, Strategy, StrategyFunction
     from ._codec import Rejection, SecurityStats, Signed
-    from ._direct import RequestHandler
-    from ._event import Event, Publishable
+    from ._event import Publishable
     from ._health import Health, HealthSettings
-    from ._options import SubscribeKeywords, SubscribeOptions
-    from ._partitions import PartitionedSubscription
-    from ._registry import AgentInfo
+    from ._options import SubscribeOptions
     from ._resiliency import Resiliency
     from ._resource import Steps
     from ._tls import TLS
     from ._vclock import Clock
-    from ._work import Deliver, WorkStatus
+    from ._work import Deliver
 
 log = logging.getLogger("eventwire.bus")
 DEFAULT_REGISTRY_TTL = 15.0
@@ -111,7 +92,7 @@ def _seconds(field: str, value: object) -> float:
     return float(value)
 
 
-class Bus(StatefulResource):
+class Bus(StatefulResource, AgentDirectory, Subscribing):
     """A connection for one tenant, used as ``async with connect(...) as bus``.
 
     With no ``url`` an embedded ``nats-server -js`` is started on a free 127.0.0.1 port
@@ -172,7 +153,7 @@ class Bus(StatefulResource):
         self.stream = events_stream_name(root)
         self._url = url
         self._store_dir = store_dir
-        self._registry_ttl = _seconds("registry_ttl", registry_ttl)
+        registry_ttl = _seconds("registry_ttl", registry_ttl)
         self._replicas = replicas
         self._name = check_connection_name(name)
         self._on_reject = on_reject
@@ -192,10 +173,8 @@ class Bus(StatefulResource):
         self._link: Link | None = None  # set once open; kept after close (stats)
         # how to release what the open acquired so far, in order (undone last first)
         self._undo: list[tuple[str, Callable[[], Awaitable[object]]]] = []
-        self._registry: KeyValue | None = None
-        self._subscriptions: list[Subscription] = []
-        self._responders: list[NatsSubscription] = []
-        self._calls = Caller(resiliency)
+        Subscribing.__init__(self)
+        AgentDirectory.__init__(self, registry_ttl, resiliency, create_registry=provision)
         max_age = None if replay_window is None else replay_window.max_age + replay_window.skew
         self._outbox = None if outbox is None else Outbox(outbox, outbox_max_bytes, max_age=max_age)
         self._sender = Sender(self.stream, self._outbox, leader_wait)
@@ -291,7 +270,7 @@ class Bus(StatefulResource):
         horizon = None if window is None else window.horizon
         topology = declared(
             self.root, replicas=replicas, partitions=self.partitions, replay_horizon=horizon,
-            registry_ttl=self._registry_ttl, dedupe_window=self._dedupe_window,
+            registry_ttl=self.registry_ttl, dedupe_window=self._dedupe_window,
         )  # fmt: skip
         await ensure_declared(js, topology, create=self._provision)
         create = False  # every declared stream and bucket exists now: bind to them
@@ -314,8 +293,7 @@ class Bus(StatefulResource):
         return Link(nc, js, codec, publisher, auditor, processed, seen, dlq)
 
     async def _on_reconnected(self) -> None:
-        for subscription in self._subscriptions:
-            subscription.reset_pull()
+        self._reset_pulls()
         if self._outbox is not None:
             self._outbox.wake()
 
@@ -340,10 +318,7 @@ class Bus(StatefulResource):
     async def _shutdown(self, steps: Steps) -> None:
         """Stop the subscriptions (in parallel), then release what the open acquired,
         last first: audit writer, publisher, connection (drained), embedded server."""
-        subscriptions, self._subscriptions = self._subscriptions, []
-        async with asyncio.TaskGroup() as group:
-            for subscription in subscriptions:
-                group.create_task(steps.run(f"stopping {subscription.durable}", subscription.close))
+        await self._stop_subscriptions(steps)
         while self._undo:
             step, undo = self._undo.pop()
             await steps.run(step, undo)
@@ -469,18 +444,6 @@ class Bus(StatefulResource):
         signed = dataclasses.replace(signed, msg_id=key, headers=headers)
         return await self._send(signed, timeout=5.0, attempts=5)
 
-    async def work_status(self, capability: str) -> WorkStatus:
-        """Where ``capability``'s one-of-N work stands: pending, in progress, and how many
-        live agents serve it (``status.nobody_serving``)."""
-        live = await self.agents(capability=checked_capability(capability))
-        link = self._running("read the work status")
-        return await work_status(link.js, self.root, capability, serving(live))
-
-    async def until_served(self, capability: str, *, timeout: float = 5.0) -> WorkStatus:
-        """Wait up to ``timeout`` seconds for a live agent with ``capability``; its
-        :class:`WorkStatus`, or :class:`NobodyServing` (the work keeps waiting durably)."""
-        return await until_served(self.work_status, capability, timeout)
-
     async def publish_many(
         self,
         items: Sequence[Publishable],
@@ -511,47 +474,12 @@ class Bus(StatefulResource):
         )
         return await self._sender.send_many(publisher, chunks, window=window, timeout=timeout)
 
-    def subscribe(
-        self,
-        pattern: str,
-        handler: Callable[[Event], Awaitable[None]],
-        *,
-        durable: str,
-        options: SubscribeOptions | None = None,
-        **keywords: Unpack[SubscribeKeywords],
-    ) -> Subscription:
-        """A durable subscription: ``async with bus.subscribe(...)`` or ``await sub.start()``.
-
-        How it delivers is a :class:`SubscribeOptions`: pass one as ``options``, or its
-        fields as keywords (``max_in_flight=4, retry=...``; given both, the keywords
-        win). Instances using the same ``durable`` name share the work. A handler that
-        raises is retried per ``retry``; exceptions of the ``terminal`` types (and
-        :class:`Unprocessable`) dead-letter the event at once. With ``idempotent`` the
-        ids of handled events are kept (KV bucket ``<root>-processed``, for the bus's
-        ``dedupe_window``) and redeliveries of them are acked without calling the handler.
-        With ``replay_check`` (and a bus ``replay_window``) an event id arriving a second
-        time as a new message is refused as a replay. A new consumer re-reads history with
-        replay checks on: ``start="all"``, or from a point, ``start=FromSequence(n)``,
-        ``FromTime(dt)`` or ``LastN(n)`` (it claims one replay horizon before the point
-        without delivering it, so a copy of an earlier event is still refused).
-        With a bus policy, ``actor`` is required and events it may not consume are refused
-        before the handler (counted as ``policy-denied``). Sealed events addressed to
-        ``sealing_key`` arrive opened; others arrive unreadable (``event.readable``).
-        With ``key_order`` and ``max_in_flight`` > 1, events with the same partition key
-        are handled one after another in stream order (retried in place on failure, so a
-        later event never overtakes a failed one), different keys concurrently.
-        On a partitioned bus ``partition`` = p consumes only keyed events of partition p,
-        one at a time; ``"unkeyed"`` only events without a key (see ``_partitions``).
-        The bus stops every subscription it made when it closes.
-        """
-        chosen = options_of(options, keywords)
-        plan = consumer_plan(
-            self.root, pattern, durable_name(check_token(durable, field="durable"), pattern),
-            self.partitions, chosen.partition,
-        )  # fmt: skip
-        compiled = self._may(chosen.actor)
+    def _wiring(self, options: SubscribeOptions) -> ConsumerWiring:
+        """What a new subscription with ``options`` borrows from the open bus (its reader
+        checked by the bus policy, if any)."""
+        compiled = self._may(options.actor)
         link = self._running("subscribe")
-        wiring = ConsumerWiring(
+        return ConsumerWiring(
             nc=link.nc,
             js=link.js,
             codec=link.codec,
@@ -561,149 +489,9 @@ class Bus(StatefulResource):
             processed=link.processed,
             seen=link.seen,
             may_consume=compiled.may_consume if compiled is not None else None,
-            sealing_key=chosen.sealing_key,
+            sealing_key=options.sealing_key,
             lookback=None if self._replay_window is None else self._replay_window.horizon,
         )
-        subscription = Subscription(wiring, pattern, handler, plan=plan, options=chosen)
-        self._subscriptions = [sub for sub in self._subscriptions if not sub.closed]
-        self._subscriptions.append(subscription)
-        return subscription
-
-    def subscribe_partitioned(
-        self,
-        pattern: str,
-        handler: Callable[[Event], Awaitable[None]],
-        *,
-        durable: str,
-        partitions: Iterable[int] | None = None,
-        unkeyed: bool = True,
-        **keywords: Unpack[SubscribeKeywords],
-    ) -> PartitionedSubscription:
-        """One durable consumer per partition (of ``partitions``, default all n), each
-        handling its events one at a time, so per-key order holds; partitions run in
-        parallel. Instances with the same ``durable`` share partitions. With ``unkeyed``,
-        events without a key go to one more consumer. ``keywords`` as for :meth:`subscribe`,
-        except ``max_in_flight``, ``key_order`` and ``partition``, which it sets itself.
-        """
-        if not self.partitions:
-            raise ConfigError(
-                "subscribe_partitioned needs a partitioned bus: connect(partitions=n)"
-            )
-        chosen = chosen_partitions(partitions, self.partitions, unkeyed=unkeyed)
-        return partitioned(
-            chosen,
-            options_of(None, keywords),
-            lambda each: self.subscribe(pattern, handler, durable=durable, options=each),
-        )
-
-    def subscribe_batch(
-        self,
-        pattern: str,
-        handler: Callable[[Batch], Awaitable[None]],
-        *,
-        durable: str,
-        max_size: int = 100,
-        options: SubscribeOptions | None = None,
-        **keywords: Unpack[SubscribeKeywords],
-    ) -> Subscription:
-        """Like :meth:`subscribe`, but ``handler`` gets up to ``max_size`` events at once
-        (what has arrived, without waiting for a full batch) and decides per event with
-        :meth:`Batch.fail`; the others are acknowledged when it returns. ``max_size`` is
-        the options' ``batch``."""
-        if "batch" in keywords:
-            raise InvalidArgument("a batch subscription's batch is max_size", field="batch")
-
-        async def unused(event: Event) -> None:  # pragma: no cover - batches only
-            raise AssertionError("batch subscriptions deliver batches")
-
-        chosen = options_of(options, keywords).but(batch=max_size)
-        subscription = self.subscribe(pattern, unused, durable=durable, options=chosen)
-        subscription.use_batches(handler)
-        return subscription
-
-    @overload
-    async def request(
-        self,
-        target: str,
-        item: Publishable,
-        *,
-        identity: Identity,
-        timeout: float | None = None,
-    ) -> Event: ...
-
-    @overload
-    async def request(
-        self,
-        target: Publishable,
-        *,
-        identity: Identity,
-        capability: str,
-        strategy: str | Strategy | StrategyFunction = "least-loaded",
-        timeout: float | None = None,
-    ) -> Event: ...
-
-    async def request(  # noqa: PLR0913 - public: two forms, see the overloads
-        self,
-        target: str | Publishable,
-        item: Publishable | None = None,
-        *,
-        identity: Identity,
-        capability: str | None = None,
-        strategy: str | Strategy | StrategyFunction = "least-loaded",
-        timeout: float | None = None,
-    ) -> Event:
-        """Ask an agent directly and return its verified reply: ``request("summarizer",
-        item, ...)`` asks that agent, ``request(item, capability="summarize", ...)`` one
-        live agent with the capability, chosen by ``strategy`` (``least-loaded``,
-        ``round-robin``, ``random`` or a function of the candidates), skipping agents whose
-        circuit is open. Each target agent has a circuit breaker; the timeout (default: the
-        resiliency policy's, else 5 s), retries and breaker settings come from the bus's
-        ``resiliency``. :class:`CircuitOpen` when the circuit is open,
-        :class:`NobodyServing` when no live agent has the capability."""
-        link = self._running("send a request")
-
-        async def send(agent: str, seconds: float) -> Event:
-            assert message is not None
-            return await request(link.nc, link.codec, identity, agent, message, timeout=seconds)
-
-        if isinstance(target, str):
-            message = item
-            if item is None or capability is not None:
-                raise InvalidArgument("ask an agent, or a capability, not both", field="target")
-            return await self._calls.call(checked_name("target", target), send, timeout=timeout)
-        message = target
-        if item is not None or capability is None:
-            raise InvalidArgument("say which capability to ask (capability=...)", field="target")
-        checked_capability(capability)
-        loads = functools.partial(self._loads, capability)
-        return await self._calls.call_capability(
-            capability, loads, send, strategy=strategy, timeout=timeout
-        )
-
-    async def _loads(self, capability: str) -> dict[str, list[Load]]:
-        return loads_of(await self.agents(capability=capability))
-
-    @property
-    def breakers(self) -> Breakers:
-        """The circuit breakers of this bus's direct calls, one per target agent."""
-        return self._calls.breakers
-
-    async def serve_requests(self, identity: Identity, handler: RequestHandler) -> NatsSubscription:
-        """Answer direct requests to ``identity``'s agent with ``handler``'s return value."""
-        link = self._running("serve requests")
-        sub = await serve_requests(link.nc, link.codec, identity, handler)
-        self._responders.append(sub)
-        return sub
-
-    async def registry(self) -> KeyValue:
-        if self._registry is None:
-            self._registry = await open_registry(
-                self._running("open the registry").js,
-                self.root,
-                self._registry_ttl,
-                create=self._provision,
-            )
-        return self._registry
 
     async def health(self, settings: HealthSettings | None = None) -> Health:
         """This bus's health score, status, reasons, liveness and readiness (see
@@ -711,20 +499,6 @@ class Bus(StatefulResource):
         from ._health import bus_health
 
         return await bus_health(self, settings)
-
-    @property
-    def registry_ttl(self) -> float:
-        return self._registry_ttl
-
-    async def agents(self, *, capability: str | None = None) -> list[AgentInfo]:
-        """Live agents of this tenant (verified entries), optionally those with a capability."""
-        registry = await self.registry()
-        link = self._running("list agents")
-        interval = self._registry_ttl / 3  # the agents' heartbeat interval
-        found = await list_agents(link.js, self.root, registry, link.codec, interval=interval)
-        if capability is None:
-            return found
-        return [info for info in found if capability in info.capabilities]
 
 
 # ``connect(...)`` reads better at the call site; it is the Bus constructor, nothing more.

@@ -14,14 +14,15 @@ lost connection, a full outbound buffer), the run ends, is logged and counted
 not acknowledged is redelivered by the server. Any other error, or a connection closed for
 good, fails the subscription: logged, ``state`` FAILED, ``on_failure`` callbacks called,
 and ``close()`` raises :class:`ResourceFailed`.
+
+Creating or binding the consumer is ``_consumer_setup``'s, the failure outcomes (retry,
+dead letter) ``_consumer_failures``', the in-progress acks ``_consumer_keepalive``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -32,23 +33,22 @@ import nats.js.errors
 
 from ._batches import Batch
 from ._codec import Rejection
+from ._consumer_failures import Failures
+from ._consumer_keepalive import keep_alive
+from ._consumer_setup import DurableConsumer
 from ._errors import (
     BusyResource,
-    DeadLetterError,
     InvalidEvent,
-    NotProvisioned,
-    StreamConfigError,
     Unprocessable,
 )
 from ._lanes import KeyLanes
-from ._observe import count_retried, observed_handler
-from ._options import consumer_config, differences
+from ._observe import observed_handler
+from ._options import consumer_config
 from ._options import durable_name as durable_name  # noqa: PLC0414 - re-export
 from ._pull import Pull
 from ._resource import ResourceState, StatefulResource
 from ._seen import Claim, event_key
 from ._settle import Settler, ack, nak, term
-from ._start import FromSequence, FromTime, LastN, StartGate, resolve
 from ._subjects import check_pattern, to_wire
 from ._supervisor import Loop, is_transport_error
 
@@ -63,12 +63,11 @@ if TYPE_CHECKING:
     from ._options import ConsumerPlan, ConsumerWiring, SubscribeOptions
     from ._priority import Priority, PriorityGate
     from ._resource import Steps
+    from ._start import StartGate
 
 log = logging.getLogger("eventwire.consumer")
 # How often a run that waits for the connection looks again (a reconnect also wakes it).
 _RECONNECT_POLL = 0.25
-# How often a run looks whether its connection was closed for good.
-_CLOSED_POLL = 1.0
 
 
 async def _nak_all(msgs: list[Msg]) -> None:
@@ -92,10 +91,6 @@ class SubscriptionStats:
     duplicates: int = 0
     restarts: int = 0  # runs of the loop ended by a NATS error and started again
     errors: int = 0  # events the consumer itself failed on (dead-lettered as consumer-error)
-
-
-# A user without the right to a consumer gets no answer, only a permissions violation.
-_BIND_WAIT = 3.0
 
 
 class Subscription(StatefulResource):
@@ -124,17 +119,19 @@ class Subscription(StatefulResource):
         self.stats = SubscriptionStats()
         self._plan = plan
         self._nc = wiring.nc
-        self._js = wiring.js
         self._codec = wiring.codec
         self._stream = wiring.stream
+        self._server_side = DurableConsumer(wiring.js, wiring.stream, self.durable)
         self._handler = observed_handler(handler, self.durable)
         self._max_in_flight = options.max_in_flight
         self._batch = options.pull_batch
         self._slots = asyncio.Semaphore(options.max_in_flight)
         self._stopping = False
         self._retry = options.retry
-        self._terminal = (Unprocessable, InvalidEvent, *options.terminal)
-        self._dlq = wiring.dead_letters
+        self._failures = Failures(
+            self.durable, wiring.dead_letters, wiring.js, wiring.stream, options.retry,
+            (Unprocessable, InvalidEvent, *options.terminal), self.stats, options.key_order,
+        )  # fmt: skip
         self._processed = wiring.processed if options.idempotent else None
         self._seen = wiring.seen if options.replay_check else None
         self._may_consume = wiring.may_consume
@@ -197,56 +194,18 @@ class Subscription(StatefulResource):
     async def _open(self) -> None:
         if self._provision:
             await self._create()
-        else:
-            await self._bind()
+        else:  # use the consumer an admin provisioned, if its settings are the code's
+            self._gate = await self._server_side.bind(self._config(), pattern=self.pattern)
         self._loop.start()
 
     async def _create(self) -> None:
-        config: ConsumerConfig | None = self._config()
-        if isinstance(self.options.start, FromSequence | FromTime | LastN):
-            config = await self._from_point(self._config())
-        try:
-            if config is not None:  # None: it exists, made from a start point
-                await self._js.add_consumer(self._stream, config)
-        except nats.js.errors.BadRequestError as exc:
-            raise StreamConfigError(
-                f"consumer {self.durable!r} exists with other settings: {exc.description}"
-            ) from None
+        self._gate = await self._server_side.create(
+            self._config(), start=self.options.start, lookback=self._lookback
+        )
         self._advisories = await self._nc.subscribe(
             f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self._stream}.{self.durable}",
-            cb=self._on_max_deliveries,
+            cb=self._failures.on_max_deliveries,
         )
-
-    async def _from_point(self, config: ConsumerConfig) -> ConsumerConfig | None:
-        """A new consumer starting at the options' start point (and a look-back before it:
-        see ``_start``), or None to resume the existing one with the gate it was made with."""
-        assert isinstance(self.options.start, FromSequence | FromTime | LastN)
-        try:
-            info = await self._js.consumer_info(self._stream, self.durable)
-        except nats.js.errors.NotFoundError:
-            gate, start = await resolve(self._js, self._stream, self.options.start, self._lookback)
-            self._gate = gate
-            return dataclasses.replace(config, metadata=gate.metadata(), **start)  # type: ignore[arg-type]  # ConsumerConfig fields by name
-        if differs := differences(info.config, config):
-            raise StreamConfigError(f"consumer {self.durable!r} differs: " + "; ".join(differs))
-        self._gate = StartGate.of(info.config)
-        return None
-
-    async def _bind(self) -> None:
-        """Use the consumer an admin provisioned, if its settings are the code's."""
-        try:
-            info = await self._js.consumer_info(self._stream, self.durable, timeout=_BIND_WAIT)
-        except (nats.js.errors.NotFoundError, nats.errors.TimeoutError) as exc:
-            why = "is not" if isinstance(exc, nats.js.errors.NotFoundError) else "may not be"
-            raise NotProvisioned(
-                f"consumer {self.durable!r} for {self.pattern!r} {why} provisioned on "
-                f"{self._stream!r} (no answer: absent, or this user may not use it); an admin "
-                "creates it (`eventwire tenant provision`, eventwire.provision_agent) for "
-                "patterns the policy lets the agent consume, exactly as the policy writes them"
-            ) from None
-        if differs := differences(info.config, self._config()):
-            raise StreamConfigError(f"consumer {self.durable!r} differs: " + "; ".join(differs))
-        self._gate = StartGate.of(info.config)
 
     async def _shutdown(self, steps: Steps) -> None:
         self._stopping = True
@@ -296,7 +255,8 @@ class Subscription(StatefulResource):
         )
         await pull.open()
         async with asyncio.TaskGroup() as group:
-            keepalive = group.create_task(self._keep_alive(), name=f"eventwire-wpi:{self.durable}")
+            alive = keep_alive(self._nc, self.options.ack_wait, self._in_flight, self._held)
+            keepalive = group.create_task(alive, name=f"eventwire-wpi:{self.durable}")
             try:
                 await self._run(pull)
             finally:
@@ -350,7 +310,7 @@ class Subscription(StatefulResource):
     async def _screen(self, taken: list[Msg]) -> tuple[list[Msg], list[Event | Rejection]]:
         """Open each message (verify, validate, place, time) and refuse what the policy or a
         broken seal refuses. A message the consumer itself fails on is dead-lettered here
-        (see :meth:`_broken`); the others go on."""
+        (see ``Failures.broken``); the others go on."""
         msgs: list[Msg] = []
         results: list[Event | Rejection] = []
         for msg in taken:
@@ -361,20 +321,12 @@ class Subscription(StatefulResource):
                 self._unseal(one)
             except Exception as exc:
                 self.stats.delivered += 1
-                await self._broken(msg, exc)
+                await self._failures.broken(msg, exc)
                 await self._done(1)
                 continue
             msgs.append(msg)
             results.append(one[0])
         return msgs, results
-
-    async def _broken(self, msg: Msg, exc: Exception) -> None:
-        """Not the event's outcome but the consumer's own failure on it (a bug): logged,
-        counted, and the event dead-lettered as ``consumer-error``, kept to be redriven."""
-        self.stats.errors += 1
-        log.error("%s: failed on the event at %s", self.durable, msg.subject, exc_info=exc)
-        error = f"{type(exc).__name__}: {exc}"
-        await self._dead_letter(msg, "consumer-error", error, msg.metadata.num_delivered or 1)
 
     async def _deliver_batch(self, msgs: list[Msg], results: list[Event | Rejection]) -> None:
         """One call of the batch handler, then one ack decision per event."""
@@ -391,7 +343,7 @@ class Subscription(StatefulResource):
             if isinstance(result, Rejection):
                 self.stats.rejected += 1
                 await term(msg)
-            elif self._provision or not await self._last_delivery(msg):
+            elif self._provision or not await self._failures.last_delivery(msg):
                 valid.append((msg, result))
         batch = Batch([event for _, event in valid])
         self._batch_held = [msg for msg, _ in valid]  # kept alive while the handler runs
@@ -409,7 +361,7 @@ class Subscription(StatefulResource):
                 await ack(msg)
             else:
                 self.stats.failed += 1
-                await self._failed(msg, event, error, msg.metadata.num_delivered or 1)
+                await self._failures.failed(msg, event, error, msg.metadata.num_delivered or 1)
         await self._done(len(msgs))
 
     def _unseal(self, results: list[Event | Rejection]) -> None:
@@ -491,7 +443,7 @@ class Subscription(StatefulResource):
             await term(msg)
             await self._done(1)
             return
-        if not self._provision and await self._last_delivery(msg):
+        if not self._provision and await self._failures.last_delivery(msg):
             await self._done(1)
             return
         if fresh:
@@ -512,17 +464,6 @@ class Subscription(StatefulResource):
             else:
                 group.create_task(self._handle_in_slot(msg, result))
 
-    async def _last_delivery(self, msg: Msg) -> bool:
-        """The reserve delivery of a provisioned consumer: the previous one had no outcome
-        (its consumer died), and the retry policy's deliveries are spent: dead-letter it."""
-        deliveries = msg.metadata.num_delivered or 1
-        if deliveries <= self._retry.max_deliveries:
-            return False
-        error = "no outcome on the last delivery (handler crashed or timed out)"
-        log.error("%s: event at %s dead-lettered (max-deliveries)", self.durable, msg.subject)
-        await self._dead_letter(msg, "max-deliveries", error, deliveries - 1)
-        return True
-
     async def _handle_in_slot(self, msg: Msg, event: Event) -> None:
         try:
             await self._handle(msg, event)
@@ -531,7 +472,7 @@ class Subscription(StatefulResource):
 
     async def _handle(self, msg: Msg, event: Event) -> None:
         """Run the handler and settle the message by its outcome. Never raises (but
-        cancelled): a failure of the consumer's own is :meth:`_broken`."""
+        cancelled): a failure of the consumer's own is ``Failures.broken``."""
         if id(msg) in self._released:  # handed back by the stop while it waited for a slot
             await self._done(1)
             return
@@ -546,8 +487,8 @@ class Subscription(StatefulResource):
                 except Exception as exc:
                     self.stats.failed += 1
                     deliveries = deliveries or msg.metadata.num_delivered or 1
-                    if not await self._retry_in_place(event, exc, deliveries):
-                        await self._failed(msg, event, exc, deliveries)
+                    if not await self._failures.retry_in_place(event, exc, deliveries):
+                        await self._failures.failed(msg, event, exc, deliveries)
                         return
                     deliveries += 1
                 else:
@@ -558,7 +499,7 @@ class Subscription(StatefulResource):
                         await ack(msg)
                     return
         except Exception as exc:
-            await self._broken(msg, exc)
+            await self._failures.broken(msg, exc)
         finally:
             self._fresh.discard(id(msg))
             if not settling:
@@ -600,17 +541,6 @@ class Subscription(StatefulResource):
             return True  # its first run's record was on its way, and is stored now
         return await self._processed.seen(self.durable, key)
 
-    async def _retry_in_place(self, event: Event, exc: Exception, deliveries: int) -> bool:
-        """With key order, a keyed event is retried here, holding back its key's lane,
-        instead of going back to the server (which would let later events overtake it)."""
-        if self._lanes is None or event.partitionkey is None:
-            return False
-        if isinstance(exc, self._terminal) or self._retry.exhausted(deliveries):
-            return False
-        count_retried(self.durable)
-        await asyncio.sleep(self._retry.delay(deliveries))
-        return True
-
     def reset_pull(self) -> None:
         """After a reconnect: pulls waiting on the server may be gone, so pull again (and
         a run waiting for the connection goes on), and claims or records sent on the old
@@ -621,90 +551,10 @@ class Subscription(StatefulResource):
         if self._settler is not None:
             self._settler.reconnected()
 
-    async def _failed(self, msg: Msg, event: Event, exc: Exception, deliveries: int) -> None:
-        error = f"{type(exc).__name__}: {exc}"
-        if isinstance(exc, self._terminal):
-            reason = "unprocessable"
-        elif self._retry.exhausted(deliveries):
-            reason = "max-deliveries"
-        else:
-            delay = self._retry.delay(deliveries)
-            log.warning(
-                "%s: event %s failed (delivery %d), retry in %.2fs: %s",
-                self.durable, event.id, deliveries, delay, error,
-            )  # fmt: skip
-            count_retried(self.durable)
-            await nak(msg, delay=delay)
-            return
-        log.error("%s: event %s dead-lettered (%s): %s", self.durable, event.id, reason, error)
-        await self._dead_letter(msg, reason, error, deliveries)
-
-    async def _dead_letter(self, msg: Msg, reason: str, error: str, deliveries: int) -> None:
-        """Store the event in the dead-letter queue, then terminate it; if it cannot be
-        stored, ask for it again later (it is never terminated without a dead letter)."""
-        try:
-            await self._dlq.put(
-                msg.data,
-                subject=msg.subject,
-                original_headers=msg.headers,
-                consumer=self.durable,
-                stream_seq=msg.metadata.sequence.stream,
-                reason=reason,
-                error=error,
-                deliveries=deliveries,
-            )
-        except Exception as exc:  # DeadLetterError, or a letter it could not even build
-            if not isinstance(exc, DeadLetterError):
-                self.stats.errors += 1
-            log.error("%s: could not dead-letter (%r); will retry", self.durable, exc)
-            await nak(msg, delay=self._retry.max_delay)
-            return
-        self.stats.dead_lettered += 1
-        await term(msg)
-
-    async def _on_max_deliveries(self, advisory: Msg) -> None:
-        """The server gave up on an event whose last delivery had no outcome (a crash)."""
-        try:
-            notice = json.loads(advisory.data)
-            stream_seq, deliveries = int(notice["stream_seq"]), int(notice["deliveries"])
-            stored = await self._js.get_msg(self._stream, stream_seq)
-            await self._dlq.put(
-                stored.data or b"",
-                subject=stored.subject or "",
-                original_headers=stored.headers,
-                consumer=self.durable,
-                stream_seq=stream_seq,
-                reason="max-deliveries",
-                error="no outcome on the last delivery (handler crashed or timed out)",
-                deliveries=deliveries,
-            )
-        except (ValueError, KeyError, TypeError, nats.errors.Error, DeadLetterError):
-            log.exception("%s: could not dead-letter after a max-deliveries advisory", self.durable)
-            return
-        self.stats.dead_lettered += 1
-
-    async def _keep_alive(self) -> None:
-        """Tell the server that long-running handlers are still at work (+WPI); end the
-        run if the connection was closed for good (nothing would ever arrive again)."""
-        interval = self.options.ack_wait / 3
-        last = time.monotonic()
-        while True:
-            await asyncio.sleep(min(interval, _CLOSED_POLL))
-            if self._nc.is_closed:
-                raise nats.errors.ConnectionClosedError
-            now = time.monotonic()
-            if now - last < interval:
-                continue
-            last = now
-            for msg, started in list(self._in_flight.values()):
-                if now - started >= interval:
-                    with contextlib.suppress(nats.errors.Error):
-                        await msg.in_progress()
-            held = [
-                *self._waiting.values(),
-                *self._batch_held,
-                *(self._pull.buffered() if self._pull else ()),
-            ]
-            for msg in held:  # pulled ahead and waiting for a handler slot, or in a batch
-                with contextlib.suppress(nats.errors.Error):
-                    await msg.in_progress()
+    def _held(self) -> list[Msg]:
+        """What was pulled and waits for a handler slot, or is in the batch handler's hands."""
+        return [
+            *self._waiting.values(),
+            *self._batch_held,
+            *(self._pull.buffered() if self._pull else ()),
+        ]
