@@ -1,0 +1,151 @@
+"""The OpenTelemetry side of the SDK's metrics (the ``otel`` extra): instruments of the meter
+``eventwire``, from OpenTelemetry's global meter provider (or one given to
+:func:`eventwire.use_meter_provider`).
+
+Checked once, at import: without ``opentelemetry-api`` nothing is imported and
+:data:`OTEL_METRICS` is ``False``. With it, instruments come from
+``get_meter("eventwire", <version>)``: until the application sets a meter provider they are
+the API's proxies (a measurement is one attribute check), and forward once it does.
+
+Instrument names follow the OpenTelemetry messaging semantic conventions where one fits
+(:data:`SEMCONV`), with their required attributes (``messaging.system``,
+``messaging.operation.name``); the others are eventwire's own, under ``eventwire.``. Each
+Prometheus label becomes one attribute (see :data:`ATTRIBUTES`): the event type is
+``cloudevents.event_type`` (the CloudEvents conventions), a consumer's durable name
+``messaging.consumer.group.name`` (as on the tracing spans); the rest are ``eventwire.*``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+try:
+    from opentelemetry import metrics as otel_metrics
+except ImportError:  # pragma: no cover - the extra is installed in the tests
+    otel_metrics = None  # type: ignore[assignment]  # the module or None
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping, Sequence
+
+    from opentelemetry.metrics import (
+        CallbackOptions,
+        Histogram,
+        Meter,
+        MeterProvider,
+        Observation,
+        _Gauge,
+    )
+
+OTEL_METRICS = otel_metrics is not None
+NAME = "eventwire"
+Kind = Literal["counter", "histogram", "gauge"]
+
+# the messaging semantic conventions' instruments eventwire reports (the rest: its own names)
+SEMCONV = (
+    "messaging.client.sent.messages",
+    "messaging.client.operation.duration",
+    "messaging.client.consumed.messages",
+    "messaging.process.duration",
+)
+# the attribute each Prometheus label becomes
+ATTRIBUTES: Mapping[str, str] = {
+    "type": "cloudevents.event_type",
+    "consumer": "messaging.consumer.group.name",
+    "target": "eventwire.circuit.target",
+    "subject": "eventwire.health.subject",
+    "bucket": "eventwire.cache.bucket",
+    "level": "eventwire.cache.level",
+    "policy": "eventwire.order.policy",
+    "cause": "eventwire.order.cause",
+}
+# a reason's attribute: of a refusal, of a move to the dead-letter queue (as on its span)
+REFUSAL = "eventwire.refusal.reason"
+DLQ = "eventwire.dlq.reason"
+_SENT = {"messaging.system": "nats", "messaging.operation.name": "publish"}
+_PROCESS = {"messaging.system": "nats", "messaging.operation.name": "process"}
+
+
+@dataclass(frozen=True, slots=True)
+class Instrument:
+    """An OpenTelemetry instrument: its name and unit, the attribute key of each label (in
+    the Prometheus metric's order) and constant attributes (the conventions' required ones)."""
+
+    name: str
+    unit: str
+    keys: tuple[str, ...] = ()
+    constant: Mapping[str, str] = field(default_factory=dict)
+
+    def attributes(self, values: Sequence[str]) -> dict[str, str]:
+        """The attributes of one combination of label values."""
+        return {**self.constant, **dict(zip(self.keys, values, strict=True))}
+
+
+def own(name: str, unit: str, *labels: str, reason: str = "") -> Instrument:
+    """One of eventwire's own instruments; its attribute keys are those of the Prometheus
+    ``labels`` (:data:`ATTRIBUTES`; a ``reason`` label's key is given: it differs)."""
+    return Instrument(name, unit, tuple(reason if x == "reason" else ATTRIBUTES[x] for x in labels))
+
+
+def sent(name: str, unit: str, operation_type: str = "") -> Instrument:
+    """A producer's instrument of the conventions (attributes of a publish; the operation's
+    type where the instrument wants it)."""
+    constant = _SENT | {"messaging.operation.type": operation_type} if operation_type else _SENT
+    return Instrument(name, unit, (ATTRIBUTES["type"],), constant)
+
+
+def processed(name: str, unit: str) -> Instrument:
+    """A consumer's instrument of the conventions (attributes of a handler run)."""
+    return Instrument(name, unit, (ATTRIBUTES["consumer"],), _PROCESS)
+
+
+def meter(provider: MeterProvider | None = None) -> Meter:
+    """The meter ``eventwire`` of ``provider`` (``None``: OpenTelemetry's global provider)."""
+    if provider is None:
+        return otel_metrics.get_meter(NAME, _version())
+    return provider.get_meter(NAME, _version())
+
+
+def is_provider(value: object) -> bool:
+    """Whether ``value`` is an OpenTelemetry ``MeterProvider`` (the API's or an SDK's)."""
+    return otel_metrics is not None and isinstance(value, otel_metrics.MeterProvider)
+
+
+def create(
+    meter: Meter, kind: Kind, spec: Instrument, description: str, buckets: Sequence[float]
+) -> Histogram | _Gauge:
+    """The synchronous instrument ``spec`` of ``meter`` (counters: :func:`observe`); a
+    histogram advises the Prometheus ``buckets``
+    (opentelemetry-api 1.30 and later; before, the SDK's default buckets or a View's)."""
+    if kind == "gauge":  # a synchronous gauge: opentelemetry-api 1.23 and later
+        return meter.create_gauge(spec.name, spec.unit, description)
+    try:
+        return meter.create_histogram(
+            spec.name, spec.unit, description, explicit_bucket_boundaries_advisory=buckets
+        )
+    except TypeError:  # pragma: no cover - opentelemetry-api < 1.30 has no advice
+        return meter.create_histogram(spec.name, spec.unit, description)
+
+
+def observe(
+    meter: Meter,
+    spec: Instrument,
+    description: str,
+    totals: Callable[[], Iterable[tuple[float, dict[str, str]]]],
+) -> None:
+    """An observable counter ``spec`` of ``meter`` reporting ``totals()`` (value, attributes)
+    each time a reader collects."""
+
+    def collect(_: CallbackOptions) -> list[Observation]:
+        return [otel_metrics.Observation(value, attributes) for value, attributes in totals()]
+
+    meter.create_observable_counter(spec.name, [collect], spec.unit, description)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("eventwire")
+    except PackageNotFoundError:  # pragma: no cover - run from a source tree
+        return ""
