@@ -17,6 +17,7 @@ Prometheus label becomes one attribute (see :data:`ATTRIBUTES`): the event type 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -100,10 +101,16 @@ def processed(name: str, unit: str) -> Instrument:
 
 
 def meter(provider: MeterProvider | None = None) -> Meter:
-    """The meter ``eventwire`` of ``provider`` (``None``: OpenTelemetry's global provider)."""
+    """The meter ``eventwire`` of ``provider`` (``None``: OpenTelemetry's global provider;
+    always the same meter, a proxy until the application sets its provider)."""
     if provider is None:
-        return otel_metrics.get_meter(NAME, _version())
+        return _global_meter()
     return provider.get_meter(NAME, _version())
+
+
+@functools.cache
+def _global_meter() -> Meter:
+    return otel_metrics.get_meter(NAME, _version())
 
 
 def is_provider(value: object) -> bool:

@@ -1,5 +1,5 @@
 """The observability hooks of the SDK's hot paths: tracing (:mod:`._tracing`) and metrics
-(:mod:`._metrics`), each present only with its extra installed.
+(:mod:`._metrics`: Prometheus and/or OpenTelemetry), each present only with its extra.
 
 Every hook is chosen once, at import: with neither extra the decorators return the function
 itself and the per-event hooks are a no-op function, so an SDK without them pays nothing
