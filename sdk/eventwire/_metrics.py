@@ -80,6 +80,8 @@ class CounterChild(_Child):
 
 
 class HistogramChild(_Child):
+    """A histogram's child: an observation is one call to each side."""
+
     __slots__ = ()
     prom: PromHistogram | None
     otel: Histogram | None
@@ -92,6 +94,8 @@ class HistogramChild(_Child):
 
 
 class GaugeChild(_Child):
+    """A gauge's child (a synchronous OpenTelemetry gauge: the last value set)."""
+
     __slots__ = ()
     prom: PromGauge | None
     otel: _Gauge | None
@@ -171,7 +175,8 @@ class CounterFamily(_Family[CounterChild]):
             for child in self._children.values():
                 child.total = 0
             created = any(seen is meter for seen in self._observed)
-            self._observed.append(meter)
+            if not created:
+                self._observed.append(meter)
         if not created:
             spec, doc = self._instrument, self._description
             otel.observe(meter, spec, doc, lambda: self._totals(meter))

@@ -5,14 +5,40 @@
 Checked once, at import: without ``opentelemetry-api`` nothing is imported and
 :data:`OTEL_METRICS` is ``False``. With it, instruments come from
 ``get_meter("eventwire", <version>)``: until the application sets a meter provider they are
-the API's proxies (a measurement is one attribute check), and forward once it does.
+the API's proxies, and forward once it does.
 
 Instrument names follow the OpenTelemetry messaging semantic conventions where one fits
-(:data:`SEMCONV`), with their required attributes (``messaging.system``,
-``messaging.operation.name``); the others are eventwire's own, under ``eventwire.``. Each
-Prometheus label becomes one attribute (see :data:`ATTRIBUTES`): the event type is
-``cloudevents.event_type`` (the CloudEvents conventions), a consumer's durable name
-``messaging.consumer.group.name`` (as on the tracing spans); the rest are ``eventwire.*``.
+(:data:`SEMCONV`), with their required attributes; the others are eventwire's own, under
+``eventwire.``; each Prometheus label becomes one attribute (:data:`ATTRIBUTES`: ``type`` is
+``cloudevents.event_type``, ``consumer`` the durable name as ``messaging.consumer.group.name``
+like the tracing spans, ``reason`` ``eventwire.refusal.reason`` or ``eventwire.dlq.reason``,
+the others ``eventwire.*``)::
+
+    OpenTelemetry                         unit       Prometheus (eventwire_...)
+    messaging.client.sent.messages        {message}  events_published_total (S)
+    messaging.client.operation.duration   s          publish_duration_seconds (S, send)
+    messaging.client.consumed.messages    {message}  events_delivered_total (P)
+    messaging.process.duration            s          handler_duration_seconds (P)
+    eventwire.handler.errors              {run}      handler_errors_total
+    eventwire.events.retried              {event}    events_retried_total
+    eventwire.events.refused              {event}    events_refused_total
+    eventwire.events.dead_lettered        {event}    events_dead_lettered_total
+    eventwire.consumer.pending            {event}    consumer_pending_events
+    eventwire.consumer.ack_pending        {event}    consumer_ack_pending_events
+    eventwire.registry.agents             {agent}    registry_agents
+    eventwire.circuit.open                1          circuit_open
+    eventwire.health.score                1          health_score
+    eventwire.cache.lookups               {lookup}   cache_lookups_total
+    eventwire.order.late                  {event}    order_late_total
+    eventwire.order.early_releases        {event}    order_early_releases_total
+    eventwire.causal.held                 {event}    causal_held_total
+    eventwire.causal.held_too_long        {event}    causal_held_too_long_total
+
+S: with ``messaging.system=nats``, ``messaging.operation.name=publish`` (send: and
+``messaging.operation.type=send``); P: with ``messaging.system=nats``,
+``messaging.operation.name=process``. Counters are observable counters (see
+:mod:`._metrics`); a failed handler run is counted by ``eventwire.handler.errors``, not by an
+``error.type`` attribute on ``messaging.process.duration``.
 """
 
 from __future__ import annotations
