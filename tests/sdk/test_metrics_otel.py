@@ -139,6 +139,13 @@ async def test_every_metric_is_read_from_the_in_memory_reader(
     found = collect(reader)
     group = NATS | {"messaging.operation.name": "process"}
     consumer = {"messaging.consumer.group.name": done.consumer}
+    assert set(found) == {
+        "messaging.client.sent.messages", "messaging.client.operation.duration",
+        "messaging.client.consumed.messages", "messaging.process.duration",
+        "eventwire.handler.errors", "eventwire.events.retried", "eventwire.events.refused",
+        "eventwire.events.dead_lettered", "eventwire.circuit.open", "eventwire.registry.agents",
+        "eventwire.consumer.pending", "eventwire.consumer.ack_pending", "eventwire.health.score",
+    }  # fmt: skip
     # the messaging semantic conventions' instruments
     sent = found["messaging.client.sent.messages"]
     assert (sent.unit, values(sent)) == ("{message}", {frozenset(SENT.items()): 4})
