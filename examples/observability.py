@@ -1,12 +1,15 @@
-"""Observability: a three-agent flow as one trace, metrics scraped over HTTP, health probes.
+"""Observability: a three-agent flow as one trace, metrics scraped over HTTP and read through
+OpenTelemetry, health probes.
 
 Run it with ``python examples/observability.py`` (needs ``eventwire[otel,prometheus]`` and
 ``opentelemetry-sdk``): on an embedded server a ``planner`` asks for research, the
 ``researcher`` shares what it found, the ``writer`` turns it into a finished task, and the
 planner receives it. OpenTelemetry's in-memory exporter collects the spans: the script
 prints them as one tree (one trace across the three agents, carried in the signed
-``traceparent`` claim), scrapes ``/metrics`` from ``eventwire.serve_metrics``, asks
-``/readyz`` of ``eventwire.serve_health``, and exits 0 (1 if the flow was not one trace).
+``traceparent`` claim), scrapes ``/metrics`` from ``eventwire.serve_metrics``, reads the
+same metrics from OpenTelemetry's in-memory metric reader, asks ``/readyz`` of
+``eventwire.serve_health``, and exits 0 (1 if the flow was not one trace or a metric is
+missing).
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import json
 import urllib.error
 import urllib.request
 
-from opentelemetry import trace
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -34,6 +39,7 @@ from eventwire import (
 
 TENANT = "acme"
 SHOWN = ("eventwire_events_published_total", "eventwire_events_delivered_total")
+OTEL_SHOWN = ("messaging.client.sent.messages", "messaging.process.duration")
 
 
 def install_tracing() -> InMemorySpanExporter:
@@ -44,6 +50,35 @@ def install_tracing() -> InMemorySpanExporter:
     provider.add_span_processor(SimpleSpanProcessor(memory))
     trace.set_tracer_provider(provider)
     return memory
+
+
+def install_metrics() -> InMemoryMetricReader:
+    """What an application does once: a meter provider with a reader (here: in memory, read
+    on demand; usually a PeriodicExportingMetricReader with an OTLP exporter)."""
+    reader = InMemoryMetricReader()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    return reader
+
+
+def print_otel_metrics(reader: InMemoryMetricReader) -> set[str]:
+    """Print eventwire's OpenTelemetry counters and histogram counts; the names seen."""
+    data = reader.get_metrics_data()
+    found = [
+        metric
+        for resource in (data.resource_metrics if data else [])
+        for scope in resource.scope_metrics
+        if scope.scope.name == "eventwire"
+        for metric in scope.metrics
+        if metric.name in OTEL_SHOWN
+    ]
+    for metric in found:
+        for point in metric.data.data_points:
+            value = getattr(point, "count", None) or getattr(point, "value", None)
+            attributes = dict(point.attributes or {})
+            who = attributes.get("messaging.consumer.group.name")
+            what = attributes.get("cloudevents.event_type")
+            print(f"  {metric.name} {who or what}: {value}")
+    return {metric.name for metric in found}
 
 
 def agents(done: asyncio.Future[TaskCompleted]) -> tuple[Agent, Agent, Agent]:
@@ -104,6 +139,7 @@ def get(url: str) -> tuple[int, str]:
 
 async def main() -> int:
     memory = install_tracing()
+    reader = install_metrics()
     done: asyncio.Future[TaskCompleted] = asyncio.get_running_loop().create_future()
     planner, researcher, writer = agents(done)
     keyring = Keyring.of(planner.identity, researcher.identity, writer.identity)
@@ -132,7 +168,9 @@ async def main() -> int:
         for line in text.splitlines():
             if line.startswith(SHOWN):
                 print(f"  {line}")
-    return 0 if traces == 1 and status == 200 else 1
+    print("OpenTelemetry metrics (sent events by type; handler runs by consumer):")
+    seen = print_otel_metrics(reader)
+    return 0 if traces == 1 and status == 200 and seen == set(OTEL_SHOWN) else 1
 
 
 if __name__ == "__main__":

@@ -188,6 +188,7 @@ if TYPE_CHECKING:
         write_key_entry,
         write_keyring_file,
     )
+    from ._metrics import use_meter_provider
     from ._ordering import (
         EventTimeOrder,
         LatePolicy,
@@ -348,6 +349,7 @@ else:
         "Orchestrator": "_workflow_runner",
         "StepRejected": "_workflow_steps",
         "StepWorker": "_workflow_steps",
+        "use_meter_provider": "_metrics",
     }
 
     def __getattr__(name: str) -> object:
@@ -611,6 +613,7 @@ __all__ = [
     "serve_health",
     "serve_metrics",
     "trace_flow",
+    "use_meter_provider",
     "work_subject",
     "workflow",
     "write_key_entry",

@@ -1,5 +1,5 @@
 """The observability hooks of the SDK's hot paths: tracing (:mod:`._tracing`) and metrics
-(:mod:`._metrics`), each present only with its extra installed.
+(:mod:`._metrics`: Prometheus and/or OpenTelemetry), each present only with its extra.
 
 Every hook is chosen once, at import: with neither extra the decorators return the function
 itself and the per-event hooks are a no-op function, so an SDK without them pays nothing
@@ -30,13 +30,13 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from nats.aio.client import Client
-    from prometheus_client import Counter, Histogram
 
     from eventwire_security import Identity
 
     from ._codec import Codec
     from ._dlq import DeadLetterQueue
     from ._event import Event, Publishable
+    from ._metrics import CounterChild, HistogramChild
     from ._sending import PublishAck
 
 P = ParamSpec("P")
@@ -123,9 +123,9 @@ class _HandlerMetrics:
 
     def __init__(self, consumer: str) -> None:
         assert METRICS is not None
-        self.delivered: Counter = METRICS.delivered.labels(consumer)
-        self.errors: Counter = METRICS.handler_errors.labels(consumer)
-        self.seconds: Histogram = METRICS.handler_seconds.labels(consumer)
+        self.delivered: CounterChild = METRICS.delivered.labels(consumer)
+        self.errors: CounterChild = METRICS.handler_errors.labels(consumer)
+        self.seconds: HistogramChild = METRICS.handler_seconds.labels(consumer)
 
     def ran(self, nanoseconds: int) -> None:
         self.delivered.inc()
