@@ -266,6 +266,7 @@ class Bus(StatefulResource, AgentDirectory, Subscribing):
             replay=self._replay_window,
             partitions=self.partitions,
         )
+        self._undo.append(("stopping the verifying thread", codec.close))
         window, replicas = self._replay_window, self._replicas
         horizon = None if window is None else window.horizon
         topology = declared(

@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from nats.aio.subscription import Subscription as NatsSubscription
     from nats.js.api import ConsumerConfig
 
+    from ._codec import Received
     from ._event import Event
     from ._options import ConsumerPlan, ConsumerWiring, SubscribeOptions
     from ._priority import Priority, PriorityGate
@@ -311,22 +312,37 @@ class Subscription(StatefulResource):
         """Open each message (verify, validate, place, time) and refuse what the policy or a
         broken seal refuses. A message the consumer itself fails on is dead-lettered here
         (see ``Failures.broken``); the others go on."""
-        msgs: list[Msg] = []
-        results: list[Event | Rejection] = []
+        kept: list[Msg] = []
+        items: list[Received] = []
         for msg in taken:
             try:
-                one = self._codec.open_many([(msg.data, msg.headers, msg.subject, _stored(msg))])
+                items.append((msg.data, msg.headers, msg.subject, _stored(msg)))
+            except Exception as exc:
+                await self._broken(msg, exc)
+                continue
+            kept.append(msg)
+        msgs: list[Msg] = []
+        results: list[Event | Rejection] = []
+        for msg, opened in zip(kept, await self._codec.open_batch(items), strict=True):
+            try:
+                if isinstance(opened, Exception):
+                    raise opened
+                one = [opened]
                 if self._may_consume is not None:
                     self._refuse_by_policy(one)
                 self._unseal(one)
             except Exception as exc:
-                self.stats.delivered += 1
-                await self._failures.broken(msg, exc)
-                await self._done(1)
+                await self._broken(msg, exc)
                 continue
             msgs.append(msg)
             results.append(one[0])
         return msgs, results
+
+    async def _broken(self, msg: Msg, exc: Exception) -> None:
+        """The consumer's own failure on ``msg``: dead-lettered (see ``Failures.broken``)."""
+        self.stats.delivered += 1
+        await self._failures.broken(msg, exc)
+        await self._done(1)
 
     async def _deliver_batch(self, msgs: list[Msg], results: list[Event | Rejection]) -> None:
         """One call of the batch handler, then one ack decision per event."""

@@ -207,23 +207,43 @@ class UnverifiedEnvelope:
 
     def verify(self, *, max_depth: int = 32) -> VerifiedEnvelope:
         """Check the signature, then parse the claims strictly and check their owner."""
-        kid = self.signer.kid
+        return self.check_signature().parse(max_depth=max_depth)
+
+    def check_signature(self) -> SignatureChecked:
+        """The first step of :meth:`verify` alone: the signature over the exact bytes
+        (:class:`BadSignature` if it does not verify). It touches no claims and no shared
+        state, so it may run on another thread (libsodium releases the GIL)."""
         self.signer.public_key.verify(self.signing_input, self.signature)
+        return SignatureChecked(self)
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureChecked:
+    """An envelope whose signature verified (made only by
+    :meth:`UnverifiedEnvelope.check_signature`); :meth:`parse` is the second step."""
+
+    envelope: UnverifiedEnvelope
+
+    def parse(self, *, max_depth: int = 32) -> VerifiedEnvelope:
+        """Parse the verified claims strictly and check that they name the key's owner."""
+        envelope = self.envelope
+        kid = envelope.signer.kid
         try:
-            payload = self.token if self.payload_b64 is None else b64url_decode(self.payload_b64)
+            token, payload_b64 = envelope.token, envelope.payload_b64
+            payload = token if payload_b64 is None else b64url_decode(payload_b64)
             claims = strict_loads(payload, max_depth=max_depth)
         except ValueError as exc:
             raise MalformedClaims(str(exc), kid=kid) from exc
         if not isinstance(claims, dict):
             raise MalformedClaims("claims must be a JSON object", kid=kid)
-        principal = self.signer.principal
+        principal = envelope.signer.principal
         if claims.get("source") != principal.source or claims.get("tenant") != principal.tenant:
             raise OwnerMismatch(
                 f"source {claims.get('source')!r} / tenant {claims.get('tenant')!r} "
                 f"is not the key owner {principal.source!r}",
                 kid=kid,
             )
-        return VerifiedEnvelope(claims=claims, signer=self.signer, token=self.token)
+        return VerifiedEnvelope(claims=claims, signer=envelope.signer, token=envelope.token)
 
 
 def read_envelope(

@@ -5,10 +5,14 @@ correctly is on the caller. Prefer :func:`eventwire_security.sign_event`,
 :func:`eventwire_security.verify_event`, :func:`eventwire_security.sign_claims` and
 :func:`eventwire_security.verify_envelope`. An :class:`UnverifiedEnvelope` is checked by its
 :meth:`~UnverifiedEnvelope.verify`, which raises; nothing here returns a verdict to forget.
+``verify`` is two steps, which a caller may run apart (the signature on a worker thread):
+:meth:`~UnverifiedEnvelope.check_signature` returns a :class:`SignatureChecked`, whose
+:meth:`~SignatureChecked.parse` reads the claims.
 """
 
 from ._claims_json import encode_claims
 from ._envelope import (
+    SignatureChecked,
     UnverifiedEnvelope,
     compact,
     detached_signing_input,
@@ -20,6 +24,7 @@ from ._envelope import (
 )
 
 __all__ = [
+    "SignatureChecked",
     "UnverifiedEnvelope",
     "compact",
     "detached_signing_input",
