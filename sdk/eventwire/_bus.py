@@ -5,10 +5,11 @@ base ``_bus_subscribe.Subscribing``'s, the registry and direct requests its base
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from eventwire_security import (
     DEFAULT_MAX_BYTES,
@@ -53,7 +54,7 @@ from ._work import check_deliver, work_subject
 if TYPE_CHECKING:
     import os
     import ssl
-    from collections.abc import Awaitable, Callable, Mapping, Sequence
+    from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
     from datetime import datetime
 
     from nats.aio.client import Client as NatsClient
@@ -78,6 +79,14 @@ _SIGN_CHUNK = 128
 # An event must be stored within a day of being signed (a replay stored later is refused as
 # too-old; its id is remembered that long to refuse replays inside it); 30 s of clock skew.
 DEFAULT_REPLAY_WINDOW = ReplayWindow(max_age=24 * 3600.0, skew=30.0)
+
+
+async def _signed_chunks(
+    codec: Codec, items: Sequence[Publishable], identity: Identity, **context: Any
+) -> AsyncGenerator[list[Signed], None]:
+    """``items`` signed a chunk at a time, as ``publish_many`` sends them."""
+    for start in range(0, len(items), _SIGN_CHUNK):
+        yield await codec.sign_batch(items[start : start + _SIGN_CHUNK], identity, **context)
 
 
 def _seconds(field: str, value: object) -> float:
@@ -469,11 +478,10 @@ class Bus(StatefulResource, AgentDirectory, Subscribing):
         if self._sender.queueing:  # behind those: order kept
             signed = codec.sign_many(items, identity, traceparent=traceparent)
             return [await self._send(each, timeout=timeout, attempts=1) for each in signed]
-        chunks = (
-            codec.sign_many(items[start : start + _SIGN_CHUNK], identity, traceparent=traceparent)
-            for start in range(0, len(items), _SIGN_CHUNK)
-        )
-        return await self._sender.send_many(publisher, chunks, window=window, timeout=timeout)
+        async with contextlib.aclosing(
+            _signed_chunks(codec, items, identity, traceparent=traceparent)
+        ) as chunks:
+            return await self._sender.send_many(publisher, chunks, window=window, timeout=timeout)
 
     def _wiring(self, options: SubscribeOptions) -> ConsumerWiring:
         """What a new subscription with ``options`` borrows from the open bus (its reader

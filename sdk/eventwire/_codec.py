@@ -179,6 +179,27 @@ class Codec:
     ) -> list[Signed]:
         return [self.sign(item, identity, **context) for item in items]
 
+    async def sign_batch(
+        self, items: Sequence[Publishable], identity: Identity, **context: Any
+    ) -> list[Signed]:
+        """:meth:`sign_many` for a chunk of ``publish_many``: every item is built first (a
+        bad one raises before anything is signed), then a chunk of at least
+        :data:`THREAD_BATCH` is signed half on the worker thread, half on this one, at the
+        same time (as :meth:`open_batch` verifies)."""
+        prepared = [self._prepare(item, identity, None, context) for item in items]
+        bodies = [body for _, body in prepared]
+        if len(bodies) >= THREAD_BATCH and not self._closed:
+            worker, half = self._worker or self._start_worker(), len(bodies) // 2
+            loop = asyncio.get_running_loop()
+            second = loop.run_in_executor(worker, _sign_all, bodies[half:], identity)
+            signatures = _sign_all(bodies[:half], identity) + await second
+        else:
+            signatures = _sign_all(bodies, identity)
+        return [
+            self._signed(claims, body, signature)
+            for (claims, body), signature in zip(prepared, signatures, strict=True)
+        ]
+
     def _read(
         self, body: bytes, headers: Mapping[str, str] | None, wire_subject: str
     ) -> UnverifiedEnvelope | Rejection:
@@ -275,11 +296,14 @@ class Codec:
             self.record(result)
         return results
 
-    async def open_batch(self, items: Sequence[Received]) -> list[Event | Rejection | Exception]:
+    async def open_batch(
+        self, items: Sequence[Received], *, record: bool = True
+    ) -> list[Event | Rejection | Exception]:
         """:meth:`open_many` for a fetched batch, each message on its own: an exception of
         the codec's own on one message (a bug) takes its place in the list instead of
         failing the others. A large batch has half its signatures checked on the worker
-        thread (see the class doc); the outcomes are recorded in order."""
+        thread (see the class doc); the outcomes are recorded in order (unless ``record``
+        is false: the caller records what it counts)."""
         read: list[tuple[UnverifiedEnvelope | Rejection | Exception, str]] = []
         for body, headers, wire_subject, _ in items:
             try:
@@ -297,7 +321,7 @@ class Codec:
             self._finished(one, wire_subject, stored_at)
             for (_, _, wire_subject, stored_at), one in zip(items, checked, strict=True)
         ]
-        for result in results:
+        for result in results if record else ():
             if not isinstance(result, Exception):
                 self.record(result)
         return results
@@ -342,6 +366,11 @@ class Codec:
                 self.on_reject(result)
         else:
             self.stats.verified += 1
+
+
+def _sign_all(bodies: Sequence[bytes], identity: Identity) -> list[str]:
+    """The detached signatures of ``bodies``; thread-safe (libsodium)."""
+    return [sign_detached(body, identity) for body in bodies]
 
 
 def _checked(envelope: UnverifiedEnvelope, wire_subject: str) -> SignatureChecked | Rejection:

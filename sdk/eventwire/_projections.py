@@ -234,8 +234,13 @@ class Projection(Generic[A]):
         try:
             while True:
                 sub, messages = await self._pulled(sub)
-                for message in messages:
-                    if not await self._take(codec, message):
+                items = [
+                    (m.data, m.headers, m.subject, m.metadata.timestamp.timestamp())
+                    for m in messages
+                ]
+                opened = await codec.open_batch(items, record=False)  # recorded if refused
+                for message, result in zip(messages, opened, strict=True):
+                    if not await self._take(codec, message, result):
                         return
         except EventwireError as exc:  # the connection, the server, a checkpoint write
             log.error("projection %s stopped: %s", self.name, exc)
@@ -244,13 +249,14 @@ class Projection(Generic[A]):
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
-    async def _take(self, codec: Codec, message: Msg) -> bool:
-        """Apply one message; False once the projection has stopped."""
+    async def _take(
+        self, codec: Codec, message: Msg, result: Event | Rejection | Exception
+    ) -> bool:
+        """Apply one opened message; False once the projection has stopped."""
+        if isinstance(result, Exception):
+            raise result  # the codec's own failure (a bug), as when it raised
         meta = message.metadata
         seq = meta.sequence.stream
-        result = codec.open(
-            message.data, message.headers, message.subject, meta.timestamp.timestamp()
-        )
         failure: Exception | None = None  # the error of an event dead-lettered
         if isinstance(result, Event):
             failure = await self._apply(result, message)

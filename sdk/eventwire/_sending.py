@@ -22,7 +22,7 @@ from ._outbox import OutboxFull, PublishUnreachable
 from ._publisher import acquire_slot, publish_error
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import AsyncIterator
 
     from nats.js.api import PubAck
 
@@ -82,7 +82,7 @@ class Sender:
     async def send_many(
         self,
         publisher: AckedPublisher,
-        chunks: Iterable[list[Signed]],
+        chunks: AsyncIterator[list[Signed]],
         *,
         window: int,
         timeout: float,
@@ -93,7 +93,7 @@ class Sender:
         sent: list[tuple[Signed, asyncio.Future[PubAck]]] = []
         signed: Signed | None = None
         try:
-            for chunk in chunks:
+            async for chunk in chunks:
                 for signed in chunk:
                     await acquire_slot(slots, sent, timeout)
                     future = await publisher.publish(

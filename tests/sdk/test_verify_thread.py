@@ -7,17 +7,14 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from typing import TYPE_CHECKING
 
 import pytest
 
+import eventwire
 from eventwire import CustomEvent, Event, Identity, Keyring
 from eventwire._codec import THREAD_BATCH, Codec, Received, Rejection
 from eventwire_security import DEFAULT_MAX_BYTES, PublicKey
 from tests.conftest import make_identity, wait_until
-
-if TYPE_CHECKING:
-    import eventwire
 
 SIZE = 2 * THREAD_BATCH + 8  # a batch large enough for the worker thread
 
@@ -157,3 +154,47 @@ async def test_a_consumer_dead_letters_only_the_event_its_verifying_thread_faile
     [letter] = await bus.dead_letters.list()
     assert (letter.reason, letter.error) == ("consumer-error", "RuntimeError: a bug")
     assert json.loads(letter.data)["id"] == poison  # the signed bytes, kept to be redriven
+
+
+async def test_a_large_chunk_is_signed_on_two_threads_and_each_signature_verifies(
+    codec: Codec, keyring: Keyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice = make_identity("alice", keyring, "acme")
+    names: list[str] = []
+    sign = Identity.sign
+
+    def recording(identity: Identity, message: bytes) -> bytes:
+        names.append(threading.current_thread().name)
+        return sign(identity, message)
+
+    monkeypatch.setattr(Identity, "sign", recording)
+    items = [CustomEvent("custom.x", "t", {"n": i}) for i in range(SIZE)]
+    try:
+        signed = await codec.sign_batch(items, alice)
+    finally:
+        await codec.close()
+    assert sorted(set(names)) == sorted({threading.current_thread().name, "eventwire-verify_0"})
+    assert names.count("eventwire-verify_0") == SIZE - SIZE // 2
+    opened = codec.open_many([(s.body, s.headers, s.wire_subject, None) for s in signed])
+    assert [e.data for e in opened if isinstance(e, Event)] == [{"n": i} for i in range(SIZE)]
+
+
+async def test_a_bad_item_in_a_chunk_raises_before_anything_is_signed(
+    codec: Codec, keyring: Keyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice = make_identity("alice", keyring, "acme")
+    signed: list[bytes] = []
+    sign = Identity.sign
+
+    def recording(identity: Identity, message: bytes) -> bytes:
+        signed.append(message)
+        return sign(identity, message)
+
+    monkeypatch.setattr(Identity, "sign", recording)
+    items = [CustomEvent("custom.x", "t", {"n": i}) for i in range(SIZE)]
+    data: dict[str, object] = {"n": 0}
+    items[SIZE - 1] = CustomEvent("custom.x", "t", data)
+    data["n"] = float("nan")  # changed after the item checked it: refused when signed
+    with pytest.raises(eventwire.InvalidEvent):
+        await codec.sign_batch(items, alice)
+    assert signed == []
