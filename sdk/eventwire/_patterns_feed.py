@@ -390,14 +390,15 @@ class KeyedFeed:
         stream sequence (as subscriptions do, see ``_seen``); one claimed at another
         sequence is a copy published again, refused as ``already-seen``."""
         link = bus_link(self.bus, "read events")
+        fresh = [msg for msg in msgs if msg.metadata.sequence.stream > self.position]
+        self.counters.duplicates += len(msgs) - len(fresh)
+        items = [(m.data, m.headers, m.subject, m.metadata.timestamp.timestamp()) for m in fresh]
+        results = await link.codec.open_batch(items, record=False)  # half on the codec's thread
         opened: list[tuple[int, Msg, Event]] = []
-        for msg in msgs:
-            seq = msg.metadata.sequence.stream
-            if seq <= self.position:
-                self.counters.duplicates += 1
-                continue
-            stored = msg.metadata.timestamp.timestamp()
-            result = link.codec.open(msg.data, msg.headers, msg.subject, stored)
+        for msg, one in zip(fresh, results, strict=True):
+            if isinstance(one, Exception):
+                raise one  # the codec's own failure (a bug), as when it raised
+            seq, result = msg.metadata.sequence.stream, one
             if isinstance(result, Event) and not self._may_consume(result.subject):
                 detail = f"{self.settings.identity.principal.source} may not consume it"
                 result = Rejection("policy-denied", detail, msg.subject, result.signer_kid)
