@@ -29,6 +29,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from eventwire_security import EventwireError
 from eventwire_security._layout import aggregate_subject, events_stream_name, to_wire
 
+from ._codec import received
 from ._errors import InvalidArgument, mapped_nats_errors
 from ._event import Event
 from ._kinds import CustomEvent
@@ -341,7 +342,7 @@ class AggregateStore(Generic[A]):
 
     def _verified(self, codec: Codec, message: Msg, wire: str) -> Event:
         seq = message.metadata.sequence.stream
-        result = codec.open(message.data, message.headers, message.subject, _stored_at(message))
+        result = codec.open(*received(message))
         if isinstance(result, Event):
             return result
         codec.record(result)

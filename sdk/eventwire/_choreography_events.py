@@ -28,6 +28,7 @@ from eventwire_security import EventwireError
 from eventwire_security._layout import to_wire
 
 from ._choreography_state import Action, correlation_key
+from ._codec import received
 from ._errors import mapped_nats_errors
 from ._event import Event
 from ._kinds import TYPE_PREFIX, EventData, Token
@@ -226,9 +227,7 @@ async def _verified_events(bus: Bus, logical: str) -> list[Event]:
             with mapped_nats_errors(f"read {wire}"):
                 message = await sub.next_msg(timeout=_READ_TIMEOUT)
             meta = message.metadata
-            result = codec.open(
-                message.data, message.headers, message.subject, meta.timestamp.timestamp()
-            )
+            result = codec.open(*received(message))
             if isinstance(result, Event):
                 events.append(result)
             else:

@@ -7,11 +7,12 @@ detached JWS in the :data:`SIGNATURE_HEADER` header (see the README's wire forma
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pydantic_core
 
@@ -38,12 +39,16 @@ from ._subjects import arrived_as_signed, publish_subject, to_wire
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
+    from nats.aio.msg import Msg
+
     from eventwire_security import Identity, Keyring, RecipientKey, ReplayWindow, SealingKey
     from eventwire_security.hazmat import UnverifiedEnvelope
 
     from ._event import Event, Publishable
 
 log = logging.getLogger("eventwire.security")
+T = TypeVar("T")
+R = TypeVar("R")
 SIGNATURE_HEADER = "Ew-Signature"
 CONTENT_TYPE_HEADER = "content-type"
 CLOUDEVENTS_JSON = "application/cloudevents+json"
@@ -80,6 +85,12 @@ def wire_headers(signature: str, msg_id: str) -> dict[str, str]:
 
 # body, headers, wire subject, store time (see Codec.open)
 Received = tuple[bytes, "Mapping[str, str] | None", str, "float | None"]
+
+
+def received(msg: Msg) -> Received:
+    """A message read from a stream, as :meth:`Codec.open` takes it: with the time the
+    stream stored it (the server's clock, which no client sets)."""
+    return (msg.data, msg.headers, msg.subject, msg.metadata.timestamp.timestamp())
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,13 +203,9 @@ class Codec:
         same time (as :meth:`open_batch` verifies)."""
         prepared = [self._prepare(item, identity, None, context) for item in items]
         bodies = [body for _, body in prepared]
-        if len(bodies) >= THREAD_BATCH and not self._closed:
-            worker, cut = self._worker or self._start_worker(), _cut(len(bodies))
-            loop = asyncio.get_running_loop()
-            second = loop.run_in_executor(worker, _sign_all, bodies[cut:], identity)
-            signatures = _sign_all(bodies[:cut], identity) + await second
-        else:
-            signatures = _sign_all(bodies, identity)
+        signatures = await self._on_two_threads(
+            functools.partial(_sign_all, identity=identity), bodies
+        )
         return [
             self._signed(claims, body, signature)
             for (claims, body), signature in zip(prepared, signatures, strict=True)
@@ -314,13 +321,7 @@ class Codec:
                 read.append((self._read(body, headers, wire_subject), wire_subject))
             except Exception as exc:
                 read.append((exc, wire_subject))
-        if len(read) >= THREAD_BATCH and not self._closed:
-            # the worker checks the second half while this thread checks the first
-            worker, cut = self._worker or self._start_worker(), _cut(len(read))
-            second = asyncio.get_running_loop().run_in_executor(worker, _check_all, read[cut:])
-            checked = _check_all(read[:cut]) + await second
-        else:
-            checked = _check_all(read)
+        checked = await self._on_two_threads(_check_all, read)
         results = [
             self._finished(one, wire_subject, stored_at)
             for (_, _, wire_subject, stored_at), one in zip(items, checked, strict=True)
@@ -343,9 +344,19 @@ class Codec:
         except Exception as exc:  # a bug, not a verdict (see open_batch)
             return exc
 
-    def _start_worker(self) -> ThreadPoolExecutor:
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="eventwire-verify")
-        return self._worker
+    async def _on_two_threads(
+        self, work: Callable[[Sequence[T]], list[R]], items: Sequence[T]
+    ) -> list[R]:
+        """``work(items)``, for at least :data:`THREAD_BATCH` items cut in two: the worker
+        thread does the part after the cut while this thread does the part before (see
+        the class doc); fewer items, or a closed codec, all on this thread."""
+        if len(items) < THREAD_BATCH or self._closed:
+            return work(items)
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(1, thread_name_prefix="eventwire-verify")
+        cut = len(items) - round(len(items) * WORKER_SHARE)
+        second = asyncio.get_running_loop().run_in_executor(self._worker, work, items[cut:])
+        return work(items[:cut]) + await second
 
     async def close(self) -> None:
         """Stop the worker thread: it ends once the halves handed to it are done (nothing
@@ -370,11 +381,6 @@ class Codec:
                 self.on_reject(result)
         else:
             self.stats.verified += 1
-
-
-def _cut(count: int) -> int:
-    """Where a batch of ``count`` is cut: the caller's thread takes the part before."""
-    return count - round(count * WORKER_SHARE)
 
 
 def _sign_all(bodies: Sequence[bytes], identity: Identity) -> list[str]:

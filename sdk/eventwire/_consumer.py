@@ -32,7 +32,7 @@ import nats.errors
 import nats.js.errors
 
 from ._batches import Batch
-from ._codec import Rejection
+from ._codec import Rejection, received
 from ._consumer_failures import Failures
 from ._consumer_keepalive import keep_alive
 from ._consumer_setup import DurableConsumer
@@ -75,11 +75,6 @@ async def _nak_all(msgs: list[Msg]) -> None:
     for msg in msgs:
         with contextlib.suppress(nats.errors.Error):
             await msg.nak()
-
-
-def _stored(msg: Msg) -> float:
-    """When the stream stored ``msg``: the server's timestamp, which no client sets."""
-    return msg.metadata.timestamp.timestamp()
 
 
 @dataclass
@@ -316,7 +311,7 @@ class Subscription(StatefulResource):
         items: list[Received] = []
         for msg in taken:
             try:
-                items.append((msg.data, msg.headers, msg.subject, _stored(msg)))
+                items.append(received(msg))
             except Exception as exc:
                 await self._broken(msg, exc)
                 continue

@@ -49,7 +49,7 @@ from eventwire_security import Actor, EventwireError
 from eventwire_security._layout import consumer_name
 
 from ._aggregates import bus_codec
-from ._codec import Rejection
+from ._codec import Rejection, received
 from ._errors import InvalidArgument, checked_name, mapped_nats_errors
 from ._event import Event
 from ._patterns import count, seconds
@@ -392,8 +392,7 @@ class KeyedFeed:
         link = bus_link(self.bus, "read events")
         fresh = [msg for msg in msgs if msg.metadata.sequence.stream > self.position]
         self.counters.duplicates += len(msgs) - len(fresh)
-        items = [(m.data, m.headers, m.subject, m.metadata.timestamp.timestamp()) for m in fresh]
-        results = await link.codec.open_batch(items, record=False)  # half on the codec's thread
+        results = await link.codec.open_batch([received(m) for m in fresh], record=False)
         opened: list[tuple[int, Msg, Event]] = []
         for msg, one in zip(fresh, results, strict=True):
             if isinstance(one, Exception):

@@ -36,6 +36,7 @@ from eventwire_security import EventwireError
 from eventwire_security._layout import events_stream_name, pattern_problem, to_wire
 
 from ._aggregates import A, bus_codec
+from ._codec import received
 from ._errors import BusyResource, InvalidArgument, checked_name, mapped_nats_errors
 from ._event import Event
 from ._projection_errors import (
@@ -234,10 +235,7 @@ class Projection(Generic[A]):
         try:
             while True:
                 sub, messages = await self._pulled(sub)
-                items = [
-                    (m.data, m.headers, m.subject, m.metadata.timestamp.timestamp())
-                    for m in messages
-                ]
+                items = [received(message) for message in messages]
                 opened = await codec.open_batch(items, record=False)  # recorded if refused
                 for message, result in zip(messages, opened, strict=True):
                     if not await self._take(codec, message, result):
