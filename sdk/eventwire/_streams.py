@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Literal
 
+import nats.errors
 import nats.js.errors
 from nats.js.api import (
     DiscardPolicy,
@@ -422,14 +423,31 @@ async def diff_stream(js: JetStreamContext, wanted: StreamConfig) -> list[Differ
 
 
 # A cluster that just lost or restarted a node refuses placements for a few seconds ("no
-# suitable peers for placement", a meta leader election): a create waits that out.
+# suitable peers for placement"), or leaves requests unanswered while it elects a meta
+# leader: creating and checking a resource wait that out. Asking again is safe: a create of
+# a stream or bucket that was made after all, with this very config, just confirms it.
 _NO_PEERS = 10005
 _PLACEMENT_WAIT = 20.0
 
 
+class _Patience:
+    """Backoff from 0.1 s to 2 s, for at most :data:`_PLACEMENT_WAIT` seconds."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._deadline = self._loop.time() + _PLACEMENT_WAIT
+        self.delay = 0.1
+
+    def spent(self) -> bool:
+        return self._loop.time() + self.delay > self._deadline
+
+    async def pause(self) -> None:
+        await asyncio.sleep(self.delay)
+        self.delay = min(self.delay * 2, 2.0)
+
+
 async def _create(js: JetStreamContext, resource: Resource) -> None:
-    deadline = asyncio.get_running_loop().time() + _PLACEMENT_WAIT
-    delay = 0.1
+    patience = _Patience()
     while True:
         try:
             await _create_once(js, resource)
@@ -438,13 +456,14 @@ async def _create(js: JetStreamContext, resource: Resource) -> None:
             transient = exc.err_code == _NO_PEERS or isinstance(
                 exc, nats.js.errors.ServiceUnavailableError
             )
-            if not transient or asyncio.get_running_loop().time() + delay > deadline:
+            if not transient or patience.spent():
                 raise StreamConfigError(
                     f"the server refused to create {resource}: {exc.description}"
                 ) from exc
-            log.info("creating %s: %s; retrying in %.1fs", resource, exc.description, delay)
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 2.0)
+            log.info(
+                "creating %s: %s; retrying in %.1fs", resource, exc.description, patience.delay
+            )
+        await patience.pause()
 
 
 async def _create_once(js: JetStreamContext, resource: Resource) -> None:
@@ -461,6 +480,21 @@ async def ensure_stream(js: JetStreamContext, wanted: StreamConfig, *, create: b
 
 
 async def _ensure(js: JetStreamContext, resource: Resource, *, create: bool) -> None:
+    """:func:`_ensure_once`, asked again while JetStream does not answer or says it is
+    temporarily unavailable (see above); after the wait, that error, which the caller maps."""
+    patience = _Patience()
+    while True:
+        try:
+            await _ensure_once(js, resource, create=create)
+            return
+        except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as exc:
+            if patience.spent():
+                raise
+            log.info("%s: %r; asking again in %.1fs", resource, exc, patience.delay)
+        await patience.pause()
+
+
+async def _ensure_once(js: JetStreamContext, resource: Resource, *, create: bool) -> None:
     server = await _server_config(js, resource)
     if server is None and not create:
         what = "KV bucket" if resource.kind == "bucket" else "stream"

@@ -95,6 +95,33 @@ async def test_events_stream_has_three_replicas(
     assert {peer.name for peer in replicas} | {info.cluster.leader} == set(cluster.names)
 
 
+async def test_opening_a_bus_waits_out_a_cluster_electing_its_meta_leader(
+    healthy_cluster: EmbeddedCluster, root: str, keyring: Keyring
+) -> None:
+    """With two of three nodes down, JetStream answers nothing (no meta leader): a bus
+    opening then asks again until the nodes are back, instead of failing at the first
+    unanswered request (as it did when a loaded cluster was slow to answer a create)."""
+    cluster, alice = healthy_cluster, make_identity("alice", keyring)
+    await cluster.stop(1)
+    await cluster.stop(2)
+    opened: list[float] = []
+
+    async def back_later() -> float:
+        await asyncio.sleep(6.0)  # past nats-py's 5 s request timeout: one went unanswered
+        await cluster.restart(1)
+        await cluster.restart(2)
+        return time.monotonic()
+
+    url = cluster.urls.split(",")[0]
+    async with asyncio.TaskGroup() as group:
+        revived = group.create_task(back_later())
+        async with eventwire.connect(url, tenant=TENANT, keyring=keyring, root=root) as bus:
+            opened.append(time.monotonic())
+            ack = await bus.publish(CustomEvent("custom.r", "r", 1), identity=alice)
+    assert opened[0] >= revived.result()  # it waited for the quorum, it did not fail
+    assert ack.seq == 1
+
+
 class Run:
     """What the publisher and the counting subscriber saw."""
 
